@@ -1,0 +1,309 @@
+//! Command-line flags and their conversion into a validated [`Config`].
+//!
+//! The only module that knows clap: the core takes a `Config` and never reaches back to the
+//! command line. Each value type has its own `FromStr`, so an error names the flag and says
+//! what is wrong. Every flag can also come from `WSSBRIDGE_<FLAG>`; repeatable flags there
+//! take space-separated values.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{ArgAction, Parser, ValueEnum};
+
+use crate::config::{Config, Limits, Timeouts};
+use crate::route::{Backend, RouteSpec, RouteTable};
+
+/// TLS in front of WebSocket and HTTP servers: terminate wss:// and https://, route the first
+/// request by host and path, then tunnel the bytes unchanged.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+pub struct Args {
+    /// Address to listen on; repeat for several ([::]:443 for IPv6).
+    #[arg(long, env = "WSSBRIDGE_LISTEN", value_name = "ADDR", default_value = "0.0.0.0:8443",
+          value_delimiter = ' ', action = ArgAction::Append)]
+    pub listen: Vec<SocketAddr>,
+
+    /// PEM certificate chain: the server certificate first, then intermediates. Without
+    /// --cert/--key an ephemeral self-signed certificate for localhost is generated.
+    #[arg(long, env = "WSSBRIDGE_CERT", value_name = "PATH", requires = "key")]
+    pub cert: Option<PathBuf>,
+
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1; RSA, ECDSA P-256/P-384 or Ed25519).
+    #[arg(long, env = "WSSBRIDGE_KEY", value_name = "PATH", requires = "cert")]
+    pub key: Option<PathBuf>,
+
+    /// Route rule [HOST]PATH=BACKEND[,BACKEND...], e.g. /socket.io/=127.0.0.1:3000; repeatable.
+    /// A host route beats a hostless one, then the longest path prefix wins (at '/' boundaries).
+    /// Several backends are used round-robin, failing over to the next.
+    #[arg(long = "route", env = "WSSBRIDGE_ROUTE", value_name = "RULE", value_delimiter = ' ',
+          action = ArgAction::Append)]
+    pub routes: Vec<RouteSpec>,
+
+    /// Shorthand for --route /=BACKEND[,BACKEND...].
+    #[arg(long, env = "WSSBRIDGE_TO", value_name = "BACKEND", value_parser = parse_backends)]
+    pub to: Option<Backends>,
+
+    /// Time allowed for the TLS handshake (0 = off).
+    #[arg(
+        long,
+        env = "WSSBRIDGE_HANDSHAKE_TIMEOUT",
+        value_name = "DURATION",
+        default_value = "10s"
+    )]
+    pub handshake_timeout: Timeout,
+
+    /// Time from accept to the end of the first request head (0 = off).
+    #[arg(
+        long,
+        env = "WSSBRIDGE_HEADER_TIMEOUT",
+        value_name = "DURATION",
+        default_value = "10s"
+    )]
+    pub header_timeout: Timeout,
+
+    /// Time allowed to connect to one backend (0 = off).
+    #[arg(
+        long,
+        env = "WSSBRIDGE_CONNECT_TIMEOUT",
+        value_name = "DURATION",
+        default_value = "5s"
+    )]
+    pub connect_timeout: Timeout,
+
+    /// Close a tunnel after this long with no bytes either way (0 = off: WebSockets may be
+    /// silent for hours; TCP keepalive finds dead peers instead).
+    #[arg(
+        long,
+        env = "WSSBRIDGE_IDLE_TIMEOUT",
+        value_name = "DURATION",
+        default_value = "0"
+    )]
+    pub idle_timeout: Timeout,
+
+    /// Once one direction of a tunnel has closed, how long the other may go on (0 = off).
+    #[arg(
+        long,
+        env = "WSSBRIDGE_CLOSE_TIMEOUT",
+        value_name = "DURATION",
+        default_value = "60s"
+    )]
+    pub close_timeout: Timeout,
+
+    /// On SIGTERM/SIGINT, how long live tunnels may go on before they are closed.
+    #[arg(
+        long,
+        env = "WSSBRIDGE_SHUTDOWN_GRACE",
+        value_name = "DURATION",
+        default_value = "30s"
+    )]
+    pub shutdown_grace: Timeout,
+
+    /// Largest first request head accepted (answered 431 beyond).
+    #[arg(
+        long,
+        env = "WSSBRIDGE_MAX_HEADER_BYTES",
+        value_name = "SIZE",
+        default_value = "16KiB"
+    )]
+    pub max_header_bytes: Size,
+
+    /// Connections served at once; more are answered 503 [default: from the file-descriptor
+    /// limit, two descriptors per tunnel].
+    #[arg(long, env = "WSSBRIDGE_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+
+    /// Log format.
+    #[arg(long, env = "WSSBRIDGE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// More logging (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, env = "WSSBRIDGE_VERBOSE", action = ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Less logging (-q warnings only, -qq errors only).
+    #[arg(short, long, env = "WSSBRIDGE_QUIET", action = ArgAction::Count, conflicts_with = "verbose")]
+    pub quiet: u8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Args {
+    /// The default log filter these flags ask for.
+    pub fn log_level(&self) -> &'static str {
+        match (self.verbose, self.quiet) {
+            (0, 0) => "info",
+            (1, _) => "debug",
+            (v, _) if v >= 2 => "trace",
+            (_, 1) => "warn",
+            _ => "error",
+        }
+    }
+
+    /// Loads certificates and builds the route table: everything that can fail at start-up
+    /// because of the flags fails here, before any socket is opened.
+    pub fn into_config(self) -> anyhow::Result<Config> {
+        let mut specs = self.routes;
+        if let Some(Backends(backends)) = self.to {
+            specs.push(RouteSpec {
+                host: None,
+                path: "/".to_string(),
+                backends,
+            });
+        }
+        if specs.is_empty() {
+            anyhow::bail!("no route: give --to BACKEND or --route PATH=BACKEND");
+        }
+        let routes = RouteTable::new(specs).map_err(|e| anyhow::anyhow!("--route: {e}"))?;
+        let tls = match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => crate::tls::server_config(cert, key)?,
+            _ => crate::tls::ephemeral_server_config()
+                .context("generating a self-signed certificate")?,
+        };
+        let max_connections = match self.max_connections {
+            Some(0) => anyhow::bail!("--max-connections must be at least 1"),
+            Some(n) => n,
+            None => crate::config::default_max_connections(),
+        };
+        if self.max_header_bytes.0 < 64 {
+            anyhow::bail!("--max-header-bytes must be at least 64 bytes");
+        }
+        Ok(Config {
+            listen: self.listen,
+            tls,
+            routes,
+            timeouts: Timeouts {
+                handshake: self.handshake_timeout.0,
+                header: self.header_timeout.0,
+                connect: self.connect_timeout.0,
+                idle: self.idle_timeout.0,
+                close: self.close_timeout.0,
+                shutdown_grace: self.shutdown_grace.0.unwrap_or(Duration::ZERO),
+            },
+            limits: Limits {
+                max_header_bytes: self.max_header_bytes.0,
+                max_connections,
+            },
+        })
+    }
+}
+
+/// A list of backends, as `--to` takes it.
+#[derive(Debug, Clone)]
+pub struct Backends(pub Vec<Backend>);
+
+fn parse_backends(s: &str) -> Result<Backends, String> {
+    s.split(',')
+        .map(|b| b.trim().parse())
+        .collect::<Result<Vec<_>, _>>()
+        .map(Backends)
+}
+
+/// A duration with a unit (`500ms`, `10s`, `2m`, `1h`); `0` means off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeout(pub Option<Duration>);
+
+impl FromStr for Timeout {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s == "0" {
+            return Ok(Timeout(None));
+        }
+        let split = s
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .ok_or_else(|| format!("'{s}' has no unit: write e.g. 500ms, 10s, 2m or 0 for off"))?;
+        let (number, unit) = s.split_at(split);
+        let number: f64 = number
+            .parse()
+            .map_err(|_| format!("'{s}' is not a duration: write e.g. 500ms, 10s, 2m"))?;
+        let seconds = match unit {
+            "ms" => number / 1000.0,
+            "s" => number,
+            "m" => number * 60.0,
+            "h" => number * 3600.0,
+            _ => return Err(format!("'{s}': unknown unit '{unit}' (use ms, s, m or h)")),
+        };
+        let d =
+            Duration::try_from_secs_f64(seconds).map_err(|_| format!("'{s}' is out of range"))?;
+        Ok(Timeout((!d.is_zero()).then_some(d)))
+    }
+}
+
+/// A byte size: `16384`, `16k`/`16KiB`, `1m`/`1MiB`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size(pub usize);
+
+impl FromStr for Size {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (number, unit) = s.split_at(split);
+        let number: usize = number
+            .parse()
+            .map_err(|_| format!("'{s}' is not a size: write e.g. 16KiB or 16384"))?;
+        let factor = match unit.to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" | "kib" => 1024,
+            "m" | "mb" | "mib" => 1024 * 1024,
+            _ => return Err(format!("'{s}': unknown unit '{unit}' (use KiB or MiB)")),
+        };
+        number
+            .checked_mul(factor)
+            .map(Size)
+            .ok_or_else(|| format!("'{s}' is too large"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_need_units_and_zero_is_off() {
+        let t = |s: &str| s.parse::<Timeout>().map(|t| t.0);
+        assert_eq!(t("500ms"), Ok(Some(Duration::from_millis(500))));
+        assert_eq!(t("10s"), Ok(Some(Duration::from_secs(10))));
+        assert_eq!(t("2m"), Ok(Some(Duration::from_secs(120))));
+        assert_eq!(t("1.5s"), Ok(Some(Duration::from_millis(1500))));
+        assert_eq!(t("0"), Ok(None));
+        assert!(t("10").unwrap_err().contains("no unit"));
+        assert!(t("10x").unwrap_err().contains("unknown unit"));
+        assert!(t("s").is_err());
+    }
+
+    #[test]
+    fn sizes_take_binary_units() {
+        assert_eq!("16KiB".parse::<Size>(), Ok(Size(16384)));
+        assert_eq!("16k".parse::<Size>(), Ok(Size(16384)));
+        assert_eq!("1MiB".parse::<Size>(), Ok(Size(1 << 20)));
+        assert_eq!("4096".parse::<Size>(), Ok(Size(4096)));
+        assert!("16 bytes".parse::<Size>().is_err());
+    }
+
+    #[test]
+    fn help_names_every_default() {
+        use clap::CommandFactory;
+        let help = Args::command().render_long_help().to_string();
+        for needle in [
+            "0.0.0.0:8443",
+            "10s",
+            "5s",
+            "60s",
+            "30s",
+            "16KiB",
+            "WSSBRIDGE_ROUTE",
+        ] {
+            assert!(help.contains(needle), "--help lacks {needle}");
+        }
+    }
+}

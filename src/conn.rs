@@ -1,0 +1,217 @@
+//! One connection, top to bottom: tls → head → route → connect → splice, then one summary
+//! log line.
+//!
+//! Each step either hands an owned value to the next or ends the connection with an
+//! [`Outcome`]: an HTTP error status sent before the tunnel starts, a quiet close when no HTTP
+//! was spoken, or the way the tunnel ended.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::head::{self, HeadError, ReadError};
+use crate::respond::{self, Status};
+use crate::splice::{self, End, Side, Transfer};
+
+/// What every connection shares: the configuration and the shutdown signals.
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub acceptor: TlsAcceptor,
+    /// Set when shutdown starts: heads still arriving are answered 503.
+    pub stopping: CancellationToken,
+    /// Set when the shutdown grace is over: every connection is closed.
+    pub force: CancellationToken,
+}
+
+/// Serves one accepted connection. `admitted` is false when the connection limit is reached:
+/// the client is then answered 503 once its head has arrived.
+pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, admitted: bool) {
+    let started = Instant::now();
+    let mut summary = Summary::default();
+    let outcome = tokio::select! {
+        outcome = pipeline(&shared, stream, started, admitted, &mut summary) => outcome,
+        _ = shared.force.cancelled() => Outcome::Forced,
+    };
+    summary.log(peer, &outcome, started);
+}
+
+async fn pipeline(
+    shared: &Shared,
+    stream: TcpStream,
+    started: Instant,
+    admitted: bool,
+    summary: &mut Summary,
+) -> Outcome {
+    let timeouts = &shared.config.timeouts;
+    crate::connect::tune(&stream);
+
+    // tls
+    let handshake = shared.acceptor.accept(stream);
+    let handshake = match timeouts.handshake {
+        Some(t) => match tokio::time::timeout(t, handshake).await {
+            Ok(r) => r,
+            Err(_) => return Outcome::TlsFailed(format!("handshake timed out after {t:?}")),
+        },
+        None => handshake.await,
+    };
+    let mut client = match handshake {
+        Ok(s) => s,
+        Err(e) => return Outcome::TlsFailed(format!("handshake failed: {e}")),
+    };
+    summary.sni = client.get_ref().1.server_name().map(str::to_string);
+
+    // head: the deadline counts from accept, so trickled bytes do not extend it.
+    let mut buf = Vec::new();
+    let max = shared.config.limits.max_header_bytes;
+    let read = head::read(&mut client, &mut buf, max);
+    let read = match timeouts.header {
+        Some(t) => match tokio::time::timeout_at((started + t).into(), read).await {
+            Ok(r) => r,
+            Err(_) => return answer(&mut client, Status::RequestTimeout).await,
+        },
+        None => read.await,
+    };
+    let head = match read {
+        Ok(Some(head)) => head,
+        Ok(None) => return Outcome::NoRequest,
+        Err(ReadError::Io(e)) => return Outcome::Failed(Side::Client, e),
+        Err(ReadError::Head(e)) => {
+            tracing::debug!("refusing request: {e}");
+            return answer(&mut client, status_for(e)).await;
+        }
+    };
+    summary.method = Some(head.method.clone());
+    summary.path = Some(head.target.clone());
+    if !admitted || shared.stopping.is_cancelled() {
+        return answer(&mut client, Status::Unavailable).await;
+    }
+
+    // route: the Host header, or the SNI name for a request without one.
+    let host = head.host.as_deref().or(summary.sni.as_deref());
+    let Some(route) = shared.config.routes.find(host, &head.target) else {
+        return answer(&mut client, Status::NotFound).await;
+    };
+    summary.route = Some(route.to_string());
+
+    // connect
+    let Some((mut backend, addr)) = crate::connect::connect(route, timeouts.connect).await else {
+        return answer(&mut client, Status::BadGateway).await;
+    };
+    summary.backend = Some(addr.to_string());
+
+    // splice: first every byte read so far, head as received, then the two-way copy.
+    if let Err(e) = backend.write_all(&buf).await {
+        tracing::debug!(backend = %addr, "writing the request head failed: {e}");
+        return answer(&mut client, Status::BadGateway).await;
+    }
+    summary.transfer.up = buf.len() as u64;
+    drop(buf);
+    let end = splice::splice(
+        &mut client,
+        &mut backend,
+        timeouts.idle,
+        timeouts.close,
+        &mut summary.transfer,
+    )
+    .await;
+    Outcome::Tunnel(end)
+}
+
+async fn answer(client: &mut TlsStream<TcpStream>, status: Status) -> Outcome {
+    respond::send(client, status).await;
+    Outcome::Status(status)
+}
+
+fn status_for(e: HeadError) -> Status {
+    match e {
+        HeadError::Malformed(_) => Status::BadRequest,
+        HeadError::Method => Status::MethodNotAllowed,
+        HeadError::TooLarge => Status::HeadersTooLarge,
+        HeadError::Version => Status::VersionNotSupported,
+    }
+}
+
+/// How a connection ended, for its log line.
+enum Outcome {
+    TlsFailed(String),
+    /// TLS was set up but the client closed before sending a request.
+    NoRequest,
+    Status(Status),
+    Tunnel(End),
+    Failed(Side, std::io::Error),
+    /// Closed when the shutdown grace ran out.
+    Forced,
+}
+
+/// The fields of the one log line a connection writes when it ends.
+#[derive(Default)]
+struct Summary {
+    sni: Option<String>,
+    method: Option<String>,
+    path: Option<String>,
+    route: Option<String>,
+    backend: Option<String>,
+    transfer: Transfer,
+}
+
+/// Request targets are peer-controlled: log at most this much of one.
+const MAX_LOGGED_PATH: usize = 256;
+
+impl Summary {
+    fn log(&self, peer: SocketAddr, outcome: &Outcome, started: Instant) {
+        let outcome_text = match outcome {
+            Outcome::TlsFailed(why) => format!("tls: {why}"),
+            Outcome::NoRequest => "no request".to_string(),
+            Outcome::Status(s) => format!("status {}", s.code()),
+            Outcome::Tunnel(End::Closed) => "tunnel closed".to_string(),
+            Outcome::Tunnel(End::CloseTimeout) => "tunnel close-timeout".to_string(),
+            Outcome::Tunnel(End::IdleTimeout) => "tunnel idle-timeout".to_string(),
+            Outcome::Tunnel(End::Failed(side, e)) | Outcome::Failed(side, e) => {
+                let side = match side {
+                    Side::Client => "client",
+                    Side::Backend => "backend",
+                };
+                format!("{side} error: {e}")
+            }
+            Outcome::Forced => "closed at shutdown".to_string(),
+        };
+        let path = self
+            .path
+            .as_deref()
+            .map(|p| match p.char_indices().nth(MAX_LOGGED_PATH) {
+                Some((i, _)) => &p[..i],
+                None => p,
+            });
+        let quiet = matches!(outcome, Outcome::TlsFailed(_) | Outcome::NoRequest);
+        macro_rules! line {
+            ($level:expr) => {
+                tracing::event!(
+                    $level,
+                    peer = %peer,
+                    sni = self.sni.as_deref().unwrap_or("-"),
+                    method = self.method.as_deref().unwrap_or("-"),
+                    path = path.unwrap_or("-"),
+                    route = self.route.as_deref().unwrap_or("-"),
+                    backend = self.backend.as_deref().unwrap_or("-"),
+                    outcome = %outcome_text,
+                    bytes_up = self.transfer.up,
+                    bytes_down = self.transfer.down,
+                    ms = started.elapsed().as_millis() as u64,
+                    "connection"
+                )
+            };
+        }
+        if quiet {
+            line!(tracing::Level::DEBUG);
+        } else {
+            line!(tracing::Level::INFO);
+        }
+    }
+}

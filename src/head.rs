@@ -1,0 +1,272 @@
+//! The `head` stage: read and parse the first HTTP/1.1 request head, and nothing more.
+//!
+//! [`parse`] is pure (bytes in, a [`Head`] or "incomplete" out) so it can be tested on every
+//! prefix of real requests; [`read`] is the thin async loop around it. Every byte read is kept
+//! in the caller's buffer: whatever arrived after the head (a body, the first WebSocket frame)
+//! is forwarded to the backend before the splice starts.
+
+use std::fmt;
+
+use tokio::io::{AsyncBufRead, AsyncBufReadExt};
+
+/// httparse needs a fixed header array; 100 is what nginx and HAProxy accept by default and
+/// far above what browsers send (~20).
+pub const MAX_HEADERS: usize = 100;
+
+/// What routing needs from the first request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    pub method: String,
+    /// The request target in origin form (`/path?query`); an absolute-form target is reduced
+    /// to this, its authority going to `host`.
+    pub target: String,
+    /// The host to route on: absolute-form authority first, then the Host header.
+    pub host: Option<String>,
+    /// Whether the request asks for a protocol upgrade (`Upgrade` header present).
+    pub upgrade: bool,
+    /// Length of the head in bytes, including the blank line.
+    pub len: usize,
+}
+
+/// Why a head was refused; each maps to one HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadError {
+    /// 400: not a parsable HTTP/1.x request.
+    Malformed(&'static str),
+    /// 405: a CONNECT request; wssbridge is no forward proxy.
+    Method,
+    /// 431: larger than `--max-header-bytes` or more than [`MAX_HEADERS`] headers.
+    TooLarge,
+    /// 505: an HTTP version other than 1.x, e.g. the HTTP/2 preface.
+    Version,
+}
+
+impl fmt::Display for HeadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HeadError::Malformed(why) => write!(f, "malformed request head: {why}"),
+            HeadError::Method => f.write_str("CONNECT is not supported"),
+            HeadError::TooLarge => f.write_str("request head too large"),
+            HeadError::Version => f.write_str("HTTP version not supported"),
+        }
+    }
+}
+
+/// Parses `buf` as the start of an HTTP/1.x request. `Ok(None)`: not complete yet.
+pub fn parse(buf: &[u8]) -> Result<Option<Head>, HeadError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+        Err(httparse::Error::Version) if names_other_http_version(buf) => {
+            return Err(HeadError::Version);
+        }
+        Err(e) => return Err(HeadError::Malformed(parse_error(e))),
+    };
+    let method = req.method.unwrap_or_default();
+    let target = req.path.unwrap_or_default();
+    if method.eq_ignore_ascii_case("CONNECT") {
+        return Err(HeadError::Method);
+    }
+    let mut host = None;
+    let mut upgrade = false;
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("host") {
+            let value =
+                std::str::from_utf8(h.value).map_err(|_| HeadError::Malformed("bad Host"))?;
+            host = Some(value.trim().to_string());
+        } else if h.name.eq_ignore_ascii_case("upgrade") {
+            upgrade = true;
+        }
+    }
+    let target = if target.starts_with('/') {
+        target.to_string()
+    } else if let Some((authority, path)) = absolute_form(target) {
+        host = Some(authority.to_string());
+        path.to_string()
+    } else {
+        return Err(HeadError::Malformed("request target is not a path"));
+    };
+    Ok(Some(Head {
+        method: method.to_string(),
+        target,
+        host,
+        upgrade,
+        len,
+    }))
+}
+
+/// Reads from `stream` into `buf` until a complete head is there, at most `max` bytes.
+///
+/// Reads through the stream's own buffer and copies no more than `max` bytes, so a peer can
+/// make this hold at most `max` bytes. `Ok(None)`: the peer closed before sending anything.
+pub async fn read<S>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> Result<Option<Head>, ReadError>
+where
+    S: AsyncBufRead + Unpin,
+{
+    loop {
+        let chunk = match stream.fill_buf().await {
+            Ok(chunk) => chunk,
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => &[],
+            Err(e) => return Err(ReadError::Io(e)),
+        };
+        if chunk.is_empty() {
+            return match buf.is_empty() {
+                true => Ok(None),
+                false => Err(ReadError::Head(HeadError::Malformed("closed mid-head"))),
+            };
+        }
+        let take = chunk.len().min(max - buf.len());
+        let has_newline = chunk[..take].contains(&b'\n');
+        buf.extend_from_slice(&chunk[..take]);
+        stream.consume(take);
+        // A head ends with a newline: skip re-parsing bytes trickled in without one.
+        if has_newline && let Some(head) = parse(buf).map_err(ReadError::Head)? {
+            return Ok(Some(head));
+        }
+        if buf.len() >= max {
+            return Err(ReadError::Head(HeadError::TooLarge));
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum ReadError {
+    Head(HeadError),
+    Io(std::io::Error),
+}
+
+/// `scheme://authority/path` → (authority, path); the path defaults to `/`.
+fn absolute_form(target: &str) -> Option<(&str, &str)> {
+    let (scheme, rest) = target.split_once("://")?;
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return None;
+    }
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    let authority = authority.rsplit('@').next().unwrap_or(authority);
+    if authority.is_empty() {
+        return None;
+    }
+    Some((authority, if path.starts_with('/') { path } else { "/" }))
+}
+
+/// True when the request line ends in `HTTP/<digit>...` that httparse refused: a real HTTP
+/// version we do not speak (505), as opposed to garbage (400).
+fn names_other_http_version(buf: &[u8]) -> bool {
+    let line_end = buf.iter().position(|&b| b == b'\n').unwrap_or(buf.len());
+    let line = buf[..line_end]
+        .strip_suffix(b"\r")
+        .unwrap_or(&buf[..line_end]);
+    match line.rsplit(|&b| b == b' ').next() {
+        Some(v) => v.starts_with(b"HTTP/") && v.get(5).is_some_and(u8::is_ascii_digit),
+        None => false,
+    }
+}
+
+fn parse_error(e: httparse::Error) -> &'static str {
+    match e {
+        httparse::Error::HeaderName => "invalid header name",
+        httparse::Error::HeaderValue => "invalid header value",
+        httparse::Error::NewLine => "invalid line ending",
+        httparse::Error::Status => "invalid status",
+        httparse::Error::Token => "invalid token in request line",
+        httparse::Error::TooManyHeaders => "too many headers",
+        httparse::Error::Version => "not HTTP",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WS: &[u8] = b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\n\
+        Host: Chat.Example.com:8443\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+    #[test]
+    fn every_prefix_is_incomplete_then_the_whole_parses() {
+        for i in 0..WS.len() {
+            assert_eq!(parse(&WS[..i]), Ok(None), "prefix of {i} bytes");
+        }
+        let head = parse(WS).unwrap().unwrap();
+        assert_eq!(head.method, "GET");
+        assert_eq!(head.target, "/socket.io/?EIO=4&transport=websocket");
+        assert_eq!(head.host.as_deref(), Some("Chat.Example.com:8443"));
+        assert!(head.upgrade);
+        assert_eq!(head.len, WS.len());
+    }
+
+    #[test]
+    fn bytes_after_the_head_are_not_part_of_it() {
+        let mut buf = b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc".to_vec();
+        let head = parse(&buf).unwrap().unwrap();
+        assert_eq!(&buf[head.len..], b"abc");
+        buf.truncate(head.len);
+        assert!(!head.upgrade);
+    }
+
+    #[test]
+    fn absolute_form_gives_host_and_path() {
+        let head = parse(b"GET http://api.example.com:80/v1?q HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(head.host.as_deref(), Some("api.example.com:80"));
+        assert_eq!(head.target, "/v1?q");
+    }
+
+    #[test]
+    fn refusals_map_to_their_status() {
+        assert_eq!(
+            parse(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+            Err(HeadError::Version)
+        );
+        assert_eq!(parse(b"GET / HTTP/3.0\r\n\r\n"), Err(HeadError::Version));
+        assert!(matches!(
+            parse(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n"),
+            Err(HeadError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse(b"hello world\r\n\r\n"),
+            Err(HeadError::Malformed(_))
+        ));
+        assert_eq!(
+            parse(b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n"),
+            Err(HeadError::Method)
+        );
+        assert!(matches!(
+            parse(b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n"),
+            Err(HeadError::Malformed(_))
+        ));
+        let many: Vec<u8> = [
+            b"GET / HTTP/1.1\r\n".to_vec(),
+            b"X: y\r\n".repeat(MAX_HEADERS + 1),
+            b"\r\n".to_vec(),
+        ]
+        .concat();
+        assert_eq!(parse(&many), Err(HeadError::TooLarge));
+    }
+
+    #[tokio::test]
+    async fn read_stops_at_max_bytes() {
+        let mut input: &[u8] = b"GET / HTTP/1.1\r\nX: aaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+        let mut buf = Vec::new();
+        let r = read(&mut input, &mut buf, 20).await;
+        assert!(matches!(r, Err(ReadError::Head(HeadError::TooLarge))));
+        assert_eq!(buf.len(), 20);
+    }
+
+    #[tokio::test]
+    async fn read_keeps_bytes_after_the_head() {
+        let mut input: &[u8] = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nFRAME";
+        let mut buf = Vec::new();
+        let head = read(&mut input, &mut buf, 1024).await.unwrap().unwrap();
+        assert_eq!(&buf[head.len..], b"FRAME");
+    }
+}

@@ -1,0 +1,367 @@
+//! The `route` stage: the route table and how a request head picks its route.
+//!
+//! Pure: no I/O. A rule is `[HOST]PATH=BACKEND[,BACKEND...]`. Matching follows what nginx and
+//! HAProxy users expect: a route whose host matches beats one without a host, then the longest
+//! path prefix wins, and a prefix only matches at a path-segment boundary (`/api` matches `/api`,
+//! `/api/x` and `/api?q`, never `/apix`). Dot-segments are resolved first (RFC 3986 §5.2.4) so
+//! `/ws/../admin` cannot reach the `/ws` backend.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// A backend address as the user wrote it; names are resolved when connecting, so a backend
+/// whose address changes (DNS, container restarts) is followed without a restart.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backend {
+    host: String,
+    port: u16,
+}
+
+impl Backend {
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl FromStr for Backend {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (host, port) = s
+            .rsplit_once(':')
+            .ok_or_else(|| format!("backend '{s}' needs a port, as in 127.0.0.1:3000"))?;
+        let host = match host.strip_prefix('[') {
+            Some(rest) => rest
+                .strip_suffix(']')
+                .ok_or_else(|| format!("backend '{s}': unclosed '[' in IPv6 address"))?,
+            None if host.contains(':') => {
+                return Err(format!(
+                    "backend '{s}': write an IPv6 address in brackets, as in [::1]:8080"
+                ));
+            }
+            None => host,
+        };
+        if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c == '/') {
+            return Err(format!("backend '{s}': bad host '{host}'"));
+        }
+        let port = match port.parse::<u16>() {
+            Ok(0) | Err(_) => {
+                return Err(format!(
+                    "backend '{s}': bad port '{port}' (expected 1 to 65535)"
+                ));
+            }
+            Ok(p) => p,
+        };
+        Ok(Backend {
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+/// One `--route` rule as parsed from the command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteSpec {
+    /// Lower-case host without port; `None` matches any host.
+    pub host: Option<String>,
+    pub path: String,
+    pub backends: Vec<Backend>,
+}
+
+impl FromStr for RouteSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (target, backends) = s.split_once('=').ok_or_else(|| {
+            format!("route '{s}' has no '=': write PATH=BACKEND, as in /ws/=127.0.0.1:3000")
+        })?;
+        let (host, path) = match target.find('/') {
+            Some(0) => (None, target),
+            Some(i) => (Some(&target[..i]), &target[i..]),
+            None if target.is_empty() => {
+                return Err(format!("route '{s}' has no path before '='"));
+            }
+            None => (Some(target), "/"),
+        };
+        let host = match host {
+            Some(h) => {
+                let h = normalize_host(h);
+                if h.is_empty() || h.chars().any(|c| c.is_whitespace()) {
+                    return Err(format!("route '{s}': bad host '{h}'"));
+                }
+                Some(h)
+            }
+            None => None,
+        };
+        if path.contains(['?', '#']) || path.chars().any(|c| c.is_whitespace()) {
+            return Err(format!(
+                "route '{s}': the path '{path}' may not hold '?', '#' or spaces"
+            ));
+        }
+        let backends = backends
+            .split(',')
+            .map(|b| b.trim().parse::<Backend>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("route '{s}': {e}"))?;
+        Ok(RouteSpec {
+            host,
+            path: resolve_dot_segments(path).into_owned(),
+            backends,
+        })
+    }
+}
+
+/// A route with its backends; the counter spreads connections round-robin.
+#[derive(Debug)]
+pub struct Route {
+    pub spec: RouteSpec,
+    next: AtomicUsize,
+}
+
+impl Route {
+    /// The backends in the order this connection should try them: round-robin start, then the
+    /// rest in turn, so a failed connect moves on to the next backend.
+    pub fn backends(&self) -> impl Iterator<Item = &Backend> {
+        let list = &self.spec.backends;
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % list.len();
+        list[start..].iter().chain(list[..start].iter())
+    }
+}
+
+impl fmt::Display for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}{}",
+            self.spec.host.as_deref().unwrap_or(""),
+            self.spec.path
+        )
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    routes: Vec<Route>,
+}
+
+impl RouteTable {
+    /// Builds the table; two rules for the same host and path are a configuration error.
+    pub fn new(specs: Vec<RouteSpec>) -> Result<Self, String> {
+        let mut routes: Vec<Route> = Vec::with_capacity(specs.len());
+        for spec in specs {
+            if let Some(old) = routes
+                .iter()
+                .find(|r| r.spec.host == spec.host && r.spec.path == spec.path)
+            {
+                return Err(format!("two routes for '{old}'"));
+            }
+            routes.push(Route {
+                spec,
+                next: AtomicUsize::new(0),
+            });
+        }
+        Ok(RouteTable { routes })
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Route> {
+        self.routes.iter()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
+    /// Picks the route for a request: `host` as sent (any case, any port), `target` the
+    /// origin-form request target (path and query).
+    pub fn find(&self, host: Option<&str>, target: &str) -> Option<&Route> {
+        let host = host.map(normalize_host);
+        let path = match_path(target);
+        self.routes
+            .iter()
+            .filter(|r| match &r.spec.host {
+                Some(h) => host.as_deref() == Some(h.as_str()),
+                None => true,
+            })
+            .filter(|r| prefix_matches(&r.spec.path, &path))
+            .max_by_key(|r| (r.spec.host.is_some(), r.spec.path.len()))
+    }
+}
+
+/// True when `prefix` matches `path` at a segment boundary.
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}
+
+/// Lower-cases a host and drops a `:port` and a trailing dot, so `Example.COM:443` and
+/// `example.com` are the same host.
+pub fn normalize_host(host: &str) -> String {
+    let host = host.trim();
+    let without_port = if let Some(rest) = host.strip_prefix('[') {
+        match rest.find(']') {
+            Some(end) => &host[..end + 2],
+            None => host,
+        }
+    } else {
+        match host.rsplit_once(':') {
+            Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => host,
+        }
+    };
+    without_port.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// The part of a request target that routes match on: the path without query or fragment,
+/// with dot-segments resolved.
+pub fn match_path(target: &str) -> Cow<'_, str> {
+    let end = target.find(['?', '#']).unwrap_or(target.len());
+    resolve_dot_segments(&target[..end])
+}
+
+/// RFC 3986 §5.2.4 `remove_dot_segments`, also treating percent-encoded dots (`%2e`) as dots,
+/// since many backends decode them before they look at the path.
+fn resolve_dot_segments(path: &str) -> Cow<'_, str> {
+    let is_dot = |s: &str| s == "." || s.eq_ignore_ascii_case("%2e");
+    let is_dotdot = |s: &str| {
+        matches!(
+            s.to_ascii_lowercase().as_str(),
+            ".." | ".%2e" | "%2e." | "%2e%2e"
+        )
+    };
+    if !path.split('/').any(|s| is_dot(s) || is_dotdot(s)) {
+        return Cow::Borrowed(path);
+    }
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let last = segments.len() - 1;
+    for (i, seg) in segments.iter().enumerate() {
+        if is_dot(seg) {
+            if i == last {
+                out.push("");
+            }
+        } else if is_dotdot(seg) {
+            out.pop();
+            if i == last {
+                out.push("");
+            }
+        } else {
+            out.push(seg);
+        }
+    }
+    Cow::Owned(format!("/{}", out.join("/")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(rules: &[&str]) -> RouteTable {
+        RouteTable::new(rules.iter().map(|r| r.parse().unwrap()).collect()).unwrap()
+    }
+
+    fn pick(t: &RouteTable, host: Option<&str>, target: &str) -> Option<String> {
+        t.find(host, target).map(|r| r.to_string())
+    }
+
+    #[test]
+    fn longest_prefix_at_segment_boundary() {
+        let t = table(&["/=a:1", "/ws=b:1", "/ws/chat/=c:1"]);
+        assert_eq!(pick(&t, None, "/ws").as_deref(), Some("/ws"));
+        assert_eq!(pick(&t, None, "/ws/x").as_deref(), Some("/ws"));
+        assert_eq!(pick(&t, None, "/ws?x=1").as_deref(), Some("/ws"));
+        assert_eq!(pick(&t, None, "/wsx").as_deref(), Some("/"));
+        assert_eq!(pick(&t, None, "/ws/chat/1").as_deref(), Some("/ws/chat/"));
+        assert_eq!(pick(&t, None, "/ws/chat").as_deref(), Some("/ws"));
+    }
+
+    #[test]
+    fn trailing_slash_prefix_needs_the_slash() {
+        let t = table(&["/socket.io/=a:1"]);
+        assert!(t.find(None, "/socket.io/?EIO=4").is_some());
+        assert!(t.find(None, "/socket.io").is_none());
+        assert!(t.find(None, "/socket.iox/").is_none());
+    }
+
+    #[test]
+    fn host_route_beats_longer_hostless_route() {
+        let t = table(&["/api/v1/=a:1", "API.example.com/=b:1"]);
+        assert_eq!(
+            pick(&t, Some("api.example.com:8443"), "/api/v1/x").as_deref(),
+            Some("api.example.com/")
+        );
+        assert_eq!(
+            pick(&t, Some("other.example.com"), "/api/v1/x").as_deref(),
+            Some("/api/v1/")
+        );
+        assert_eq!(pick(&t, None, "/x"), None);
+    }
+
+    #[test]
+    fn dot_segments_resolved_before_matching() {
+        let t = table(&["/ws/=a:1", "/admin=b:1"]);
+        assert_eq!(pick(&t, None, "/ws/../admin").as_deref(), Some("/admin"));
+        assert_eq!(
+            pick(&t, None, "/ws/%2E%2e/admin").as_deref(),
+            Some("/admin")
+        );
+        assert_eq!(pick(&t, None, "/ws/./x").as_deref(), Some("/ws/"));
+        assert_eq!(pick(&t, None, "/../../ws/x").as_deref(), Some("/ws/"));
+        assert_eq!(match_path("/a/b/.."), "/a/");
+        assert_eq!(match_path("/a/./b/."), "/a/b/");
+    }
+
+    #[test]
+    fn rules_parse_and_errors_say_what_is_wrong() {
+        let r: RouteSpec = "api.example.com/x=[::1]:8080, 127.0.0.1:8081"
+            .parse()
+            .unwrap();
+        assert_eq!(r.host.as_deref(), Some("api.example.com"));
+        assert_eq!(r.path, "/x");
+        assert_eq!(r.backends[0].to_string(), "[::1]:8080");
+        assert_eq!(r.backends[1].to_string(), "127.0.0.1:8081");
+        let err = |s: &str| s.parse::<RouteSpec>().unwrap_err();
+        assert!(err("/ws").contains("no '='"));
+        assert!(err("/ws=127.0.0.1").contains("needs a port"));
+        assert!(err("/ws=127.0.0.1:99999").contains("bad port"));
+        assert!(err("/ws=127.0.0.1:0").contains("bad port"));
+        assert!(err("/ws=::1:80").contains("brackets"));
+        assert!(err("=a:1").contains("no path"));
+        assert!(RouteTable::new(vec![err_free("/a=x:1"), err_free("/a=y:1")]).is_err());
+    }
+
+    fn err_free(s: &str) -> RouteSpec {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn round_robin_then_failover_order() {
+        let t = table(&["/=a:1,b:1,c:1"]);
+        let r = t.find(None, "/").unwrap();
+        let order = |r: &Route| {
+            r.backends()
+                .map(|b| b.host().to_string())
+                .collect::<String>()
+        };
+        assert_eq!(order(r), "abc");
+        assert_eq!(order(r), "bca");
+        assert_eq!(order(r), "cab");
+    }
+}

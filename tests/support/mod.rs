@@ -1,0 +1,387 @@
+//! Shared fixtures: a test PKI, wssbridge started in-process on port 0, a TLS client that
+//! trusts only the test root, and real backends (echo, upgrade-echo, WebSocket echo,
+//! recording, refusing, silent). Everything listens on 127.0.0.1.
+#![allow(dead_code)]
+
+pub mod pki;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use wssbridge::Server;
+use wssbridge::cli::Args;
+
+/// Bound on any single wait in a test, so a broken tunnel fails a test instead of hanging it.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub struct Pki {
+    pub dir: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub root: CertificateDer<'static>,
+}
+
+/// One PKI per test binary, written under cargo's per-target temp dir.
+pub fn pki() -> &'static Pki {
+    static PKI: OnceLock<Pki> = OnceLock::new();
+    PKI.get_or_init(|| {
+        let generated = pki::generate(&["localhost", "127.0.0.1"]).expect("generate test PKI");
+        let dir =
+            PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("pki-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create PKI dir");
+        let cert = dir.join("chain.pem");
+        let key = dir.join("key.pem");
+        std::fs::write(&cert, &generated.chain_pem).expect("write chain");
+        std::fs::write(&key, &generated.key_pem).expect("write key");
+        std::fs::write(dir.join("root.pem"), &generated.root_pem).expect("write root");
+        let root = CertificateDer::from_pem_slice(generated.root_pem.as_bytes()).expect("root PEM");
+        Pki {
+            dir,
+            cert,
+            key,
+            root,
+        }
+    })
+}
+
+/// A rustls client that trusts only the test root and offers `alpn`.
+pub fn client_config_with(alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki().root.clone()).expect("add root");
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
+
+pub fn client_config() -> Arc<rustls::ClientConfig> {
+    static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
+    CONFIG
+        .get_or_init(|| client_config_with(&[b"http/1.1"]))
+        .clone()
+}
+
+pub async fn tls_connect_with(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let name = ServerName::try_from("localhost").expect("server name");
+    TlsConnector::from(config).connect(name, tcp).await
+}
+
+pub async fn tls_connect(addr: SocketAddr) -> TlsStream<TcpStream> {
+    tokio::time::timeout(WAIT, tls_connect_with(addr, client_config()))
+        .await
+        .expect("TLS connect timed out")
+        .expect("TLS connect")
+}
+
+/// wssbridge running in-process on 127.0.0.1 port 0.
+pub struct Tunnel {
+    pub addr: SocketAddr,
+    pub server: Server,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Tunnel {
+    /// Starts with the test certificate and `flags` (routes, timeouts...).
+    pub async fn start(flags: &[&str]) -> Tunnel {
+        Tunnel::start_with_cert(&pki().cert, &pki().key, flags).await
+    }
+
+    /// Starts with the given certificate chain and key files and `flags`.
+    pub async fn start_with_cert(cert: &Path, key: &Path, flags: &[&str]) -> Tunnel {
+        let mut argv: Vec<String> = vec![
+            "wssbridge".into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--cert".into(),
+            cert.display().to_string(),
+            "--key".into(),
+            key.display().to_string(),
+        ];
+        argv.extend(flags.iter().map(|f| f.to_string()));
+        let args = <Args as clap::Parser>::try_parse_from(&argv).expect("flags parse");
+        let config = args.into_config().expect("config");
+        let listener = wssbridge::accept::bind(config.listen[0]).expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let server = Server::new(config);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server.clone().run(vec![listener], async {
+            let _ = stopped.await;
+        }));
+        Tunnel {
+            addr,
+            server,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Fires the shutdown future, as SIGTERM would.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Waits for `run` to return after [`Tunnel::begin_shutdown`].
+    pub async fn finished(&mut self) {
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(WAIT, task)
+                .await
+                .expect("run did not return")
+                .expect("run panicked")
+                .expect("run failed");
+        }
+    }
+
+    /// Waits until no connection is open in the tunnel; every test ends with this.
+    pub async fn assert_idle(&self) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while self.server.connections() > 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} connection(s) still open in the tunnel",
+                self.server.connections()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Sends `raw` over a new TLS connection and returns everything read until close.
+    pub async fn exchange(&self, raw: &[u8]) -> String {
+        let mut tls = tls_connect(self.addr).await;
+        tls.write_all(raw).await.expect("write request");
+        read_to_close(&mut tls).await
+    }
+}
+
+/// Reads until the peer closes (close_notify or EOF), bounded by [`WAIT`].
+pub async fn read_to_close<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> String {
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(WAIT, async {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                Err(e) => panic!("read failed after {} bytes: {e}", out.len()),
+            }
+        }
+    })
+    .await;
+    assert!(
+        read.is_ok(),
+        "peer did not close; read {:?}",
+        String::from_utf8_lossy(&out)
+    );
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The status code of a raw HTTP response.
+pub fn status_of(response: &str) -> u16 {
+    response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"))
+}
+
+/// Reads one HTTP head (up to the blank line) from `stream`, byte by byte so nothing after it
+/// is consumed.
+pub async fn read_head<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> Option<Vec<u8>> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte).await {
+            Ok(1) => head.push(byte[0]),
+            _ => return None,
+        }
+    }
+    Some(head)
+}
+
+pub const UPGRADE_REQUEST: &[u8] = b"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
+    Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+    Sec-WebSocket-Version: 13\r\n\r\n";
+
+/// A backend on 127.0.0.1: its address, and what it recorded.
+pub struct Backend {
+    pub addr: SocketAddr,
+    /// Every byte each connection sent, in accept order (recording backends only).
+    pub received: Arc<Mutex<Vec<Vec<u8>>>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Backend {
+    pub fn address(&self) -> String {
+        self.addr.to_string()
+    }
+
+    async fn spawn<F, Fut>(handler: F) -> Backend
+    where
+        F: Fn(TcpStream, Arc<Mutex<Vec<Vec<u8>>>>, usize) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind backend");
+        let addr = listener.local_addr().expect("backend addr");
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let recorded = received.clone();
+        let task = tokio::spawn(async move {
+            let handler = Arc::new(handler);
+            while let Ok((stream, _)) = listener.accept().await {
+                let index = {
+                    let mut r = recorded.lock().unwrap();
+                    r.push(Vec::new());
+                    r.len() - 1
+                };
+                let handler = handler.clone();
+                let recorded = recorded.clone();
+                tokio::spawn(async move { handler(stream, recorded, index).await });
+            }
+        });
+        Backend {
+            addr,
+            received,
+            task,
+        }
+    }
+
+    /// Echoes every byte back, head included, until the client's FIN; then closes.
+    pub async fn echo() -> Backend {
+        Backend::spawn(|mut s, _, _| async move {
+            let (mut r, mut w) = s.split();
+            let _ = tokio::io::copy(&mut r, &mut w).await;
+            let _ = w.shutdown().await;
+        })
+        .await
+    }
+
+    /// Answers the request head with 101, then echoes every byte until FIN.
+    pub async fn upgrade_echo() -> Backend {
+        Backend::spawn(|mut s, recorded, i| async move {
+            let Some(head) = read_head(&mut s).await else { return };
+            recorded.lock().unwrap()[i] = head;
+            let _ = s
+                .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+                .await;
+            let (mut r, mut w) = s.split();
+            let _ = tokio::io::copy(&mut r, &mut w).await;
+            let _ = w.shutdown().await;
+        })
+        .await
+    }
+
+    /// A real WebSocket server (tokio-tungstenite) that echoes every message.
+    pub async fn ws_echo() -> Backend {
+        use futures_util::{SinkExt, StreamExt};
+        Backend::spawn(|s, _, _| async move {
+            let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else {
+                return;
+            };
+            while let Some(Ok(msg)) = ws.next().await {
+                if msg.is_close() {
+                    break;
+                }
+                if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await
+    }
+
+    /// Answers every request on the connection with 200 and body `name`, recording what it
+    /// received; closes after a request with `Connection: close`, or when the client does.
+    pub async fn http(name: &'static str) -> Backend {
+        Backend::spawn(move |mut s, recorded, i| async move {
+            while let Some(head) = read_head(&mut s).await {
+                recorded.lock().unwrap()[i].extend_from_slice(&head);
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nX-Backend: {name}\r\n\r\n{name}",
+                    name.len()
+                );
+                if s.write_all(response.as_bytes()).await.is_err() {
+                    return;
+                }
+                if String::from_utf8_lossy(&head)
+                    .to_ascii_lowercase()
+                    .contains("connection: close")
+                {
+                    let _ = s.shutdown().await;
+                    return;
+                }
+            }
+        })
+        .await
+    }
+
+    /// Records every byte until the client's FIN, then answers with the byte count and closes.
+    pub async fn recording() -> Backend {
+        Backend::spawn(|mut s, recorded, i| async move {
+            let mut buf = [0u8; 16 * 1024];
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => recorded.lock().unwrap()[i].extend_from_slice(&buf[..n]),
+                }
+            }
+            let total = recorded.lock().unwrap()[i].len();
+            let _ = s.write_all(format!("received {total}").as_bytes()).await;
+        })
+        .await
+    }
+
+    /// Accepts and then neither reads nor writes until the test ends.
+    pub async fn silent() -> Backend {
+        Backend::spawn(|s, _, _| async move {
+            std::future::pending::<()>().await;
+            drop(s);
+        })
+        .await
+    }
+}
+
+/// An address on 127.0.0.1 where nothing listens: connecting is refused.
+pub async fn refusing_address() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    drop(listener);
+    addr.to_string()
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so both ends can regenerate a stream.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
