@@ -161,7 +161,8 @@ struct Summary {
     transfer: Transfer,
 }
 
-/// Request targets are peer-controlled: log at most this much of one.
+/// Request targets are peer-controlled: log at most this much of one. Method and path are
+/// logged quoted (Debug), which escapes control characters a peer might send.
 const MAX_LOGGED_PATH: usize = 256;
 
 impl Summary {
@@ -195,11 +196,11 @@ impl Summary {
                 tracing::event!(
                     $level,
                     peer = %peer,
-                    sni = self.sni.as_deref().unwrap_or("-"),
+                    sni = %self.sni.as_deref().unwrap_or("-"),
                     method = self.method.as_deref().unwrap_or("-"),
                     path = path.unwrap_or("-"),
-                    route = self.route.as_deref().unwrap_or("-"),
-                    backend = self.backend.as_deref().unwrap_or("-"),
+                    route = %self.route.as_deref().unwrap_or("-"),
+                    backend = %self.backend.as_deref().unwrap_or("-"),
                     outcome = %outcome_text,
                     bytes_up = self.transfer.up,
                     bytes_down = self.transfer.down,

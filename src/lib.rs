@@ -130,6 +130,11 @@ pub fn log_startup(config: &Config, listeners: &[std::net::TcpListener]) {
             Err(e) => tracing::warn!("listener without address: {e}"),
         }
     }
+    tracing::info!(
+        max_connections = config.limits.max_connections,
+        max_header_bytes = config.limits.max_header_bytes,
+        "limits"
+    );
     for route in config.routes.iter() {
         let backends: Vec<String> = route
             .spec

@@ -4,6 +4,7 @@
 //! an unreadable certificate), 1 for a failure at run time (a port in use).
 #![forbid(unsafe_code)]
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -50,6 +51,7 @@ fn init_logging(args: &Args) {
         .unwrap_or_else(|_| EnvFilter::new(format!("wssbridge={}", args.log_level())));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match args.log_format {
         LogFormat::Text => builder.init(),

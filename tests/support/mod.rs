@@ -302,10 +302,8 @@ impl Backend {
             let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else {
                 return;
             };
+            // After a Close, the next poll sends tungstenite's reply and ends the stream.
             while let Some(Ok(msg)) = ws.next().await {
-                if msg.is_close() {
-                    break;
-                }
                 if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
                     break;
                 }

@@ -1,0 +1,486 @@
+//! The command-line contract, against the real binary: bad configuration fails at start with
+//! a message naming the flag or file (exit 2; 1 for run-time failures), flags come from the
+//! environment too, signals drain, and every connection writes one log line.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use support::{Backend, WAIT, pki, status_of, tls_connect};
+use tokio::io::AsyncWriteExt;
+use tokio_tungstenite::tungstenite::Message;
+
+fn wssbridge() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wssbridge"));
+    cmd.env_remove("RUST_LOG");
+    for (key, _) in std::env::vars() {
+        if key.starts_with("WSSBRIDGE_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
+/// Runs to completion (it must exit by itself); returns exit code and stderr.
+fn fails(args: &[&str]) -> (i32, String) {
+    let out = wssbridge().args(args).output().expect("run wssbridge");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("backtrace"),
+        "{stderr}"
+    );
+    (out.status.code().expect("exit code"), stderr)
+}
+
+fn path(p: &std::path::Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn bad_configuration_fails_with_a_message_naming_the_flag_or_file() {
+    let pki = pki();
+    let (cert, key) = (path(&pki.cert), path(&pki.key));
+    let other_key = pki.dir.join("other.key");
+    std::fs::write(
+        &other_key,
+        rcgen::KeyPair::generate().unwrap().serialize_pem(),
+    )
+    .unwrap();
+    let to = ["--to", "127.0.0.1:3000"];
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["--cert", "/nonexistent/chain.pem", "--key", key],
+            "--cert /nonexistent/chain.pem: cannot read",
+        ),
+        (
+            vec!["--cert", cert, "--key", "/nonexistent/k.pem"],
+            "--key /nonexistent/k.pem: cannot read",
+        ),
+        (vec!["--cert", key, "--key", key], "no CERTIFICATE"),
+        (vec!["--cert", cert, "--key", cert], "no private key"),
+        (
+            vec!["--cert", cert, "--key", path(&other_key)],
+            "does not belong to --cert",
+        ),
+        (vec!["--cert", cert], "--key"),
+        (vec!["--route", "/ws"], "no '='"),
+        (vec!["--route", "/ws=127.0.0.1:99999"], "bad port"),
+        (vec!["--route", "/ws=127.0.0.1"], "needs a port"),
+        (vec!["--header-timeout", "10"], "no unit"),
+        (vec!["--idle-timeout", "5 minutes"], "--idle-timeout"),
+        (vec!["--listen", "localhost"], "--listen"),
+        (vec!["--max-header-bytes", "lots"], "--max-header-bytes"),
+        (
+            vec!["--route", "/a=127.0.0.1:1", "--route", "/a=127.0.0.1:2"],
+            "two routes",
+        ),
+    ];
+    for (mut args, expected) in cases {
+        if !args.iter().any(|a| a.starts_with("--route")) {
+            args.extend(to);
+        }
+        let (code, stderr) = fails(&args);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(expected),
+            "{args:?}: expected {expected:?} in {stderr}"
+        );
+    }
+    let (code, stderr) = fails(&[]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("no route"), "{stderr}");
+}
+
+#[test]
+fn port_in_use_exits_1() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (code, stderr) = fails(&["--listen", &addr, "--to", "127.0.0.1:3000"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains(&format!("--listen {addr}")), "{stderr}");
+    assert!(stderr.contains("in use"), "{stderr}");
+}
+
+#[test]
+fn help_documents_every_flag_and_version_works() {
+    let help = wssbridge().arg("--help").output().unwrap();
+    assert!(help.status.success());
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in [
+        "--listen",
+        "--cert",
+        "--key",
+        "--route",
+        "--to",
+        "--handshake-timeout",
+        "--header-timeout",
+        "--connect-timeout",
+        "--idle-timeout",
+        "--close-timeout",
+        "--shutdown-grace",
+        "--max-header-bytes",
+        "--max-connections",
+        "--log-format",
+        "--verbose",
+        "--quiet",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}");
+    }
+    let version = wssbridge().arg("--version").output().unwrap();
+    assert!(version.status.success());
+    assert!(String::from_utf8_lossy(&version.stdout).contains(env!("CARGO_PKG_VERSION")));
+}
+
+/// The binary running in the background, its stderr collected line by line.
+struct Running {
+    child: Child,
+    addr: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Running {
+    fn start(args: &[&str], env: &[(&str, &str)]) -> Running {
+        let mut child = wssbridge()
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn wssbridge");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let lines = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = field(&line, "addr") {
+                    let _ = tx.send(addr.to_string());
+                }
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let addr = rx
+            .recv_timeout(WAIT)
+            .unwrap_or_else(|_| panic!("no listening line: {:?}", log.lock().unwrap()))
+            .parse()
+            .expect("listening address");
+        Running { child, addr, log }
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    fn wait(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "wssbridge did not exit: {:?}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits for a log line containing every one of `needles`.
+    async fn wait_for_line(&self, needles: &[&str]) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(line) = self
+                .log()
+                .into_iter()
+                .find(|l| needles.iter().all(|n| l.contains(n)))
+            {
+                return line;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no line with {needles:?} in {:?}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `key=value` from a text log line (values without spaces, quotes removed), or
+/// `"key":"value"` from a JSON one.
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    if let Some(start) = line.find(&format!("\"{key}\":\"")) {
+        let rest = &line[start + key.len() + 4..];
+        return rest.split('"').next();
+    }
+    let start = line.find(&format!(" {key}="))? + key.len() + 2;
+    line[start..]
+        .split_whitespace()
+        .next()
+        .map(|v| v.trim_matches('"'))
+}
+
+fn with_test_cert<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    let pki = pki();
+    let mut all = vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--cert",
+        path(&pki.cert),
+        "--key",
+        path(&pki.key),
+    ];
+    all.extend_from_slice(args);
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_log_line_per_connection_with_its_fields() {
+    let backend = Backend::http("logged").await;
+    let running = Running::start(
+        &with_test_cert(&["--route", &format!("/api={}", backend.address())]),
+        &[],
+    );
+    let response = tls_connect_and_send(
+        running.addr,
+        b"GET /api/x?q=1 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&response), 200);
+    let line = running.wait_for_line(&["connection", "outcome="]).await;
+    for (key, value) in [
+        ("sni", "localhost"),
+        ("method", "GET"),
+        ("path", "/api/x?q=1"),
+        ("route", "/api"),
+        ("backend", backend.address().as_str()),
+    ] {
+        assert_eq!(field(&line, key), Some(value), "{key} in {line}");
+    }
+    assert!(
+        field(&line, "peer").is_some_and(|p| p.starts_with("127.0.0.1:")),
+        "{line}"
+    );
+    assert!(
+        field(&line, "bytes_up").is_some_and(|b| b.parse::<u64>().unwrap() > 50),
+        "{line}"
+    );
+    assert!(
+        field(&line, "bytes_down").is_some_and(|b| b.parse::<u64>().unwrap() > 30),
+        "{line}"
+    );
+    assert!(line.contains("tunnel closed"), "{line}");
+    assert!(field(&line, "ms").is_some(), "{line}");
+    // Start-up logged one line per listener and per route.
+    running
+        .wait_for_line(&["route", "/api", &backend.address()])
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_and_flags_from_the_environment() {
+    let backend = Backend::http("from-env").await;
+    let pki = pki();
+    let running = Running::start(
+        &[],
+        &[
+            ("WSSBRIDGE_LISTEN", "127.0.0.1:0"),
+            ("WSSBRIDGE_CERT", path(&pki.cert)),
+            ("WSSBRIDGE_KEY", path(&pki.key)),
+            ("WSSBRIDGE_TO", &backend.address()),
+            ("WSSBRIDGE_LOG_FORMAT", "json"),
+        ],
+    );
+    let response = tls_connect_and_send(
+        running.addr,
+        b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(response.ends_with("from-env"), "{response}");
+    let line = running.wait_for_line(&["\"outcome\""]).await;
+    assert!(
+        line.starts_with('{') && line.ends_with('}'),
+        "not JSON: {line}"
+    );
+    assert!(line.contains("\"route\":\"/\""), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_certificate_an_ephemeral_one_is_served_and_its_fingerprint_logged() {
+    let backend = Backend::http("dev").await;
+    let running = Running::start(
+        &["--listen", "127.0.0.1:0", "--to", &backend.address()],
+        &[],
+    );
+    let warning = running.wait_for_line(&["self-signed", "sha256="]).await;
+    let logged = field(&warning, "sha256").unwrap().to_string();
+    let served = served_fingerprint(running.addr).await;
+    assert_eq!(logged, served);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_a_live_websocket() {
+    let backend = Backend::ws_echo().await;
+    let mut running = Running::start(
+        &with_test_cert(&["--to", &backend.address(), "--shutdown-grace", "20s"]),
+        &[],
+    );
+    let mut ws = ws_connect(running.addr).await;
+    echo(&mut ws, "before").await;
+    running.signal("TERM");
+    running.wait_for_line(&["draining"]).await;
+    // New connections are refused at once...
+    assert!(
+        tokio::net::TcpStream::connect(running.addr).await.is_err(),
+        "listener still open"
+    );
+    // ...while the live WebSocket keeps working.
+    echo(&mut ws, "during shutdown").await;
+    ws.close(None).await.unwrap();
+    while let Some(Ok(_)) = ws.next().await {}
+    drop(ws);
+    assert_eq!(running.wait().code(), Some(0));
+    running.wait_for_line(&["drained"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_grace_closes_what_is_left() {
+    let backend = Backend::ws_echo().await;
+    let mut running = Running::start(
+        &with_test_cert(&["--to", &backend.address(), "--shutdown-grace", "300ms"]),
+        &[],
+    );
+    let mut ws = ws_connect(running.addr).await;
+    echo(&mut ws, "hello").await;
+    running.signal("TERM");
+    let closed =
+        tokio::time::timeout(WAIT, async { while let Some(Ok(_)) = ws.next().await {} }).await;
+    assert!(closed.is_ok(), "the tunnel outlived the grace period");
+    assert_eq!(running.wait().code(), Some(0));
+    running.wait_for_line(&["grace over"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigint_exits_at_once() {
+    let backend = Backend::ws_echo().await;
+    let mut running = Running::start(
+        &with_test_cert(&["--to", &backend.address(), "--shutdown-grace", "60s"]),
+        &[],
+    );
+    let mut ws = ws_connect(running.addr).await;
+    echo(&mut ws, "hello").await;
+    running.signal("INT");
+    running.wait_for_line(&["draining"]).await;
+    running.signal("INT");
+    let status = running.wait();
+    assert!(!status.success(), "{status:?}");
+}
+
+async fn tls_connect_and_send(addr: SocketAddr, raw: &[u8]) -> String {
+    let mut tls = tls_connect(addr).await;
+    tls.write_all(raw).await.unwrap();
+    support::read_to_close(&mut tls).await
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+async fn ws_connect(addr: SocketAddr) -> Ws {
+    let tls = tls_connect(addr).await;
+    let url = format!("wss://localhost:{}/", addr.port());
+    tokio_tungstenite::client_async(url, tls)
+        .await
+        .expect("ws handshake")
+        .0
+}
+
+async fn echo(ws: &mut Ws, text: &str) {
+    ws.send(Message::text(text)).await.unwrap();
+    let got = tokio::time::timeout(WAIT, ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, Message::text(text));
+}
+
+/// The SHA-256 fingerprint of the certificate a server presents, read without verifying it.
+async fn served_fingerprint(addr: SocketAddr) -> String {
+    let config = rustls::ClientConfig::builder()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAny))
+        .with_no_client_auth();
+    let tls = support::tls_connect_with(addr, Arc::new(config))
+        .await
+        .unwrap();
+    let cert = &tls.get_ref().1.peer_certificates().unwrap()[0];
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, cert);
+    digest
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+#[derive(Debug)]
+struct AcceptAny;
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::aws_lc_rs::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
