@@ -83,7 +83,8 @@ pub struct Args {
     )]
     pub idle_timeout: Timeout,
 
-    /// Once one direction of a tunnel has closed, how long the other may go on (0 = off).
+    /// Once one direction of a tunnel has closed, how long the other may be silent before the
+    /// tunnel is closed (0 = off).
     #[arg(
         long,
         env = "WSSBRIDGE_CLOSE_TIMEOUT",
@@ -168,6 +169,9 @@ impl Args {
         };
         let max_connections = match self.max_connections {
             Some(0) => anyhow::bail!("--max-connections must be at least 1"),
+            Some(n) if n > MAX_CONNECTIONS => {
+                anyhow::bail!("--max-connections {n} is more than {MAX_CONNECTIONS}")
+            }
             Some(n) => n,
             None => crate::config::default_max_connections(),
         };
@@ -194,6 +198,9 @@ impl Args {
     }
 }
 
+/// Far above what one process can hold (two descriptors each), and within what a semaphore takes.
+const MAX_CONNECTIONS: usize = 100_000_000;
+
 /// A list of backends, as `--to` takes it.
 #[derive(Debug, Clone)]
 pub struct Backends(pub Vec<Backend>);
@@ -204,6 +211,9 @@ fn parse_backends(s: &str) -> Result<Backends, String> {
         .collect::<Result<Vec<_>, _>>()
         .map(Backends)
 }
+
+/// Longer than any timeout anyone means, and short enough that `Instant + d` cannot overflow.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// A duration with a unit (`500ms`, `10s`, `2m`, `1h`); `0` means off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -231,8 +241,10 @@ impl FromStr for Timeout {
             "h" => number * 3600.0,
             _ => return Err(format!("'{s}': unknown unit '{unit}' (use ms, s, m or h)")),
         };
-        let d =
-            Duration::try_from_secs_f64(seconds).map_err(|_| format!("'{s}' is out of range"))?;
+        let d = Duration::try_from_secs_f64(seconds)
+            .ok()
+            .filter(|d| *d <= MAX_DURATION)
+            .ok_or_else(|| format!("'{s}' is out of range (at most 365 days)"))?;
         Ok(Timeout((!d.is_zero()).then_some(d)))
     }
 }
@@ -279,6 +291,7 @@ mod tests {
         assert!(t("10").unwrap_err().contains("no unit"));
         assert!(t("10x").unwrap_err().contains("unknown unit"));
         assert!(t("s").is_err());
+        assert!(t("9999999999h").unwrap_err().contains("out of range"));
     }
 
     #[test]

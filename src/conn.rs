@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::head::{self, HeadError, ReadError};
 use crate::respond::{self, Status};
-use crate::splice::{self, End, Side, Transfer};
+use crate::splice::{self, End, Op, Side, Transfer};
 
 /// What every connection shares: the configuration and the shutdown signals.
 pub struct Shared {
@@ -52,12 +52,22 @@ async fn pipeline(
     let timeouts = &shared.config.timeouts;
     crate::connect::tune(&stream);
 
-    // tls
+    // tls: under --handshake-timeout, and never past the header deadline, which counts
+    // from accept.
+    let header_deadline = timeouts.header.map(|t| started + t);
+    let handshake_deadline = timeouts.handshake.map(|t| Instant::now() + t);
+    let deadline = match (handshake_deadline, header_deadline) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
     let handshake = shared.acceptor.accept(stream);
-    let handshake = match timeouts.handshake {
-        Some(t) => match tokio::time::timeout(t, handshake).await {
+    let handshake = match deadline {
+        Some(d) => match tokio::time::timeout_at(d.into(), handshake).await {
             Ok(r) => r,
-            Err(_) => return Outcome::TlsFailed(format!("handshake timed out after {t:?}")),
+            Err(_) => {
+                let after = d.saturating_duration_since(started);
+                return Outcome::TlsFailed(format!("handshake timed out after {after:?}"));
+            }
         },
         None => handshake.await,
     };
@@ -71,8 +81,8 @@ async fn pipeline(
     let mut buf = Vec::new();
     let max = shared.config.limits.max_header_bytes;
     let read = head::read(&mut client, &mut buf, max);
-    let read = match timeouts.header {
-        Some(t) => match tokio::time::timeout_at((started + t).into(), read).await {
+    let read = match header_deadline {
+        Some(d) => match tokio::time::timeout_at(d.into(), read).await {
             Ok(r) => r,
             Err(_) => return answer(&mut client, Status::RequestTimeout).await,
         },
@@ -81,7 +91,7 @@ async fn pipeline(
     let head = match read {
         Ok(Some(head)) => head,
         Ok(None) => return Outcome::NoRequest,
-        Err(ReadError::Io(e)) => return Outcome::Failed(Side::Client, e),
+        Err(ReadError::Io(e)) => return Outcome::ReadFailed(e),
         Err(ReadError::Head(e)) => {
             tracing::debug!("refusing request: {e}");
             return answer(&mut client, status_for(e)).await;
@@ -145,7 +155,8 @@ enum Outcome {
     NoRequest,
     Status(Status),
     Tunnel(End),
-    Failed(Side, std::io::Error),
+    /// Reading the request head failed at the socket or TLS level.
+    ReadFailed(std::io::Error),
     /// Closed when the shutdown grace ran out.
     Forced,
 }
@@ -174,13 +185,21 @@ impl Summary {
             Outcome::Tunnel(End::Closed) => "tunnel closed".to_string(),
             Outcome::Tunnel(End::CloseTimeout) => "tunnel close-timeout".to_string(),
             Outcome::Tunnel(End::IdleTimeout) => "tunnel idle-timeout".to_string(),
-            Outcome::Tunnel(End::Failed(side, e)) | Outcome::Failed(side, e) => {
-                let side = match side {
+            Outcome::Tunnel(End::Failed(f)) => {
+                let side = match f.side {
                     Side::Client => "client",
                     Side::Backend => "backend",
                 };
-                format!("{side} error: {e}")
+                let op = match f.op {
+                    Op::Read => "read",
+                    Op::Write => "write",
+                };
+                match f.peer_went_away() {
+                    true => format!("tunnel aborted by {side} ({op}: {})", f.error),
+                    false => format!("tunnel failed: {side} {op}: {}", f.error),
+                }
             }
+            Outcome::ReadFailed(e) => format!("client read error: {e}"),
             Outcome::Forced => "closed at shutdown".to_string(),
         };
         let path = self

@@ -74,6 +74,11 @@ pub fn parse(buf: &[u8]) -> Result<Option<Head>, HeadError> {
     let mut upgrade = false;
     for h in req.headers.iter() {
         if h.name.eq_ignore_ascii_case("host") {
+            if host.is_some() {
+                // RFC 9112 §3.2: more than one Host is a 400; which one a backend believes
+                // is anyone's guess.
+                return Err(HeadError::Malformed("more than one Host header"));
+            }
             let value =
                 std::str::from_utf8(h.value).map_err(|_| HeadError::Malformed("bad Host"))?;
             host = Some(value.trim().to_string());
@@ -121,6 +126,18 @@ where
                 true => Ok(None),
                 false => Err(ReadError::Head(HeadError::Malformed("closed mid-head"))),
             };
+        }
+        // Blank lines before the request line are ignored (RFC 9112 §2.2) and not kept, so
+        // a peer cannot make each re-parse walk an ever longer run of them.
+        if buf.is_empty() {
+            let blank = chunk
+                .iter()
+                .take_while(|&&b| b == b'\r' || b == b'\n')
+                .count();
+            if blank > 0 {
+                stream.consume(blank);
+                continue;
+            }
         }
         let take = chunk.len().min(max - buf.len());
         let has_newline = chunk[..take].contains(&b'\n');
@@ -251,6 +268,23 @@ mod tests {
         ]
         .concat();
         assert_eq!(parse(&many), Err(HeadError::TooLarge));
+    }
+
+    #[test]
+    fn repeated_host_is_refused() {
+        assert_eq!(
+            parse(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+            Err(HeadError::Malformed("more than one Host header"))
+        );
+    }
+
+    #[tokio::test]
+    async fn read_skips_blank_lines_before_the_request() {
+        let mut input: &[u8] = b"\r\n\r\n\nGET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        let mut buf = Vec::new();
+        let head = read(&mut input, &mut buf, 1024).await.unwrap().unwrap();
+        assert_eq!(head.method, "GET");
+        assert!(buf.starts_with(b"GET "));
     }
 
     #[tokio::test]

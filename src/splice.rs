@@ -8,9 +8,11 @@
 //!   Here client→backend reads straight out of rustls's plaintext buffer (`AsyncBufRead`)
 //!   and backend→client allocates its buffer only while the backend has data, so an idle
 //!   WebSocket holds no copy buffer at all;
-//! - it has no bound on a half-closed tunnel: here `--close-timeout` limits how long one
-//!   direction may go on after the other ended, and `--idle-timeout` (when set) how long
-//!   both may be silent.
+//! - it has no bound on a half-closed tunnel: here, once one direction has ended, the other
+//!   may go on while it moves bytes but is closed after `--close-timeout` of silence; and
+//!   `--idle-timeout` (when set) bounds how long both may be silent;
+//! - one failed write ends both directions: here it ends only its own, so a backend's early
+//!   answer (a 413 to an upload it refuses) still reaches the client.
 //!
 //! Half-closes are passed on: the client's close_notify (or EOF) becomes a TCP FIN to the
 //! backend; the backend's FIN becomes close_notify plus FIN to the client.
@@ -42,17 +44,46 @@ pub enum Side {
     Backend,
 }
 
+/// Whether the failed call was reading from the peer or writing to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Read,
+    Write,
+}
+
+/// An I/O error with where it happened.
+#[derive(Debug)]
+pub struct Failure {
+    pub side: Side,
+    pub op: Op,
+    pub error: io::Error,
+}
+
+impl Failure {
+    /// A reset, a broken pipe or a TLS close without close_notify: the peer went away, which
+    /// is how browsers often end a WebSocket (closing a tab), not a fault in the tunnel.
+    pub fn peer_went_away(&self) -> bool {
+        matches!(
+            self.error.kind(),
+            io::ErrorKind::ConnectionReset
+                | io::ErrorKind::BrokenPipe
+                | io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::UnexpectedEof
+        )
+    }
+}
+
 /// How a tunnel ended.
 #[derive(Debug)]
 pub enum End {
     /// Both directions finished with an orderly close.
     Closed,
-    /// One direction ended and the other did not within `--close-timeout`.
+    /// One direction ended and the other was then silent for `--close-timeout`.
     CloseTimeout,
     /// No byte either way for `--idle-timeout`.
     IdleTimeout,
     /// A read or write failed; the tunnel was torn down.
-    Failed(Side, io::Error),
+    Failed(Failure),
 }
 
 /// Copies until both directions end, a timeout fires, or an error tears the tunnel down.
@@ -81,6 +112,9 @@ where
         last_activity: Instant::now(),
         close,
         close_timer: None,
+        half_closed_at: None,
+        up_first: false,
+        deferred: None,
     };
     std::future::poll_fn(|cx| state.poll(cx)).await
 }
@@ -107,42 +141,49 @@ struct Splice<'a, C> {
     last_activity: Instant,
     close: Option<Duration>,
     close_timer: Option<Pin<Box<Sleep>>>,
+    half_closed_at: Option<Instant>,
+    up_first: bool,
+    /// A write failure that ended one direction, reported once the other is done too.
+    deferred: Option<Failure>,
 }
 
-type Step = Result<(), (Side, io::Error)>;
+type Step = Result<(), Failure>;
+
+fn fail(side: Side, op: Op) -> impl FnOnce(io::Error) -> Failure {
+    move |error| Failure { side, op, error }
+}
 
 impl<C> Splice<'_, C>
 where
     C: AsyncBufRead + AsyncWrite + Unpin,
 {
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<End> {
-        if self.up != Dir::Done
-            && let Poll::Ready(step) = self.poll_up(cx)
-        {
-            if let Err((side, e)) = step {
-                return Poll::Ready(End::Failed(side, e));
+        // Take turns going first, so a saturated direction cannot use up tokio's per-task
+        // budget and starve the other.
+        self.up_first = !self.up_first;
+        for up in [self.up_first, !self.up_first] {
+            if let Some(end) = self.step(up, cx) {
+                return Poll::Ready(end);
             }
-            self.up = Dir::Done;
-        }
-        if self.down != Dir::Done
-            && let Poll::Ready(step) = self.poll_down(cx)
-        {
-            if let Err((side, e)) = step {
-                return Poll::Ready(End::Failed(side, e));
-            }
-            self.down = Dir::Done;
         }
         if self.up == Dir::Done && self.down == Dir::Done {
-            return Poll::Ready(End::Closed);
+            return Poll::Ready(self.deferred.take().map_or(End::Closed, End::Failed));
         }
         if (self.up == Dir::Done || self.down == Dir::Done)
             && let Some(close) = self.close
         {
+            // Counted from the half-close or the last byte, whichever is later: a half-closed
+            // tunnel that still moves data is not cut off, a silent one is.
+            let half_closed = *self.half_closed_at.get_or_insert_with(Instant::now);
             let timer = self
                 .close_timer
                 .get_or_insert_with(|| Box::pin(tokio::time::sleep(close)));
-            if timer.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(End::CloseTimeout);
+            while timer.as_mut().poll(cx).is_ready() {
+                let deadline = self.last_activity.max(half_closed) + close;
+                if deadline <= Instant::now() {
+                    return Poll::Ready(End::CloseTimeout);
+                }
+                timer.as_mut().reset(deadline);
             }
         }
         if let Some((idle, timer)) = &mut self.idle {
@@ -157,27 +198,62 @@ where
         Poll::Pending
     }
 
+    /// Polls one direction. A failed write ends only that direction (the other may still be
+    /// delivering, e.g. a backend's early 413 while the client uploads); a failed client read
+    /// means the client is gone and ends the tunnel (backend read failures are handled in
+    /// `poll_down`, which still delivers what it read).
+    fn step(&mut self, up: bool, cx: &mut Context<'_>) -> Option<End> {
+        let state = if up { self.up } else { self.down };
+        if state == Dir::Done {
+            return None;
+        }
+        let result = match up {
+            true => self.poll_up(cx),
+            false => self.poll_down(cx),
+        };
+        let failure = match result {
+            Poll::Pending => return None,
+            Poll::Ready(Ok(())) => None,
+            Poll::Ready(Err(f)) if f.op == Op::Read => return Some(End::Failed(f)),
+            Poll::Ready(Err(f)) => Some(f),
+        };
+        match up {
+            true => self.up = Dir::Done,
+            false => self.down = Dir::Done,
+        }
+        if let Some(f) = failure {
+            self.deferred.get_or_insert(f);
+            self.down_buf = None;
+        }
+        None
+    }
+
     /// Client → backend, straight out of the TLS plaintext buffer.
     fn poll_up(&mut self, cx: &mut Context<'_>) -> Poll<Step> {
         loop {
             if self.up == Dir::Closing {
-                ready!(Pin::new(&mut *self.backend).poll_shutdown(cx))
-                    .map_err(|e| (Side::Backend, e))?;
-                return Poll::Ready(Ok(()));
+                match ready!(Pin::new(&mut *self.backend).poll_shutdown(cx)) {
+                    // Already reset: the FIN has nowhere to go, and nothing is lost by that.
+                    Err(e) if e.kind() != io::ErrorKind::NotConnected => {
+                        return Poll::Ready(Err(fail(Side::Backend, Op::Write)(e)));
+                    }
+                    _ => return Poll::Ready(Ok(())),
+                }
             }
             let chunk = match ready!(Pin::new(&mut *self.client).poll_fill_buf(cx)) {
                 Ok(chunk) => chunk,
                 Err(e) if is_eof(&e) => &[],
-                Err(e) => return Poll::Ready(Err((Side::Client, e))),
+                Err(e) => return Poll::Ready(Err(fail(Side::Client, Op::Read)(e))),
             };
             if chunk.is_empty() {
                 self.up = Dir::Closing;
                 continue;
             }
             let n = ready!(Pin::new(&mut *self.backend).poll_write(cx, chunk))
-                .map_err(|e| (Side::Backend, e))?;
+                .map_err(fail(Side::Backend, Op::Write))?;
             if n == 0 {
-                return Poll::Ready(Err((Side::Backend, io::ErrorKind::WriteZero.into())));
+                let zero = io::ErrorKind::WriteZero.into();
+                return Poll::Ready(Err(fail(Side::Backend, Op::Write)(zero)));
             }
             Pin::new(&mut *self.client).consume(n);
             self.transfer.up += n as u64;
@@ -190,7 +266,7 @@ where
         loop {
             if self.down == Dir::Closing {
                 ready!(Pin::new(&mut *self.client).poll_shutdown(cx))
-                    .map_err(|e| (Side::Client, e))?;
+                    .map_err(fail(Side::Client, Op::Write))?;
                 return Poll::Ready(Ok(()));
             }
             if let Some(buf) = &self.down_buf
@@ -198,9 +274,10 @@ where
             {
                 let pending = &buf[self.down_pos..self.down_len];
                 let n = ready!(Pin::new(&mut *self.client).poll_write(cx, pending))
-                    .map_err(|e| (Side::Client, e))?;
+                    .map_err(fail(Side::Client, Op::Write))?;
                 if n == 0 {
-                    return Poll::Ready(Err((Side::Client, io::ErrorKind::WriteZero.into())));
+                    let zero = io::ErrorKind::WriteZero.into();
+                    return Poll::Ready(Err(fail(Side::Client, Op::Write)(zero)));
                 }
                 self.down_pos += n;
                 self.transfer.down += n as u64;
@@ -209,12 +286,15 @@ where
             }
             match self.backend.poll_read_ready(cx) {
                 Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(e)) => return Poll::Ready(Err((Side::Backend, e))),
+                Poll::Ready(Err(e)) => {
+                    self.backend_gone(e);
+                    continue;
+                }
                 Poll::Pending => {
                     // Quiet backend: give the buffer back and push out what rustls holds.
                     self.down_buf = None;
                     ready!(Pin::new(&mut *self.client).poll_flush(cx))
-                        .map_err(|e| (Side::Client, e))?;
+                        .map_err(fail(Side::Client, Op::Write))?;
                     return Poll::Pending;
                 }
             }
@@ -231,13 +311,23 @@ where
                     self.down_len = n;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Poll::Ready(Err((Side::Backend, e))),
+                Err(e) => self.backend_gone(e),
             }
         }
     }
 
+    /// A backend read failed (typically a reset after an early answer): what was read has
+    /// already been written towards the client, so close the client side in order, letting
+    /// rustls flush it, and report the failure once the tunnel is done.
+    fn backend_gone(&mut self, error: io::Error) {
+        self.deferred
+            .get_or_insert(fail(Side::Backend, Op::Read)(error));
+        self.down_buf = None;
+        self.down = Dir::Closing;
+    }
+
     fn touch(&mut self) {
-        if self.idle.is_some() {
+        if self.idle.is_some() || self.close_timer.is_some() {
             self.last_activity = Instant::now();
         }
     }

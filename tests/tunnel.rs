@@ -283,3 +283,71 @@ async fn a_thousand_concurrent_websockets_exchange_messages() {
     );
     tunnel.assert_idle().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_early_answer_reaches_the_client_while_it_uploads() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend_addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        read_head(&mut s).await.unwrap();
+        s.write_all(
+            b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        // Close with the upload unread: the kernel resets the connection.
+    });
+    let tunnel = Tunnel::start(&["--to", &backend_addr]).await;
+    let tls = tls_connect(tunnel.addr).await;
+    let (mut rd, mut wr) = tokio::io::split(tls);
+    let upload = tokio::spawn(async move {
+        let _ = wr
+            .write_all(
+                b"POST /upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 104857600\r\n\r\n",
+            )
+            .await;
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..1600 {
+            if wr.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+        wr
+    });
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(WAIT, rd.read_to_end(&mut answer))
+        .await
+        .expect("answer");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413 "), "got {answer:?}");
+    drop(upload.await.unwrap());
+    drop(rd);
+    tunnel.assert_idle().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_closed_tunnel_goes_on_while_data_flows() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend_addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        read_head(&mut s).await.unwrap();
+        // Ten pieces 100 ms apart: the whole answer takes longer than --close-timeout,
+        // but the tunnel is never silent for that long.
+        for i in 0..10u8 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            s.write_all(&[b'0' + i]).await.unwrap();
+        }
+        s.shutdown().await.unwrap();
+    });
+    let tunnel = Tunnel::start(&["--to", &backend_addr, "--close-timeout", "400ms"]).await;
+    let mut tls = tls_connect(tunnel.addr).await;
+    tls.write_all(b"GET /slow HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    tls.shutdown().await.unwrap();
+    assert_eq!(read_to_close(&mut tls).await, "0123456789");
+    drop(tls);
+    tunnel.assert_idle().await;
+}
