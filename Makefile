@@ -3,7 +3,9 @@ CARGO ?= cargo
 DEMO_LISTEN ?= 127.0.0.1:8443
 DEMO_BACKEND ?= 127.0.0.1:3000
 
-.PHONY: all build release test lint check certs demo clean
+E2E_CERTS := target/e2e-certs
+
+.PHONY: all build release test unit e2e lint check certs demo clean
 
 all: build
 
@@ -13,14 +15,26 @@ build:
 release:
 	$(CARGO) build --release
 
-## The whole test suite: unit tests, integration tests on real sockets, the real binary.
+## The whole test suite: Rust tests (unit, integration on real sockets, the real binary),
+## then the end-to-end suite (socket.io clients and Chromium).
+test: unit e2e
+
 ## cargo-nextest runs each test in its own process; plain cargo test when it is missing.
-test:
+unit:
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 	  $(CARGO) nextest run --no-fail-fast; \
 	else \
 	  $(CARGO) test --lib --bins --tests --no-fail-fast; \
 	fi
+
+## socket.io v4/v2 clients and headless Chromium through the real binary (tests/e2e/).
+## Needs node and chromium (.ci/run installs them: apt-get install -y chromium).
+e2e:
+	$(CARGO) build --quiet --bin wssbridge --example gencerts
+	target/debug/examples/gencerts $(E2E_CERTS) >/dev/null
+	cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error
+	cd tests/e2e && WSSBRIDGE_BIN=$(CURDIR)/target/debug/wssbridge E2E_CERTS=$(CURDIR)/$(E2E_CERTS) \
+	  node --test --test-concurrency=1 --test-timeout=180000
 
 lint:
 	$(CARGO) fmt --all -- --check
