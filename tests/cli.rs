@@ -484,3 +484,35 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAny {
             .supported_schemes()
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listens_and_connects_over_ipv6() {
+    let listener = tokio::net::TcpListener::bind("[::1]:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        support::read_head(&mut s).await.unwrap();
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\nv6ok")
+            .await
+            .unwrap();
+        s.shutdown().await.unwrap();
+    });
+    let pki = pki();
+    let running = Running::start(
+        &[
+            "--listen",
+            "[::1]:0",
+            "--cert",
+            path(&pki.cert),
+            "--key",
+            path(&pki.key),
+            "--to",
+            &format!("[::1]:{}", backend.port()),
+        ],
+        &[],
+    );
+    assert!(running.addr.is_ipv6(), "{}", running.addr);
+    let response =
+        tls_connect_and_send(running.addr, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
+    assert!(response.ends_with("v6ok"), "{response}");
+}
