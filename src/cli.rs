@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{ArgAction, Parser, ValueEnum};
 
-use crate::config::{Config, Limits, Timeouts};
+use crate::config::{Config, Limits, Security, Timeouts};
 use crate::route::{Backend, RouteSpec, RouteTable};
 
 /// TLS in front of WebSocket and HTTP servers: terminate wss:// and https://, route the first
@@ -116,6 +116,32 @@ pub struct Args {
     #[arg(long, env = "WSSBRIDGE_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
 
+    /// TLS handshakes in progress at once; more wait for a slot (within --handshake-timeout),
+    /// so a handshake flood cannot starve established tunnels [default: 4 per core].
+    #[arg(long, env = "WSSBRIDGE_MAX_HANDSHAKES", value_name = "N")]
+    pub max_handshakes: Option<usize>,
+
+    /// Connections one client IP address may hold at once; more are closed at accept
+    /// [default: no limit].
+    #[arg(long, env = "WSSBRIDGE_MAX_CONNECTIONS_PER_IP", value_name = "N")]
+    pub max_connections_per_ip: Option<usize>,
+
+    /// Allow `Upgrade` to this protocol besides websocket (e.g. h2c); repeatable. Any other
+    /// upgrade is answered 400.
+    #[arg(long = "allow-upgrade", env = "WSSBRIDGE_ALLOW_UPGRADE", value_name = "PROTOCOL",
+          value_delimiter = ' ', action = ArgAction::Append)]
+    pub allow_upgrades: Vec<String>,
+
+    /// Open a WebSocket tunnel only if the backend's Sec-WebSocket-Accept matches the
+    /// client's key (RFC 6455).
+    #[arg(long, env = "WSSBRIDGE_CHECK_WEBSOCKET_ACCEPT")]
+    pub check_websocket_accept: bool,
+
+    /// Do not answer 421 when the Host header names a different host-routed name than the
+    /// TLS SNI (domain fronting).
+    #[arg(long, env = "WSSBRIDGE_ALLOW_SNI_MISMATCH")]
+    pub allow_sni_mismatch: bool,
+
     /// Log format.
     #[arg(long, env = "WSSBRIDGE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -193,6 +219,25 @@ impl Args {
             limits: Limits {
                 max_header_bytes: self.max_header_bytes.0,
                 max_connections,
+                max_handshakes: match self.max_handshakes {
+                    Some(0) => anyhow::bail!("--max-handshakes must be at least 1"),
+                    Some(n) => n.min(MAX_CONNECTIONS),
+                    None => crate::config::default_max_handshakes(),
+                },
+                max_connections_per_ip: match self.max_connections_per_ip {
+                    Some(0) => anyhow::bail!("--max-connections-per-ip must be at least 1"),
+                    n => n,
+                },
+            },
+            security: Security {
+                allowed_upgrades: self
+                    .allow_upgrades
+                    .iter()
+                    .map(|p| p.trim().to_ascii_lowercase())
+                    .filter(|p| !p.is_empty())
+                    .collect(),
+                check_websocket_accept: self.check_websocket_accept,
+                sni_host_check: !self.allow_sni_mismatch,
             },
         })
     }

@@ -17,6 +17,18 @@ pub struct Config {
     pub routes: RouteTable,
     pub timeouts: Timeouts,
     pub limits: Limits,
+    pub security: Security,
+}
+
+/// The rules that keep a client from reaching what its request does not route to.
+#[derive(Debug, Clone, Default)]
+pub struct Security {
+    /// Upgrade protocols allowed besides `websocket` (lower-case names, e.g. `h2c`).
+    pub allowed_upgrades: Vec<String>,
+    /// Check a `101`'s `Sec-WebSocket-Accept` against the client's key.
+    pub check_websocket_accept: bool,
+    /// Answer 421 when the Host names another host-routed name than the TLS SNI.
+    pub sni_host_check: bool,
 }
 
 /// `None` means off.
@@ -34,6 +46,10 @@ pub struct Timeouts {
 pub struct Limits {
     pub max_header_bytes: usize,
     pub max_connections: usize,
+    /// TLS handshakes in progress at once; more wait, under their handshake deadline.
+    pub max_handshakes: usize,
+    /// Connections one client address may hold at once (`None`: no limit).
+    pub max_connections_per_ip: Option<usize>,
 }
 
 /// Descriptors kept back from the connection limit: listeners, logs, DNS look-ups, and the
@@ -55,6 +71,12 @@ pub fn raise_fd_limit() -> u64 {
         }
     }
     getrlimit(Resource::Nofile).current.unwrap_or(1 << 20)
+}
+
+/// Four handshakes per core keep every core busy with crypto while leaving room for the
+/// established tunnels, so a handshake flood cannot starve them.
+pub fn default_max_handshakes() -> usize {
+    4 * std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// Two descriptors per tunnel from what the soft RLIMIT_NOFILE allows.

@@ -9,15 +9,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::head::{self, HeadError, ReadError};
+use crate::exchange::{Exchange, Stop, check_upgrade};
+use crate::head::{self, Head, HeadError, ReadError};
 use crate::respond::{self, Status};
+use crate::route::normalize_host;
 use crate::splice::{self, End, Op, Side, Transfer};
 
 /// What every connection shares: the configuration and the shutdown signals.
@@ -104,10 +105,19 @@ async fn pipeline(
     }
 
     // route: the Host header, or the SNI name for a request without one.
+    let config = &shared.config;
+    if let Some(status) = misdirected(config, &head, summary.sni.as_deref()) {
+        return answer(&mut client, status).await;
+    }
+    if let Err(e) = check_upgrade(&head, &config.security.allowed_upgrades) {
+        tracing::debug!("refusing request: {e}");
+        return answer(&mut client, Status::BadRequest).await;
+    }
     let host = head.host.as_deref().or(summary.sni.as_deref());
-    let Some(route) = shared.config.routes.find(host, &head.target) else {
+    let Some(index) = config.routes.find_index(host, &head.target) else {
         return answer(&mut client, Status::NotFound).await;
     };
+    let route = config.routes.get(index);
     summary.route = Some(route.to_string());
 
     // connect
@@ -116,22 +126,30 @@ async fn pipeline(
     };
     summary.backend = Some(addr.to_string());
 
-    // splice: first every byte read so far, head as received, then the two-way copy.
-    if let Err(e) = backend.write_all(&buf).await {
-        tracing::debug!(backend = %addr, "writing the request head failed: {e}");
-        return answer(&mut client, Status::BadGateway).await;
-    }
-    summary.transfer.up = buf.len() as u64;
-    drop(buf);
+    // splice: every byte read so far, then the two-way copy; under the HTTP rules of the
+    // exchange until a WebSocket upgrade opens the tunnel.
+    let exchange = Exchange::new(config.clone(), index, summary.sni.clone());
     let end = splice::splice(
         &mut client,
         &mut backend,
-        timeouts.idle,
-        timeouts.close,
+        buf,
+        Some(Box::new(exchange)),
+        (timeouts.idle, timeouts.close),
         &mut summary.transfer,
     )
     .await;
     Outcome::Tunnel(end)
+}
+
+/// 421 when the TLS SNI names one host and the request's Host names another that a host
+/// route serves: domain fronting, a request sent on a connection set up for someone else.
+fn misdirected(config: &Config, head: &Head, sni: Option<&str>) -> Option<Status> {
+    let (Some(sni), Some(host)) = (sni, head.host.as_deref()) else {
+        return None;
+    };
+    let differs = normalize_host(sni) != normalize_host(host);
+    (config.security.sni_host_check && differs && config.routes.has_host(host))
+        .then_some(Status::Misdirected)
 }
 
 async fn answer(client: &mut TlsStream<TcpStream>, status: Status) -> Outcome {
@@ -139,7 +157,8 @@ async fn answer(client: &mut TlsStream<TcpStream>, status: Status) -> Outcome {
     Outcome::Status(status)
 }
 
-fn status_for(e: HeadError) -> Status {
+/// The status that answers a refused head.
+pub fn status_for(e: HeadError) -> Status {
     match e {
         HeadError::Malformed(_) => Status::BadRequest,
         HeadError::Method => Status::MethodNotAllowed,
@@ -185,6 +204,12 @@ impl Summary {
             Outcome::Tunnel(End::Closed) => "tunnel closed".to_string(),
             Outcome::Tunnel(End::CloseTimeout) => "tunnel close-timeout".to_string(),
             Outcome::Tunnel(End::IdleTimeout) => "tunnel idle-timeout".to_string(),
+            Outcome::Tunnel(End::Stopped(Stop::Confined)) => {
+                "closed before a request for another route".to_string()
+            }
+            Outcome::Tunnel(End::Stopped(Stop::Refused(s))) => {
+                format!("closed after answering a later request {}", s.code())
+            }
             Outcome::Tunnel(End::Failed(f)) => {
                 let side = match f.side {
                     Side::Client => "client",

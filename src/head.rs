@@ -13,7 +13,7 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 /// far above what browsers send (~20).
 pub const MAX_HEADERS: usize = 100;
 
-/// What routing needs from the first request.
+/// What routing and framing need from a request head.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Head {
     pub method: String,
@@ -22,16 +22,32 @@ pub struct Head {
     pub target: String,
     /// The host to route on: absolute-form authority first, then the Host header.
     pub host: Option<String>,
-    /// Whether the request asks for a protocol upgrade (`Upgrade` header present).
-    pub upgrade: bool,
+    /// The `Upgrade` header, lower-cased, if any.
+    pub upgrade: Option<String>,
+    /// Whether `Connection` carries the `upgrade` token.
+    pub connection_upgrade: bool,
+    /// `Sec-WebSocket-Key`, to check the backend's `Sec-WebSocket-Accept` against.
+    pub websocket_key: Option<String>,
+    /// How the request body is framed.
+    pub body: BodyLength,
     /// Length of the head in bytes, including the blank line.
     pub len: usize,
+}
+
+/// A message body's framing as its headers declare it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyLength {
+    None,
+    Length(u64),
+    Chunked,
+    /// Responses only: until the backend closes.
+    UntilClose,
 }
 
 /// Why a head was refused; each maps to one HTTP status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HeadError {
-    /// 400: not a parsable HTTP/1.x request.
+    /// 400: not a parsable HTTP/1.x request, or one wssbridge will not pass on.
     Malformed(&'static str),
     /// 405: a CONNECT request; wssbridge is no forward proxy.
     Method,
@@ -53,6 +69,11 @@ impl fmt::Display for HeadError {
 }
 
 /// Parses `buf` as the start of an HTTP/1.x request. `Ok(None)`: not complete yet.
+///
+/// Strict where request smuggling lives (RFC 9112 §6.3, §11.2): both Transfer-Encoding and
+/// Content-Length, differing Content-Lengths, a Transfer-Encoding other than `chunked`, bare
+/// LF line endings, a missing or repeated Host on HTTP/1.1 are all refused. httparse already
+/// refuses obs-fold and control characters in the target and header values.
 pub fn parse(buf: &[u8]) -> Result<Option<Head>, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
@@ -65,27 +86,34 @@ pub fn parse(buf: &[u8]) -> Result<Option<Head>, HeadError> {
         }
         Err(e) => return Err(HeadError::Malformed(parse_error(e))),
     };
+    if has_bare_lf(&buf[..len]) {
+        return Err(HeadError::Malformed("bare LF line ending"));
+    }
     let method = req.method.unwrap_or_default();
     let target = req.path.unwrap_or_default();
     if method.eq_ignore_ascii_case("CONNECT") {
         return Err(HeadError::Method);
     }
-    let mut host = None;
-    let mut upgrade = false;
-    for h in req.headers.iter() {
-        if h.name.eq_ignore_ascii_case("host") {
-            if host.is_some() {
-                // RFC 9112 §3.2: more than one Host is a 400; which one a backend believes
-                // is anyone's guess.
-                return Err(HeadError::Malformed("more than one Host header"));
-            }
-            let value =
-                std::str::from_utf8(h.value).map_err(|_| HeadError::Malformed("bad Host"))?;
-            host = Some(value.trim().to_string());
-        } else if h.name.eq_ignore_ascii_case("upgrade") {
-            upgrade = true;
+    let fields = Fields::read(req.headers).map_err(HeadError::Malformed)?;
+    let body = match (fields.transfer_encoding, fields.content_length) {
+        (Some(_), Some(_)) => {
+            return Err(HeadError::Malformed(
+                "both Transfer-Encoding and Content-Length",
+            ));
         }
-    }
+        (Some(te), None) if te.eq_ignore_ascii_case("chunked") => BodyLength::Chunked,
+        (Some(_), None) => {
+            return Err(HeadError::Malformed("Transfer-Encoding other than chunked"));
+        }
+        (None, Some(0)) | (None, None) => BodyLength::None,
+        (None, Some(n)) => BodyLength::Length(n),
+    };
+    let mut host = match fields.hosts {
+        0 if req.version == Some(1) => return Err(HeadError::Malformed("no Host header")),
+        0 => None,
+        1 => fields.host,
+        _ => return Err(HeadError::Malformed("more than one Host header")),
+    };
     let target = if target.starts_with('/') {
         target.to_string()
     } else if let Some((authority, path)) = absolute_form(target) {
@@ -98,9 +126,120 @@ pub fn parse(buf: &[u8]) -> Result<Option<Head>, HeadError> {
         method: method.to_string(),
         target,
         host,
-        upgrade,
+        upgrade: fields.upgrade,
+        connection_upgrade: fields.connection_upgrade,
+        websocket_key: fields.websocket_key,
+        body,
         len,
     }))
+}
+
+/// A backend's response head, as the exchange needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseHead {
+    pub status: u16,
+    pub upgrade: Option<String>,
+    pub connection_upgrade: bool,
+    pub websocket_accept: Option<String>,
+    /// Framing as the headers declare it; the request method and status refine it.
+    pub body: BodyLength,
+    pub len: usize,
+}
+
+/// Parses a response head from a backend. `Ok(None)`: not complete yet.
+pub fn parse_response(buf: &[u8]) -> Result<Option<ResponseHead>, &'static str> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut res = httparse::Response::new(&mut headers);
+    let len = match res.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(parse_error(e)),
+    };
+    let status = res.code.unwrap_or_default();
+    let fields = Fields::read(res.headers)?;
+    let body = match (fields.transfer_encoding, fields.content_length) {
+        (Some(te), _) if te.to_ascii_lowercase().trim_end().ends_with("chunked") => {
+            BodyLength::Chunked
+        }
+        (Some(_), _) => BodyLength::UntilClose,
+        (None, Some(n)) => BodyLength::Length(n),
+        (None, None) => BodyLength::UntilClose,
+    };
+    Ok(Some(ResponseHead {
+        status,
+        upgrade: fields.upgrade,
+        connection_upgrade: fields.connection_upgrade,
+        websocket_accept: fields.websocket_accept,
+        body,
+        len,
+    }))
+}
+
+/// The header fields that framing, routing and upgrades depend on.
+#[derive(Default)]
+struct Fields {
+    hosts: usize,
+    host: Option<String>,
+    content_length: Option<u64>,
+    transfer_encoding: Option<String>,
+    upgrade: Option<String>,
+    connection_upgrade: bool,
+    websocket_key: Option<String>,
+    websocket_accept: Option<String>,
+}
+
+impl Fields {
+    fn read(headers: &[httparse::Header<'_>]) -> Result<Fields, &'static str> {
+        let mut f = Fields::default();
+        for h in headers {
+            let text = || {
+                std::str::from_utf8(h.value)
+                    .map(str::trim)
+                    .map_err(|_| "header is not UTF-8")
+            };
+            let name = h.name;
+            if name.eq_ignore_ascii_case("host") {
+                f.hosts += 1;
+                f.host = Some(text()?.to_string());
+            } else if name.eq_ignore_ascii_case("content-length") {
+                for v in text()?.split(',') {
+                    let n: u64 = v.trim().parse().map_err(|_| "bad Content-Length")?;
+                    if f.content_length.is_some_and(|old| old != n) {
+                        return Err("differing Content-Length values");
+                    }
+                    f.content_length = Some(n);
+                }
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                let v = text()?;
+                f.transfer_encoding = Some(match f.transfer_encoding.take() {
+                    Some(old) => format!("{old}, {v}"),
+                    None => v.to_string(),
+                });
+            } else if name.eq_ignore_ascii_case("upgrade") {
+                let v = text()?.to_ascii_lowercase();
+                f.upgrade = Some(match f.upgrade.take() {
+                    Some(old) => format!("{old}, {v}"),
+                    None => v,
+                });
+            } else if name.eq_ignore_ascii_case("connection") {
+                f.connection_upgrade |= text()?
+                    .split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+            } else if name.eq_ignore_ascii_case("sec-websocket-key") {
+                f.websocket_key = Some(text()?.to_string());
+            } else if name.eq_ignore_ascii_case("sec-websocket-accept") {
+                f.websocket_accept = Some(text()?.to_string());
+            }
+        }
+        Ok(f)
+    }
+}
+
+/// True when some line of the head ends in LF without CR.
+fn has_bare_lf(head: &[u8]) -> bool {
+    head.iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\n' && (i == 0 || head[i - 1] != b'\r'))
 }
 
 /// Reads from `stream` into `buf` until a complete head is there, at most `max` bytes.
@@ -216,7 +355,8 @@ mod tests {
         assert_eq!(head.method, "GET");
         assert_eq!(head.target, "/socket.io/?EIO=4&transport=websocket");
         assert_eq!(head.host.as_deref(), Some("Chat.Example.com:8443"));
-        assert!(head.upgrade);
+        assert_eq!(head.upgrade.as_deref(), Some("websocket"));
+        assert!(head.connection_upgrade);
         assert_eq!(head.len, WS.len());
     }
 
@@ -226,7 +366,8 @@ mod tests {
         let head = parse(&buf).unwrap().unwrap();
         assert_eq!(&buf[head.len..], b"abc");
         buf.truncate(head.len);
-        assert!(!head.upgrade);
+        assert_eq!(head.body, BodyLength::Length(3));
+        assert_eq!(head.upgrade, None);
     }
 
     #[test]
@@ -253,6 +394,27 @@ mod tests {
             parse(b"hello world\r\n\r\n"),
             Err(HeadError::Malformed(_))
         ));
+        let refused = |raw: &[u8]| matches!(parse(raw), Err(HeadError::Malformed(_)));
+        for raw in [
+            &b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3, 4\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: x\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n",
+            b"GET / HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\nHost: a\n\n",
+            b"GET / HTTP/1.1\r\nHost: a\nX: b\r\n\r\n",
+            b"GET /a\x00b HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nX: a\x01b\r\n\r\n",
+        ] {
+            assert!(refused(raw), "{:?}", String::from_utf8_lossy(raw));
+        }
+        let same_twice =
+            parse(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n");
+        assert_eq!(same_twice.unwrap().unwrap().body, BodyLength::Length(3));
+        let http10 = parse(b"GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
+        assert_eq!(http10.host, None);
         assert_eq!(
             parse(b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n"),
             Err(HeadError::Method)
@@ -268,6 +430,25 @@ mod tests {
         ]
         .concat();
         assert_eq!(parse(&many), Err(HeadError::TooLarge));
+    }
+
+    #[test]
+    fn response_heads_give_status_upgrade_and_framing() {
+        let raw =
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: WebSocket\r\nConnection: Upgrade\r\n\
+            Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+        for i in 0..raw.len() {
+            assert_eq!(parse_response(&raw[..i]), Ok(None));
+        }
+        let r = parse_response(raw).unwrap().unwrap();
+        assert_eq!(
+            (r.status, r.upgrade.as_deref(), r.connection_upgrade),
+            (101, Some("websocket"), true)
+        );
+        let chunked = parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!(chunked.unwrap().unwrap().body, BodyLength::Chunked);
+        let close = parse_response(b"HTTP/1.0 200 OK\r\n\r\n").unwrap().unwrap();
+        assert_eq!(close.body, BodyLength::UntilClose);
     }
 
     #[test]

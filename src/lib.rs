@@ -17,6 +17,8 @@ pub mod cli;
 pub mod config;
 pub mod conn;
 pub mod connect;
+pub mod exchange;
+pub mod framing;
 pub mod head;
 pub mod respond;
 pub mod route;

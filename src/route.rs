@@ -190,16 +190,37 @@ impl RouteTable {
     /// Picks the route for a request: `host` as sent (any case, any port), `target` the
     /// origin-form request target (path and query).
     pub fn find(&self, host: Option<&str>, target: &str) -> Option<&Route> {
+        self.find_index(host, target).map(|i| &self.routes[i])
+    }
+
+    /// The route at `index`, as [`RouteTable::find_index`] gave it.
+    pub fn get(&self, index: usize) -> &Route {
+        &self.routes[index]
+    }
+
+    /// Like [`RouteTable::find`], as an index: two requests go to the same route exactly when
+    /// their indexes are equal.
+    pub fn find_index(&self, host: Option<&str>, target: &str) -> Option<usize> {
         let host = host.map(normalize_host);
         let path = match_path(target);
         self.routes
             .iter()
-            .filter(|r| match &r.spec.host {
+            .enumerate()
+            .filter(|(_, r)| match &r.spec.host {
                 Some(h) => host.as_deref() == Some(h.as_str()),
                 None => true,
             })
-            .filter(|r| prefix_matches(&r.spec.path, &path))
-            .max_by_key(|r| (r.spec.host.is_some(), r.spec.path.len()))
+            .filter(|(_, r)| prefix_matches(&r.spec.path, &path))
+            .max_by_key(|(_, r)| (r.spec.host.is_some(), r.spec.path.len()))
+            .map(|(i, _)| i)
+    }
+
+    /// True when some route names `host` (any case, any port).
+    pub fn has_host(&self, host: &str) -> bool {
+        let host = normalize_host(host);
+        self.routes
+            .iter()
+            .any(|r| r.spec.host.as_deref() == Some(host.as_str()))
     }
 }
 

@@ -27,6 +27,9 @@ use tokio::io::{AsyncBufRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
+use crate::exchange::{Exchange, Reject, Stop};
+use crate::respond::Status;
+
 /// One TLS record's worth of plaintext: a read fills at most one record on the way out.
 const DOWN_BUFFER: usize = 16 * 1024;
 
@@ -84,16 +87,22 @@ pub enum End {
     IdleTimeout,
     /// A read or write failed; the tunnel was torn down.
     Failed(Failure),
+    /// The HTTP rules stopped the connection before a request (see `exchange`).
+    Stopped(Stop),
 }
 
 /// Copies until both directions end, a timeout fires, or an error tears the tunnel down.
+/// `initial` is what was read from the client along with the first head; `exchange`, when
+/// given, applies the HTTP rules until a WebSocket upgrade opens the tunnel. `timeouts` are
+/// (idle, close).
 /// The counts are written to `transfer` as bytes move, so they are right even if the caller
 /// drops this future (e.g. when the shutdown grace runs out).
 pub async fn splice<C>(
     client: &mut C,
     backend: &mut TcpStream,
-    idle: Option<Duration>,
-    close: Option<Duration>,
+    initial: Vec<u8>,
+    exchange: Option<Box<Exchange>>,
+    timeouts: (Option<Duration>, Option<Duration>),
     transfer: &mut Transfer,
 ) -> End
 where
@@ -108,13 +117,18 @@ where
         down_pos: 0,
         down_len: 0,
         transfer,
-        idle: idle.map(|d| (d, Box::pin(tokio::time::sleep(d)))),
+        idle: timeouts.0.map(|d| (d, Box::pin(tokio::time::sleep(d)))),
         last_activity: Instant::now(),
-        close,
+        close: timeouts.1,
         close_timer: None,
         half_closed_at: None,
         up_first: false,
         deferred: None,
+        initial: Pending::new(initial),
+        exchange,
+        up_out: Pending::default(),
+        down_out: Pending::default(),
+        stopped: None,
     };
     std::future::poll_fn(|cx| state.poll(cx)).await
 }
@@ -143,6 +157,15 @@ struct Splice<'a, C> {
     close_timer: Option<Pin<Box<Sleep>>>,
     half_closed_at: Option<Instant>,
     up_first: bool,
+    /// Client bytes read along with the first head, not yet passed on.
+    initial: Pending,
+    /// While the connection is still HTTP: the framing and routing rules.
+    exchange: Option<Box<Exchange>>,
+    /// Bytes the exchange approved, on their way to the backend / the client.
+    up_out: Pending,
+    down_out: Pending,
+    /// Set when the exchange stopped the connection.
+    stopped: Option<Stop>,
     /// A write failure that ended one direction, reported once the other is done too.
     deferred: Option<Failure>,
 }
@@ -151,6 +174,35 @@ type Step = Result<(), Failure>;
 
 fn fail(side: Side, op: Op) -> impl FnOnce(io::Error) -> Failure {
     move |error| Failure { side, op, error }
+}
+
+/// Bytes waiting to be written, released as soon as they are.
+#[derive(Default)]
+struct Pending {
+    bytes: Vec<u8>,
+    pos: usize,
+}
+
+impl Pending {
+    fn new(bytes: Vec<u8>) -> Self {
+        Pending { bytes, pos: 0 }
+    }
+
+    fn rest(&self) -> &[u8] {
+        &self.bytes[self.pos..]
+    }
+
+    /// Marks `n` bytes written; frees the buffer once all are.
+    fn advance(&mut self, n: usize) -> io::Result<()> {
+        if n == 0 && self.pos < self.bytes.len() {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        self.pos += n;
+        if self.pos >= self.bytes.len() {
+            *self = Pending::default();
+        }
+        Ok(())
+    }
 }
 
 impl<C> Splice<'_, C>
@@ -166,8 +218,18 @@ where
                 return Poll::Ready(end);
             }
         }
+        if let Some(exchange) = &mut self.exchange
+            && (exchange.take_changed() || exchange.finished().is_some())
+        {
+            cx.waker().wake_by_ref();
+        }
         if self.up == Dir::Done && self.down == Dir::Done {
-            return Poll::Ready(self.deferred.take().map_or(End::Closed, End::Failed));
+            let end = match (self.deferred.take(), self.stopped) {
+                (Some(f), _) => End::Failed(f),
+                (None, Some(stop)) => End::Stopped(stop),
+                (None, None) => End::Closed,
+            };
+            return Poll::Ready(end);
         }
         if (self.up == Dir::Done || self.down == Dir::Done)
             && let Some(close) = self.close
@@ -228,7 +290,8 @@ where
         None
     }
 
-    /// Client → backend, straight out of the TLS plaintext buffer.
+    /// Client → backend: the bytes read with the first head, then straight out of the TLS
+    /// plaintext buffer; through the exchange while the connection is still HTTP.
     fn poll_up(&mut self, cx: &mut Context<'_>) -> Poll<Step> {
         loop {
             if self.up == Dir::Closing {
@@ -240,28 +303,61 @@ where
                     _ => return Poll::Ready(Ok(())),
                 }
             }
-            let chunk = match ready!(Pin::new(&mut *self.client).poll_fill_buf(cx)) {
-                Ok(chunk) => chunk,
-                Err(e) if is_eof(&e) => &[],
-                Err(e) => return Poll::Ready(Err(fail(Side::Client, Op::Read)(e))),
+            if self.up_out.pos < self.up_out.bytes.len() {
+                let n = ready!(Pin::new(&mut *self.backend).poll_write(cx, self.up_out.rest()))
+                    .map_err(fail(Side::Backend, Op::Write))?;
+                self.up_out
+                    .advance(n)
+                    .map_err(fail(Side::Backend, Op::Write))?;
+                self.transfer.up += n as u64;
+                self.touch();
+                continue;
+            }
+            let from_initial = self.initial.pos < self.initial.bytes.len();
+            let chunk = if from_initial {
+                self.initial.rest()
+            } else {
+                match ready!(Pin::new(&mut *self.client).poll_fill_buf(cx)) {
+                    Ok(chunk) => chunk,
+                    Err(e) if is_eof(&e) => &[],
+                    Err(e) => return Poll::Ready(Err(fail(Side::Client, Op::Read)(e))),
+                }
             };
             if chunk.is_empty() {
                 self.up = Dir::Closing;
                 continue;
             }
-            let n = ready!(Pin::new(&mut *self.backend).poll_write(cx, chunk))
-                .map_err(fail(Side::Backend, Op::Write))?;
-            if n == 0 {
-                let zero = io::ErrorKind::WriteZero.into();
-                return Poll::Ready(Err(fail(Side::Backend, Op::Write)(zero)));
+            let n = match &mut self.exchange {
+                Some(exchange) => {
+                    let taken = exchange.from_client(chunk, &mut self.up_out.bytes);
+                    if taken == 0 && self.up_out.bytes.is_empty() {
+                        // Held until the backend answers; its side wakes this task.
+                        return Poll::Pending;
+                    }
+                    taken
+                }
+                None => {
+                    let n = ready!(Pin::new(&mut *self.backend).poll_write(cx, chunk))
+                        .map_err(fail(Side::Backend, Op::Write))?;
+                    if n == 0 {
+                        let zero = io::ErrorKind::WriteZero.into();
+                        return Poll::Ready(Err(fail(Side::Backend, Op::Write)(zero)));
+                    }
+                    self.transfer.up += n as u64;
+                    self.touch();
+                    n
+                }
+            };
+            if from_initial {
+                let _ = self.initial.advance(n);
+            } else {
+                Pin::new(&mut *self.client).consume(n);
             }
-            Pin::new(&mut *self.client).consume(n);
-            self.transfer.up += n as u64;
-            self.touch();
         }
     }
 
-    /// Backend → client, through a buffer that exists only while data is flowing.
+    /// Backend → client, through a buffer that exists only while data is flowing; through
+    /// the exchange while the connection is still HTTP.
     fn poll_down(&mut self, cx: &mut Context<'_>) -> Poll<Step> {
         loop {
             if self.down == Dir::Closing {
@@ -269,19 +365,57 @@ where
                     .map_err(fail(Side::Client, Op::Write))?;
                 return Poll::Ready(Ok(()));
             }
+            if self.down_out.pos < self.down_out.bytes.len() {
+                let n = ready!(Pin::new(&mut *self.client).poll_write(cx, self.down_out.rest()))
+                    .map_err(fail(Side::Client, Op::Write))?;
+                self.down_out
+                    .advance(n)
+                    .map_err(fail(Side::Client, Op::Write))?;
+                self.transfer.down += n as u64;
+                self.touch();
+                continue;
+            }
+            if self.stopped.is_some() {
+                self.down = Dir::Closing;
+                continue;
+            }
+            if let Some(stop) = self.exchange.as_ref().and_then(|e| e.finished()) {
+                self.stop(stop, cx);
+                continue;
+            }
             if let Some(buf) = &self.down_buf
                 && self.down_pos < self.down_len
             {
                 let pending = &buf[self.down_pos..self.down_len];
-                let n = ready!(Pin::new(&mut *self.client).poll_write(cx, pending))
-                    .map_err(fail(Side::Client, Op::Write))?;
-                if n == 0 {
-                    let zero = io::ErrorKind::WriteZero.into();
-                    return Poll::Ready(Err(fail(Side::Client, Op::Write)(zero)));
+                let Some(exchange) = &mut self.exchange else {
+                    let n = ready!(Pin::new(&mut *self.client).poll_write(cx, pending))
+                        .map_err(fail(Side::Client, Op::Write))?;
+                    if n == 0 {
+                        let zero = io::ErrorKind::WriteZero.into();
+                        return Poll::Ready(Err(fail(Side::Client, Op::Write)(zero)));
+                    }
+                    self.down_pos += n;
+                    self.transfer.down += n as u64;
+                    self.touch();
+                    continue;
+                };
+                match exchange.from_backend(pending, &mut self.down_out.bytes) {
+                    Ok(n) => {
+                        self.down_pos += n;
+                        if exchange.take_changed() {
+                            cx.waker().wake_by_ref();
+                        }
+                        if exchange.upgraded() {
+                            // The tunnel is open: no more parsing, and no more exchange state.
+                            self.exchange = None;
+                        }
+                    }
+                    Err(Reject::BadUpgrade) => self.stop(Stop::Refused(Status::BadGateway), cx),
+                    Err(Reject::Broken(why)) => {
+                        let e = io::Error::new(io::ErrorKind::InvalidData, why);
+                        self.backend_gone(e);
+                    }
                 }
-                self.down_pos += n;
-                self.transfer.down += n as u64;
-                self.touch();
                 continue;
             }
             match self.backend.poll_read_ready(cx) {
@@ -313,6 +447,21 @@ where
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => self.backend_gone(e),
             }
+        }
+    }
+
+    /// Ends the tunnel at an exchange stop: answer with the status if there is one, close the
+    /// client side after it, and stop sending to the backend.
+    fn stop(&mut self, stop: Stop, cx: &mut Context<'_>) {
+        self.exchange = None;
+        self.down_buf = None;
+        self.stopped = Some(stop);
+        if let Stop::Refused(status) = stop {
+            self.down_out = Pending::new(status.response().into_bytes());
+        }
+        if self.up != Dir::Done {
+            self.up = Dir::Closing;
+            cx.waker().wake_by_ref();
         }
     }
 

@@ -62,6 +62,8 @@ async fn host_route_beats_hostless_route() {
         &format!("/api/v1/={}", any.address()),
         "--route",
         &format!("api.example.com/={}", api.address()),
+        // The test client's SNI is localhost: allow other Host names on its connections.
+        "--allow-sni-mismatch",
     ])
     .await;
     assert_eq!(

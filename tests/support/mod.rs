@@ -270,16 +270,6 @@ impl Backend {
         }
     }
 
-    /// Echoes every byte back, head included, until the client's FIN; then closes.
-    pub async fn echo() -> Backend {
-        Backend::spawn(|mut s, _, _| async move {
-            let (mut r, mut w) = s.split();
-            let _ = tokio::io::copy(&mut r, &mut w).await;
-            let _ = w.shutdown().await;
-        })
-        .await
-    }
-
     /// Answers the request head with 101, then echoes every byte until FIN.
     pub async fn upgrade_echo() -> Backend {
         Backend::spawn(|mut s, recorded, i| async move {
@@ -337,7 +327,8 @@ impl Backend {
         .await
     }
 
-    /// Records every byte until the client's FIN, then answers with the byte count and closes.
+    /// Records every byte until the client's FIN, then answers `200` with body
+    /// `received N` (the byte count) and closes.
     pub async fn recording() -> Backend {
         Backend::spawn(|mut s, recorded, i| async move {
             let mut buf = [0u8; 16 * 1024];
@@ -348,7 +339,12 @@ impl Backend {
                 }
             }
             let total = recorded.lock().unwrap()[i].len();
-            let _ = s.write_all(format!("received {total}").as_bytes()).await;
+            let body = format!("received {total}");
+            let response = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = s.write_all(response.as_bytes()).await;
         })
         .await
     }

@@ -1,0 +1,177 @@
+//! The exchange on captured-style byte sequences, whole and byte by byte.
+
+use super::*;
+use crate::cli::Args;
+use clap::Parser;
+
+const UPGRADE: &[u8] =
+    b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+    Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+const SWITCH: &[u8] =
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+    Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+
+fn exchange(extra: &[&str]) -> Exchange {
+    let mut argv = vec![
+        "wssbridge",
+        "--route",
+        "/=127.0.0.1:1",
+        "--route",
+        "/api/=127.0.0.1:2",
+    ];
+    argv.extend_from_slice(extra);
+    let config = Arc::new(Args::try_parse_from(argv).unwrap().into_config().unwrap());
+    let index = config.routes.find_index(Some("a"), "/").unwrap();
+    Exchange::new(config, index, None)
+}
+
+/// Feeds `input` in pieces of `step` bytes; returns (taken, forwarded).
+fn client(ex: &mut Exchange, input: &[u8], step: usize) -> (usize, Vec<u8>) {
+    let mut out = Vec::new();
+    let mut taken = 0;
+    while taken < input.len() {
+        let end = taken.saturating_add(step).min(input.len());
+        let n = ex.from_client(&input[taken..end], &mut out);
+        taken += n;
+        if n == 0 {
+            break;
+        }
+    }
+    (taken, out)
+}
+
+fn backend(ex: &mut Exchange, input: &[u8]) -> Result<(usize, Vec<u8>), Reject> {
+    let mut out = Vec::new();
+    let n = ex.from_backend(input, &mut out)?;
+    Ok((n, out))
+}
+
+#[test]
+fn bytes_after_an_upgrade_request_wait_for_the_101() {
+    for step in [1, 7, usize::MAX] {
+        let mut ex = exchange(&[]);
+        let smuggled = b"GET /api/admin HTTP/1.1\r\nHost: a\r\n\r\n";
+        let input = [UPGRADE, smuggled].concat();
+        let (taken, out) = client(&mut ex, &input, step);
+        assert_eq!(out, UPGRADE, "step {step}");
+        assert_eq!(taken, UPGRADE.len());
+        let (n, out) = backend(&mut ex, &[SWITCH, b"frame"].concat()).unwrap();
+        assert_eq!((n, out.as_slice()), (SWITCH.len(), SWITCH));
+        assert!(ex.upgraded());
+    }
+}
+
+#[test]
+fn refused_upgrade_never_becomes_a_tunnel() {
+    let mut ex = exchange(&[]);
+    client(&mut ex, UPGRADE, usize::MAX);
+    let refusal = b"HTTP/1.1 426 Upgrade Required\r\nContent-Length: 2\r\n\r\nno";
+    let (n, out) = backend(&mut ex, refusal).unwrap();
+    assert_eq!((n, out.as_slice()), (refusal.len(), &refusal[..]));
+    assert!(!ex.upgraded());
+    // The connection is HTTP again: a request for another route is not forwarded.
+    let (_, out) = client(
+        &mut ex,
+        b"GET /api/admin HTTP/1.1\r\nHost: a\r\n\r\n",
+        usize::MAX,
+    );
+    assert!(out.is_empty());
+    assert_eq!(ex.finished(), Some(Stop::Confined));
+}
+
+#[test]
+fn a_101_that_does_not_fit_is_refused() {
+    let mut ex = exchange(&[]);
+    client(&mut ex, UPGRADE, usize::MAX);
+    let wrong = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n";
+    assert_eq!(backend(&mut ex, wrong), Err(Reject::BadUpgrade));
+
+    let mut ex = exchange(&[]);
+    client(&mut ex, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", usize::MAX);
+    assert_eq!(
+        backend(&mut ex, SWITCH),
+        Err(Reject::BadUpgrade),
+        "101 to a plain GET"
+    );
+}
+
+#[test]
+fn websocket_accept_is_checked_when_asked() {
+    let mut ex = exchange(&["--check-websocket-accept"]);
+    client(&mut ex, UPGRADE, usize::MAX);
+    assert!(backend(&mut ex, SWITCH).is_ok());
+    assert!(ex.upgraded());
+    let mut ex = exchange(&["--check-websocket-accept"]);
+    client(&mut ex, UPGRADE, usize::MAX);
+    let forged = String::from_utf8_lossy(SWITCH).replace("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", "AAAA");
+    assert_eq!(backend(&mut ex, forged.as_bytes()), Err(Reject::BadUpgrade));
+}
+
+#[test]
+fn keep_alive_requests_stay_on_their_route() {
+    let mut ex = exchange(&[]);
+    let first =
+        b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+    let second = b"GET /y HTTP/1.1\r\nHost: a\r\n\r\n";
+    let third = b"GET /api/secret HTTP/1.1\r\nHost: a\r\n\r\n";
+    let input = [&first[..], second, third].concat();
+    for step in [1, 5, usize::MAX] {
+        let mut ex2 = exchange(&[]);
+        let (taken, out) = client(&mut ex2, &input, step);
+        assert_eq!(out, [&first[..], second].concat(), "step {step}");
+        assert_eq!(taken, first.len() + second.len() + third.len());
+        assert_eq!(ex2.finished(), None, "responses still owed");
+        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nA";
+        backend(&mut ex2, &[&ok[..], ok].concat()).unwrap();
+        assert_eq!(ex2.finished(), Some(Stop::Confined));
+    }
+    // HEAD responses have no body even with Content-Length.
+    client(&mut ex, b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n", usize::MAX);
+    let head = b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n";
+    backend(&mut ex, head).unwrap();
+    let (_, out) = client(&mut ex, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", usize::MAX);
+    assert!(!out.is_empty());
+}
+
+#[test]
+fn h2c_and_upgrades_on_other_methods_are_refused() {
+    let head = |raw: &[u8]| crate::head::parse(raw).unwrap().unwrap();
+    let h2c = head(
+        b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\n\r\n",
+    );
+    assert!(check_upgrade(&h2c, &[]).is_err());
+    assert!(check_upgrade(&h2c, &["h2c".to_string()]).unwrap().is_some());
+    let post =
+        head(b"POST / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n");
+    assert!(check_upgrade(&post, &[]).is_err());
+    let inert = head(b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n");
+    assert_eq!(check_upgrade(&inert, &[]), Ok(None));
+    // Later on the connection too.
+    let mut ex = exchange(&[]);
+    let (_, out) = client(
+        &mut ex,
+        b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n",
+        usize::MAX,
+    );
+    assert!(out.is_empty());
+    assert_eq!(ex.finished(), Some(Stop::Refused(Status::BadRequest)));
+}
+
+#[test]
+fn informational_responses_do_not_end_the_request() {
+    let mut ex = exchange(&[]);
+    client(
+        &mut ex,
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n",
+        usize::MAX,
+    );
+    let (_, out) = backend(&mut ex, b"HTTP/1.1 100 Continue\r\n\r\n").unwrap();
+    assert_eq!(out, b"HTTP/1.1 100 Continue\r\n\r\n");
+    let (_, out) = client(&mut ex, b"hi", usize::MAX);
+    assert_eq!(out, b"hi");
+    backend(&mut ex, b"HTTP/1.1 204 No Content\r\n\r\n").unwrap();
+    assert_eq!(
+        backend(&mut ex, b"HTTP/1.1 200 OK\r\n\r\n"),
+        Err(Reject::Broken("a response to no request"))
+    );
+}
