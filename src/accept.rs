@@ -6,9 +6,10 @@
 //! above all running out of file descriptors, back off with a capped delay and are logged at
 //! most once a second, so the loop never spins while live tunnels keep being served.
 
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -18,6 +19,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::config::Limits;
 use crate::conn::{self, Shared};
 
 /// Pending connections the kernel queues per listener (nginx's default is 511).
@@ -49,13 +51,48 @@ pub fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
 pub struct Admission {
     pub permits: Arc<Semaphore>,
     overflow: Arc<Semaphore>,
+    per_ip: Option<(usize, Arc<Mutex<HashMap<IpAddr, usize>>>)>,
 }
 
 impl Admission {
-    pub fn new(max_connections: usize) -> Self {
+    pub fn new(limits: &Limits) -> Self {
         Admission {
-            permits: Arc::new(Semaphore::new(max_connections)),
+            permits: Arc::new(Semaphore::new(limits.max_connections)),
             overflow: Arc::new(Semaphore::new(OVERFLOW_ANSWERS)),
+            per_ip: limits
+                .max_connections_per_ip
+                .map(|n| (n, Arc::new(Mutex::new(HashMap::new())))),
+        }
+    }
+
+    /// Counts a connection from `ip`; `None` when that address is at its limit.
+    fn per_ip(&self, ip: IpAddr) -> Option<IpSlot> {
+        let Some((limit, counts)) = &self.per_ip else {
+            return Some(IpSlot(None));
+        };
+        let mut map = counts.lock().unwrap_or_else(|e| e.into_inner());
+        let count = map.entry(ip).or_insert(0);
+        if *count >= *limit {
+            return None;
+        }
+        *count += 1;
+        Some(IpSlot(Some((ip, counts.clone()))))
+    }
+}
+
+/// One connection's place in the per-address count, given back on drop.
+struct IpSlot(Option<(IpAddr, Arc<Mutex<HashMap<IpAddr, usize>>>)>);
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        if let Some((ip, counts)) = self.0.take() {
+            let mut map = counts.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(count) = map.get_mut(&ip) {
+                *count -= 1;
+                if *count == 0 {
+                    map.remove(&ip);
+                }
+            }
         }
     }
 }
@@ -95,6 +132,10 @@ pub async fn accept_loop(
                 continue;
             }
         };
+        let Some(ip_slot) = admission.per_ip(peer.ip()) else {
+            tracing::debug!(%peer, "at --max-connections-per-ip: closing");
+            continue;
+        };
         let (permit, admitted) = match admission.permits.clone().try_acquire_owned() {
             Ok(p) => (p, true),
             Err(_) => match admission.overflow.clone().try_acquire_owned() {
@@ -108,7 +149,7 @@ pub async fn accept_loop(
         let shared = shared.clone();
         tracker.spawn(async move {
             conn::serve(shared, stream, peer, admitted).await;
-            drop(permit);
+            drop((permit, ip_slot));
         });
     }
 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
@@ -29,6 +30,8 @@ pub struct Shared {
     pub stopping: CancellationToken,
     /// Set when the shutdown grace is over: every connection is closed.
     pub force: CancellationToken,
+    /// Handshakes in progress (`--max-handshakes`).
+    pub handshakes: Arc<Semaphore>,
 }
 
 /// Serves one accepted connection. `admitted` is false when the connection limit is reached:
@@ -61,7 +64,11 @@ async fn pipeline(
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
-    let handshake = shared.acceptor.accept(stream);
+    // A slot among the handshakes in progress, waited for under the same deadline.
+    let handshake = async {
+        let _slot = shared.handshakes.acquire().await;
+        shared.acceptor.accept(stream).await
+    };
     let handshake = match deadline {
         Some(d) => match tokio::time::timeout_at(d.into(), handshake).await {
             Ok(r) => r,

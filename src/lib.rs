@@ -74,8 +74,11 @@ impl Server {
             acceptor: TlsAcceptor::from(self.config.tls.clone()),
             stopping: CancellationToken::new(),
             force: CancellationToken::new(),
+            handshakes: Arc::new(tokio::sync::Semaphore::new(
+                self.config.limits.max_handshakes,
+            )),
         });
-        let admission = Arc::new(accept::Admission::new(self.config.limits.max_connections));
+        let admission = Arc::new(accept::Admission::new(&self.config.limits));
         let mut loops = JoinSet::new();
         for listener in listeners {
             let listener = TcpListener::from_std(listener)?;

@@ -294,15 +294,6 @@ where
     /// plaintext buffer; through the exchange while the connection is still HTTP.
     fn poll_up(&mut self, cx: &mut Context<'_>) -> Poll<Step> {
         loop {
-            if self.up == Dir::Closing {
-                match ready!(Pin::new(&mut *self.backend).poll_shutdown(cx)) {
-                    // Already reset: the FIN has nowhere to go, and nothing is lost by that.
-                    Err(e) if e.kind() != io::ErrorKind::NotConnected => {
-                        return Poll::Ready(Err(fail(Side::Backend, Op::Write)(e)));
-                    }
-                    _ => return Poll::Ready(Ok(())),
-                }
-            }
             if self.up_out.pos < self.up_out.bytes.len() {
                 let n = ready!(Pin::new(&mut *self.backend).poll_write(cx, self.up_out.rest()))
                     .map_err(fail(Side::Backend, Op::Write))?;
@@ -312,6 +303,15 @@ where
                 self.transfer.up += n as u64;
                 self.touch();
                 continue;
+            }
+            if self.up == Dir::Closing {
+                match ready!(Pin::new(&mut *self.backend).poll_shutdown(cx)) {
+                    // Already reset: the FIN has nowhere to go, and nothing is lost by that.
+                    Err(e) if e.kind() != io::ErrorKind::NotConnected => {
+                        return Poll::Ready(Err(fail(Side::Backend, Op::Write)(e)));
+                    }
+                    _ => return Poll::Ready(Ok(())),
+                }
             }
             let from_initial = self.initial.pos < self.initial.bytes.len();
             let chunk = if from_initial {
@@ -360,11 +360,6 @@ where
     /// the exchange while the connection is still HTTP.
     fn poll_down(&mut self, cx: &mut Context<'_>) -> Poll<Step> {
         loop {
-            if self.down == Dir::Closing {
-                ready!(Pin::new(&mut *self.client).poll_shutdown(cx))
-                    .map_err(fail(Side::Client, Op::Write))?;
-                return Poll::Ready(Ok(()));
-            }
             if self.down_out.pos < self.down_out.bytes.len() {
                 let n = ready!(Pin::new(&mut *self.client).poll_write(cx, self.down_out.rest()))
                     .map_err(fail(Side::Client, Op::Write))?;
@@ -374,6 +369,11 @@ where
                 self.transfer.down += n as u64;
                 self.touch();
                 continue;
+            }
+            if self.down == Dir::Closing {
+                ready!(Pin::new(&mut *self.client).poll_shutdown(cx))
+                    .map_err(fail(Side::Client, Op::Write))?;
+                return Poll::Ready(Ok(()));
             }
             if self.stopped.is_some() {
                 self.down = Dir::Closing;

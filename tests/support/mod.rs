@@ -202,6 +202,28 @@ pub fn status_of(response: &str) -> u16 {
         .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"))
 }
 
+/// Reads (and drops) the body a request head announces: Content-Length, or chunked up to
+/// the last chunk (no trailers).
+async fn read_body<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, head: &str) -> Option<()> {
+    if head.contains("transfer-encoding: chunked") {
+        let mut tail = Vec::new();
+        let mut byte = [0u8; 1];
+        while !tail.ends_with(b"\r\n0\r\n\r\n") && tail != b"0\r\n\r\n" {
+            stream.read_exact(&mut byte).await.ok()?;
+            tail.push(byte[0]);
+        }
+        return Some(());
+    }
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).await.ok()?;
+    Some(())
+}
+
 /// Reads one HTTP head (up to the blank line) from `stream`, byte by byte so nothing after it
 /// is consumed.
 pub async fn read_head<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> Option<Vec<u8>> {
@@ -308,6 +330,10 @@ impl Backend {
         Backend::spawn(move |mut s, recorded, i| async move {
             while let Some(head) = read_head(&mut s).await {
                 recorded.lock().unwrap()[i].extend_from_slice(&head);
+                let lower = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                if read_body(&mut s, &lower).await.is_none() {
+                    return;
+                }
                 let response = format!(
                     "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nX-Backend: {name}\r\n\r\n{name}",
                     name.len()
