@@ -1,0 +1,242 @@
+//! Abuse limits: the process stays up and responsive. Floods, per-address limits and running
+//! out of file descriptors, against the real binary where the limit is per process.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use support::{Backend, Tunnel, WAIT, pki, tls_connect};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>;
+
+async fn ws_connect(addr: std::net::SocketAddr) -> Ws {
+    let tls = tls_connect(addr).await;
+    let url = format!("wss://localhost:{}/", addr.port());
+    tokio_tungstenite::client_async(url, tls)
+        .await
+        .expect("ws handshake")
+        .0
+}
+
+async fn echo(ws: &mut Ws, text: &str) {
+    ws.send(Message::text(text)).await.unwrap();
+    let got = tokio::time::timeout(WAIT, ws.next())
+        .await
+        .expect("echo in time");
+    assert_eq!(got.unwrap().unwrap(), Message::text(text));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_flood_does_not_starve_live_tunnels() {
+    let backend = Backend::ws_echo().await;
+    let tunnel = Tunnel::start(&[
+        "--to",
+        &backend.address(),
+        "--max-handshakes",
+        "2",
+        "--handshake-timeout",
+        "1s",
+    ])
+    .await;
+    let mut live = ws_connect(tunnel.addr).await;
+    // 50 clients start a ClientHello and stall, holding every handshake slot.
+    let mut stalled = Vec::new();
+    for _ in 0..50 {
+        let mut tcp = TcpStream::connect(tunnel.addr).await.unwrap();
+        tcp.write_all(&[0x16, 0x03, 0x01]).await.unwrap();
+        stalled.push(tcp);
+    }
+    for i in 0..20 {
+        echo(&mut live, &format!("still alive {i}")).await;
+    }
+    // New clients are only delayed: stalled handshakes time out and free their slots.
+    let late = tokio::time::timeout(WAIT, async { ws_connect(tunnel.addr).await }).await;
+    assert!(late.is_ok(), "a new client never got a handshake slot");
+    drop((stalled, late, live));
+    tunnel.assert_idle().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_per_ip_are_limited() {
+    let backend = Backend::ws_echo().await;
+    let tunnel =
+        Tunnel::start(&["--to", &backend.address(), "--max-connections-per-ip", "2"]).await;
+    let mut first = ws_connect(tunnel.addr).await;
+    let second = ws_connect(tunnel.addr).await;
+    let third = support::tls_connect_with(tunnel.addr, support::client_config()).await;
+    assert!(
+        third.is_err(),
+        "a third connection from 127.0.0.1 was served"
+    );
+    echo(&mut first, "the first two still work").await;
+    drop(second);
+    // The freed place is given back.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match support::tls_connect_with(tunnel.addr, support::client_config()).await {
+            Ok(_) => break,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            Err(e) => panic!("the freed place was not given back: {e}"),
+        }
+    }
+    drop(first);
+    tunnel.assert_idle().await;
+}
+
+/// The real binary with a soft RLIMIT_NOFILE of `nofile`, its stderr collected.
+struct Limited {
+    child: Child,
+    addr: std::net::SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Limited {
+    fn start(nofile: u32, backend: &str) -> Limited {
+        let pki = pki();
+        let script = format!(
+            "ulimit -Sn {nofile} && ulimit -Hn {nofile} && exec \"$0\" --listen 127.0.0.1:0 --cert {} --key {} --to {backend} --max-connections 10000",
+            pki.cert.display(),
+            pki.key.display()
+        );
+        let mut child = Command::new("sh")
+            .args(["-c", &script, env!("CARGO_BIN_EXE_wssbridge")])
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let lines = log.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(i) = line.find(" addr=") {
+                    let _ = tx.send(
+                        line[i + 6..]
+                            .split_whitespace()
+                            .next()
+                            .unwrap_or("")
+                            .to_string(),
+                    );
+                }
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let addr = rx
+            .recv_timeout(WAIT)
+            .expect("listening line")
+            .parse()
+            .unwrap();
+        Limited { child, addr, log }
+    }
+
+    /// CPU seconds the process has used (utime + stime from /proc).
+    fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+        ticks / 100.0
+    }
+}
+
+impl Drop for Limited {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_file_descriptors_backs_off_keeps_tunnels_and_recovers() {
+    let backend = Backend::ws_echo().await;
+    let server = Limited::start(64, &backend.address());
+    let mut live = ws_connect(server.addr).await;
+    echo(&mut live, "before").await;
+    // Far more connections than the server has descriptors for: accept hits EMFILE.
+    let mut flood = Vec::new();
+    for _ in 0..150 {
+        if let Ok(tcp) = TcpStream::connect(server.addr).await {
+            flood.push(tcp);
+        }
+    }
+    let deadline = Instant::now() + WAIT;
+    while !server
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("accept failed"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no EMFILE reached: {:?}",
+            server.log.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // While out of descriptors: no busy loop, a warning at most once a second, and the live
+    // tunnel keeps working.
+    let cpu_before = server.cpu_seconds();
+    let warnings_before = server
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("accept failed"))
+        .count();
+    for i in 0..10 {
+        echo(&mut live, &format!("during {i}")).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let cpu = server.cpu_seconds() - cpu_before;
+    let warnings = server
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("accept failed"))
+        .count()
+        - warnings_before;
+    assert!(
+        cpu < 1.0,
+        "the server used {cpu:.2} CPU seconds in 2 s out of descriptors"
+    );
+    assert!(warnings <= 4, "{warnings} accept warnings in 2 s");
+    // Descriptors come back: the server serves new clients again.
+    drop(flood);
+    let recovered = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Ok(Ok(tls)) = tokio::time::timeout(
+                Duration::from_secs(2),
+                support::tls_connect_with(server.addr, support::client_config()),
+            )
+            .await
+            {
+                return tls;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(
+        recovered.is_ok(),
+        "never recovered after descriptors were freed"
+    );
+    echo(&mut live, "after").await;
+}
