@@ -5,7 +5,16 @@ DEMO_BACKEND ?= 127.0.0.1:3000
 
 E2E_CERTS := target/e2e-certs
 
-.PHONY: all build release test unit e2e lint check certs demo clean
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := head route exchange
+# What cargo-fuzz passes for libFuzzer, without needing a nightly toolchain.
+FUZZ_RUSTFLAGS := --cfg fuzzing -Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
+  -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
+  -Cllvm-args=-sanitizer-coverage-trace-compares -Cdebug-assertions -Coverflow-checks
+
+TLS_AUDIT_PORT ?= 9443
+
+.PHONY: all build release test unit e2e lint check certs demo fuzz tls-audit clean
 
 all: build
 
@@ -35,6 +44,30 @@ e2e:
 	cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error
 	cd tests/e2e && WSSBRIDGE_BIN=$(CURDIR)/target/debug/wssbridge E2E_CERTS=$(CURDIR)/$(E2E_CERTS) \
 	  node --test --test-concurrency=1 --test-timeout=180000
+
+## Coverage-guided fuzzing of the head parser, route matcher and framing tracker:
+## FUZZ_SECONDS per target (default 60). Seeds in fuzz/corpus, findings in fuzz/artifacts.
+# An explicit --target keeps the flags off build scripts, which are not linked with libFuzzer.
+FUZZ_TRIPLE = $(shell rustc -vV | sed -n 's/^host: //p')
+fuzz:
+	cd fuzz && RUSTFLAGS="$(FUZZ_RUSTFLAGS)" $(CARGO) build --release --bins --target $(FUZZ_TRIPLE)
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p fuzz/work/$$t fuzz/artifacts/$$t; \
+	  echo "== fuzzing $$t for $(FUZZ_SECONDS)s"; \
+	  fuzz/target/$(FUZZ_TRIPLE)/release/$$t -max_total_time=$(FUZZ_SECONDS) -max_len=4096 \
+	    -artifact_prefix=fuzz/artifacts/$$t/ fuzz/work/$$t fuzz/corpus/$$t 2>&1 | tail -3 || exit 1; \
+	done
+
+## testssl.sh (Debian package testssl.sh) against a local instance; the report is kept in
+## target/tls-audit.txt and fails the target on any finding rated HIGH or CRITICAL.
+tls-audit: certs
+	$(CARGO) build --quiet --bin wssbridge
+	@target/debug/wssbridge -q --listen 127.0.0.1:$(TLS_AUDIT_PORT) --cert certs/server.pem \
+	  --key certs/server.key --to 127.0.0.1:9 & pid=$$!; trap 'kill $$pid' EXIT; sleep 1; \
+	  testssl --quiet --color 0 --warnings off --sneaky --ip 127.0.0.1 --protocols --std \
+	    --server-defaults --vulnerable --severity LOW localhost:$(TLS_AUDIT_PORT) \
+	    | tee target/tls-audit.txt; \
+	  ! grep -E '(HIGH|CRITICAL)' target/tls-audit.txt
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -47,11 +47,14 @@ pub fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
     attempt().with_context(|| format!("--listen {addr}: cannot listen"))
 }
 
+/// Connections held per client address.
+type IpCounts = Arc<Mutex<HashMap<IpAddr, usize>>>;
+
 /// The admission state shared by every listener.
 pub struct Admission {
     pub permits: Arc<Semaphore>,
     overflow: Arc<Semaphore>,
-    per_ip: Option<(usize, Arc<Mutex<HashMap<IpAddr, usize>>>)>,
+    per_ip: Option<(usize, IpCounts)>,
 }
 
 impl Admission {
@@ -81,7 +84,7 @@ impl Admission {
 }
 
 /// One connection's place in the per-address count, given back on drop.
-struct IpSlot(Option<(IpAddr, Arc<Mutex<HashMap<IpAddr, usize>>>)>);
+struct IpSlot(Option<(IpAddr, IpCounts)>);
 
 impl Drop for IpSlot {
     fn drop(&mut self) {

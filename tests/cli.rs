@@ -10,10 +10,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
-use support::{Backend, WAIT, pki, status_of, tls_connect};
+use futures_util::StreamExt;
+use support::{Backend, WAIT, echo, pki, status_of, tls_connect, ws_connect};
 use tokio::io::AsyncWriteExt;
-use tokio_tungstenite::tungstenite::Message;
 
 fn wssbridge() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_wssbridge"));
@@ -402,28 +401,6 @@ async fn tls_connect_and_send(addr: SocketAddr, raw: &[u8]) -> String {
     let mut tls = tls_connect(addr).await;
     tls.write_all(raw).await.unwrap();
     support::read_to_close(&mut tls).await
-}
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
-
-async fn ws_connect(addr: SocketAddr) -> Ws {
-    let tls = tls_connect(addr).await;
-    let url = format!("wss://localhost:{}/", addr.port());
-    tokio_tungstenite::client_async(url, tls)
-        .await
-        .expect("ws handshake")
-        .0
-}
-
-async fn echo(ws: &mut Ws, text: &str) {
-    ws.send(Message::text(text)).await.unwrap();
-    let got = tokio::time::timeout(WAIT, ws.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert_eq!(got, Message::text(text));
 }
 
 /// The SHA-256 fingerprint of the certificate a server presents, read without verifying it.

@@ -8,30 +8,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
-use support::{Backend, Tunnel, WAIT, pki, tls_connect};
+use support::{Backend, Tunnel, WAIT, echo, pki, ws_connect};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
-
-type Ws = tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>;
-
-async fn ws_connect(addr: std::net::SocketAddr) -> Ws {
-    let tls = tls_connect(addr).await;
-    let url = format!("wss://localhost:{}/", addr.port());
-    tokio_tungstenite::client_async(url, tls)
-        .await
-        .expect("ws handshake")
-        .0
-}
-
-async fn echo(ws: &mut Ws, text: &str) {
-    ws.send(Message::text(text)).await.unwrap();
-    let got = tokio::time::timeout(WAIT, ws.next())
-        .await
-        .expect("echo in time");
-    assert_eq!(got.unwrap().unwrap(), Message::text(text));
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshake_flood_does_not_starve_live_tunnels() {

@@ -170,6 +170,30 @@ impl Tunnel {
     }
 }
 
+/// A WebSocket client over TLS through the tunnel.
+pub type Ws = tokio_tungstenite::WebSocketStream<TlsStream<TcpStream>>;
+
+/// Opens a `wss://localhost:PORT/` WebSocket (tokio-tungstenite) to `addr`.
+pub async fn ws_connect(addr: SocketAddr) -> Ws {
+    let tls = tls_connect(addr).await;
+    let url = format!("wss://localhost:{}/", addr.port());
+    tokio_tungstenite::client_async(url, tls)
+        .await
+        .expect("ws handshake")
+        .0
+}
+
+/// Sends `text` and checks that the same message comes back, bounded by [`WAIT`].
+pub async fn echo(ws: &mut Ws, text: &str) {
+    use futures_util::{SinkExt, StreamExt};
+    let message = tokio_tungstenite::tungstenite::Message::text(text);
+    ws.send(message.clone()).await.expect("send");
+    let got = tokio::time::timeout(WAIT, ws.next())
+        .await
+        .expect("echo in time");
+    assert_eq!(got.expect("a message").expect("a good message"), message);
+}
+
 /// Reads until the peer closes (close_notify or EOF), bounded by [`WAIT`].
 pub async fn read_to_close<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> String {
     let mut out = Vec::new();
