@@ -219,3 +219,48 @@ async fn out_of_file_descriptors_backs_off_keeps_tunnels_and_recovers() {
     );
     echo(&mut live, "after").await;
 }
+
+/// `/proc/net/tcp` rows as (local port, remote port, timer kind, seconds to expiry).
+fn tcp_timers() -> Vec<(u16, u16, u8, f64)> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let port = |s: &str| u16::from_str_radix(s.rsplit(':').next()?, 16).ok();
+            let (kind, when) = f.get(5)?.split_once(':')?;
+            let ticks = u64::from_str_radix(when, 16).ok()? as f64 / 100.0;
+            Some((port(f[1])?, port(f[2])?, kind.parse().ok()?, ticks))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_keepalive_is_on_both_sockets_of_a_tunnel() {
+    let backend = Backend::ws_echo().await;
+    let tunnel = Tunnel::start(&["--to", &backend.address()]).await;
+    let mut ws = ws_connect(tunnel.addr).await;
+    echo(&mut ws, "idle from now on").await;
+    let (proxy_port, backend_port) = (tunnel.addr.port(), backend.addr.port());
+    // Once idle, the kernel runs the keepalive timer (kind 2), first probe after 60 s.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let timers = tcp_timers();
+        let client_side = timers.iter().find(|t| t.0 == proxy_port && t.1 != 0);
+        let backend_side = timers.iter().find(|t| t.1 == backend_port);
+        let keepalive = |t: Option<&(u16, u16, u8, f64)>| {
+            t.is_some_and(|t| t.2 == 2 && t.3 > 30.0 && t.3 <= 60.0)
+        };
+        if keepalive(client_side) && keepalive(backend_side) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no keepalive timer: client {client_side:?}, backend {backend_side:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(ws);
+    tunnel.assert_idle().await;
+}
