@@ -14,7 +14,9 @@ FUZZ_RUSTFLAGS := --cfg fuzzing -Cpasses=sancov-module -Cllvm-args=-sanitizer-co
 
 TLS_AUDIT_PORT ?= 9443
 
-.PHONY: all build release test unit e2e lint check certs demo fuzz tls-audit clean
+BENCH_ARGS ?=
+
+.PHONY: all build release test unit e2e lint check certs demo fuzz tls-audit bench bench-quick micro clean
 
 all: build
 
@@ -68,6 +70,24 @@ tls-audit: certs
 	    --server-defaults --vulnerable --severity LOW localhost:$(TLS_AUDIT_PORT) \
 	    | tee target/tls-audit.txt; \
 	  ! grep -E '(HIGH|CRITICAL)' target/tls-audit.txt
+
+## wssbridge beside nginx (as is and with 16 KiB proxy buffers) and HAProxy, 3 interleaved
+## rounds, in release; results in bench/results/<stamp>/ (CSV, Markdown, PNG). Installs
+## nginx, haproxy and matplotlib when missing. `make bench-quick` takes about 2 minutes.
+bench:
+	@command -v nginx >/dev/null && command -v haproxy >/dev/null || \
+	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-light haproxy)
+	@-service nginx stop >/dev/null 2>&1; service haproxy stop >/dev/null 2>&1
+	@python3 -c 'import matplotlib' 2>/dev/null || python3 -m pip install -q matplotlib
+	$(CARGO) build --release --bin wssbridge --example loadgen --example benchd
+	python3 bench/run.py $(BENCH_ARGS)
+
+bench-quick:
+	$(MAKE) bench BENCH_ARGS=--quick
+
+## Criterion micro-benchmarks: head parsing, route matching, chunked framing.
+micro:
+	$(CARGO) bench --bench parse
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -407,7 +407,7 @@ async fn tls_connect_and_send(addr: SocketAddr, raw: &[u8]) -> String {
 async fn served_fingerprint(addr: SocketAddr) -> String {
     let config = rustls::ClientConfig::builder()
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAny))
+        .with_custom_certificate_verifier(Arc::new(support::insecure::AcceptAny))
         .with_no_client_auth();
     let tls = support::tls_connect_with(addr, Arc::new(config))
         .await
@@ -420,76 +420,4 @@ async fn served_fingerprint(addr: SocketAddr) -> String {
         .map(|b| format!("{b:02X}"))
         .collect::<Vec<_>>()
         .join(":")
-}
-
-#[derive(Debug)]
-struct AcceptAny;
-
-impl rustls::client::danger::ServerCertVerifier for AcceptAny {
-    fn verify_server_cert(
-        &self,
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &[rustls::pki_types::CertificateDer<'_>],
-        _: &rustls::pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        rustls::crypto::aws_lc_rs::default_provider()
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn listens_and_connects_over_ipv6() {
-    let listener = tokio::net::TcpListener::bind("[::1]:0").await.unwrap();
-    let backend = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let (mut s, _) = listener.accept().await.unwrap();
-        support::read_head(&mut s).await.unwrap();
-        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\nv6ok")
-            .await
-            .unwrap();
-        s.shutdown().await.unwrap();
-    });
-    let pki = pki();
-    let running = Running::start(
-        &[
-            "--listen",
-            "[::1]:0",
-            "--cert",
-            path(&pki.cert),
-            "--key",
-            path(&pki.key),
-            "--to",
-            &format!("[::1]:{}", backend.port()),
-        ],
-        &[],
-    );
-    assert!(running.addr.is_ipv6(), "{}", running.addr);
-    let response =
-        tls_connect_and_send(running.addr, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
-    assert!(response.ends_with("v6ok"), "{response}");
 }

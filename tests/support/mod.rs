@@ -3,6 +3,7 @@
 //! recording, refusing, silent). Everything listens on 127.0.0.1.
 #![allow(dead_code)]
 
+pub mod insecure;
 pub mod pki;
 
 use std::net::SocketAddr;

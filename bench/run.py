@@ -1,0 +1,357 @@
+#!/usr/bin/env python3
+"""`make bench`: wssbridge beside nginx (as is, and with 16 KiB proxy buffers) and HAProxy,
+one after the other, interleaved over rounds, on this machine's loopback.
+
+Each peer terminates TLS in front of the same backend (examples/benchd.rs) and is driven by
+the same load generator (examples/loadgen.rs). For every metric the peer's own CPU time
+(all its processes, from /proc) is recorded, so per-CPU-second figures can be compared.
+Writes bench/results/<stamp>/{results.csv, summary.md, ratios.png}.
+"""
+
+import argparse
+import csv
+import datetime
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RELEASE = os.path.join(ROOT, "target", "release")
+WSSBRIDGE = os.path.join(RELEASE, "wssbridge")
+LOADGEN = os.path.join(RELEASE, "examples", "loadgen")
+BENCHD = os.path.join(RELEASE, "examples", "benchd")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+CORES = os.cpu_count() or 1
+
+NGINX_CONF = """
+worker_processes {cores};
+worker_rlimit_nofile 20000;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 19000; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    ssl_session_cache shared:SSL:10m;
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        location / {{
+            proxy_pass http://127.0.0.1:{backend};
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection "upgrade";
+            proxy_set_header Host $host;
+            proxy_read_timeout 1h;
+            {buffers}
+        }}
+    }}
+}}
+"""
+
+HAPROXY_CONF = """
+global
+    nbthread {cores}
+    maxconn 9400
+    tune.ssl.default-dh-param 2048
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 1h
+    timeout server 1h
+    timeout tunnel 1h
+frontend tls
+    bind 127.0.0.1:{port} ssl crt {combined} alpn http/1.1
+    default_backend app
+backend app
+    server s1 127.0.0.1:{backend}
+"""
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, seconds=10):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def tree(pid):
+    """pid and all its descendants."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                parents.setdefault(ppid, []).append(int(entry))
+            except OSError:
+                pass
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(parents.get(p, []))
+    return out
+
+
+def cpu_seconds(pids):
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except OSError:
+            pass
+    return total / CLK_TCK
+
+
+def pss_kib(pids):
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+class Peer:
+    def __init__(self, name, workdir):
+        self.name = name
+        self.dir = os.path.join(workdir, name)
+        os.makedirs(self.dir, exist_ok=True)
+        self.proc = None
+
+    def start(self, cert, key, backend):
+        self.port = free_port()
+        if self.name == "wssbridge":
+            cmd = [WSSBRIDGE, "--listen", f"127.0.0.1:{self.port}", "--cert", cert, "--key", key,
+                   "--to", f"127.0.0.1:{backend}", "-q"]
+        elif self.name.startswith("nginx"):
+            for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+                os.makedirs(os.path.join(self.dir, sub), exist_ok=True)
+            buffers = "proxy_buffer_size 16k; proxy_buffers 8 16k;" if self.name == "nginx-16k" else ""
+            conf = os.path.join(self.dir, "nginx.conf")
+            with open(conf, "w") as f:
+                f.write(NGINX_CONF.format(cores=CORES, dir=self.dir, port=self.port, cert=cert, key=key,
+                                          backend=backend, buffers=buffers))
+            cmd = [shutil.which("nginx") or "/usr/sbin/nginx", "-p", self.dir, "-c", conf, "-g", "daemon off;"]
+        else:
+            combined = os.path.join(self.dir, "combined.pem")
+            with open(combined, "w") as f:
+                f.write(open(cert).read() + open(key).read())
+            conf = os.path.join(self.dir, "haproxy.cfg")
+            with open(conf, "w") as f:
+                f.write(HAPROXY_CONF.format(cores=CORES, port=self.port, combined=combined, backend=backend))
+            cmd = [shutil.which("haproxy") or "/usr/sbin/haproxy", "-f", conf, "-db"]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(os.path.join(self.dir, "stderr.log"), "a"))
+        wait_port(self.port)
+        time.sleep(0.3)
+
+    def pids(self):
+        return tree(self.proc.pid)
+
+    def stop(self):
+        if self.proc:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                for p in self.pids():
+                    try:
+                        os.kill(p, 9)
+                    except OSError:
+                        pass
+                self.proc.wait()
+            self.proc = None
+
+
+def loadgen(mode, port, conns, seconds):
+    out = subprocess.run([LOADGEN, mode, f"127.0.0.1:{port}", "--conns", str(conns), "--seconds", str(seconds)],
+                         capture_output=True, text=True, timeout=seconds + 120)
+    if out.returncode != 0:
+        raise RuntimeError(f"loadgen {mode}: {out.stderr.strip()}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def measure(peer, mode, conns, seconds):
+    pids = peer.pids()
+    before = cpu_seconds(pids)
+    result = loadgen(mode, peer.port, conns, seconds)
+    if result.get("errors", 0) > result.get("conns", 1) / 100:
+        raise RuntimeError(f"{peer.name} {mode}: {result}")
+    return result, cpu_seconds(pids) - before
+
+
+def idle(peer, count):
+    pids = peer.pids()
+    time.sleep(0.5)
+    base = pss_kib(pids)
+    gen = subprocess.Popen([LOADGEN, "idle", f"127.0.0.1:{peer.port}", "--conns", str(count)],
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    opened = json.loads(gen.stdout.readline())["opened"]
+    time.sleep(1.0)
+    held = pss_kib(peer.pids())
+    gen.stdin.write("check\n")
+    gen.stdin.flush()
+    echoed = json.loads(gen.stdout.readline())["echoed"]
+    gen.wait(timeout=60)
+    return {"kib_per_conn": (held - base) / max(opened, 1), "opened": opened, "echoed": echoed}
+
+
+def certificates(workdir):
+    certs = {}
+    for kind, args in (("ecdsa", ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]),
+                       ("rsa", ["-newkey", "rsa:2048"])):
+        cert, key = os.path.join(workdir, f"{kind}.pem"), os.path.join(workdir, f"{kind}.key")
+        subprocess.run(["openssl", "req", "-x509", *args, "-nodes", "-keyout", key, "-out", cert, "-days", "30",
+                        "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"],
+                       check=True, capture_output=True)
+        certs[kind] = (cert, key)
+    return certs
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="about 2 minutes: 1 round, short runs")
+    parser.add_argument("--rounds", type=int)
+    parser.add_argument("--seconds", type=float)
+    parser.add_argument("--idle", type=int, help="idle connections to hold")
+    parser.add_argument("--peers", default="wssbridge,nginx,nginx-16k,haproxy")
+    opts = parser.parse_args()
+    rounds = opts.rounds or (1 if opts.quick else 3)
+    seconds = opts.seconds or (2.0 if opts.quick else 10.0)
+    idle_count = opts.idle or (1000 if opts.quick else 9000)
+    peers_names = opts.peers.split(",")
+
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    outdir = os.path.join(ROOT, "bench", "results", stamp)
+    os.makedirs(outdir, exist_ok=True)
+    workdir = tempfile.mkdtemp(prefix="wssbridge-bench-")
+    certs = certificates(workdir)
+    backend_proc = subprocess.Popen([BENCHD, "127.0.0.1:0"], stdout=subprocess.PIPE, text=True)
+    backend = int(backend_proc.stdout.readline().strip().rsplit(":", 1)[1])
+
+    rows = []
+    try:
+        for r in range(rounds):
+            order = peers_names[r % len(peers_names):] + peers_names[:r % len(peers_names)]
+            for name in order:
+                peer = Peer(name, workdir)
+                print(f"round {r + 1}/{rounds}: {name}", flush=True)
+                try:
+                    peer.start(*certs["rsa"], backend)
+                    res, cpu = measure(peer, "rate", 8, seconds)
+                    rows.append((r, name, "conn/s RSA-2048", res["per_sec"], cpu, res["conns"], res))
+                    peer.stop()
+                    peer.start(*certs["ecdsa"], backend)
+                    res, cpu = measure(peer, "rate", 8, seconds)
+                    rows.append((r, name, "conn/s ECDSA P-256", res["per_sec"], cpu, res["conns"], res))
+                    res, cpu = measure(peer, "throughput", 4, seconds)
+                    rows.append((r, name, "bulk MB/s tx+rx", res["mb_per_sec"], cpu, res["mb_per_sec"] * seconds, res))
+                    res, cpu = measure(peer, "latency", 4, seconds)
+                    rows.append((r, name, "RTT p50 us", res["p50_us"], cpu, None, res))
+                    rows.append((r, name, "RTT p99 us", res["p99_us"], cpu, None, res))
+                    res = idle(peer, idle_count)
+                    rows.append((r, name, "KiB per idle tunnel", res["kib_per_conn"], None, None, res))
+                    rows.append((r, name, "idle tunnels echoing afterwards", res["echoed"], None, None, res))
+                finally:
+                    peer.stop()
+    finally:
+        backend_proc.terminate()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    with open(os.path.join(outdir, "results.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["round", "peer", "metric", "value", "proxy_cpu_s", "work", "raw"])
+        for r, name, metric, value, cpu, work, raw in rows:
+            w.writerow([r, name, metric, f"{value:.3f}", "" if cpu is None else f"{cpu:.3f}",
+                        "" if work is None else f"{work:.1f}", json.dumps(raw)])
+
+    metrics = []
+    for _, _, metric, *_ in rows:
+        if metric not in metrics:
+            metrics.append(metric)
+    table = {}
+    for r, name, metric, value, cpu, work, _ in rows:
+        table.setdefault((metric, name), []).append(value)
+        if work is not None and cpu:
+            table.setdefault((metric + " per proxy CPU-s", name), []).append(work / cpu)
+    derived = []
+    for m in metrics:
+        derived.append(m)
+        if any(k == (m + " per proxy CPU-s", n) for k in table for n in peers_names):
+            derived.append(m + " per proxy CPU-s")
+
+    def cell(values):
+        med = statistics.median(values)
+        return f"{med:,.1f} [{min(values):,.1f}–{max(values):,.1f}]", med
+
+    lines = [f"# wssbridge beside nginx and HAProxy — {stamp}", "",
+             f"{CORES} cores, loopback, {rounds} interleaved round(s), {seconds:g} s per run, "
+             f"{idle_count} idle tunnels. Medians [min–max]; ratio = wssbridge / nginx (higher is better except RTT and KiB). "
+             f"Load: rate 8 workers; bulk 4 tunnels of 16 KiB writes; RTT 4 tunnels of 64-byte ping-pong; client key exchange X25519 for every peer.", "",
+             "| metric | " + " | ".join(peers_names) + " | wssbridge / nginx |",
+             "|---|" + "---|" * (len(peers_names) + 1)]
+    ratios = {}
+    for m in derived:
+        cells, meds = [], {}
+        for n in peers_names:
+            if (m, n) in table:
+                text, med = cell(table[(m, n)])
+                cells.append(text)
+                meds[n] = med
+            else:
+                cells.append("—")
+        ratio = meds.get("wssbridge", 0) / meds["nginx"] if meds.get("nginx") else float("nan")
+        ratios[m] = ratio
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {ratio:.2f}x |")
+    summary = "\n".join(lines) + "\n"
+    with open(os.path.join(outdir, "summary.md"), "w") as f:
+        f.write(summary)
+    print(summary)
+
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(10, 5))
+        names = list(ratios)
+        ax.barh(names, [ratios[n] for n in names], color="#3b7dd8")
+        ax.axvline(1.0, color="black", linewidth=1)
+        ax.set_xlabel("wssbridge / nginx (median)")
+        ax.set_title(f"wssbridge vs nginx, {stamp}")
+        fig.tight_layout()
+        fig.savefig(os.path.join(outdir, "ratios.png"), dpi=100)
+    except ImportError:
+        print("matplotlib missing: no chart (make bench installs it)", file=sys.stderr)
+    print(f"results in {outdir}")
+
+
+if __name__ == "__main__":
+    main()

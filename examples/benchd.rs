@@ -1,0 +1,52 @@
+//! `make bench`'s backend: answers `GET /ping` with a small 200 and `Connection: close`, and
+//! answers an upgrade request with `101` and then echoes every byte. Plain TCP on loopback.
+//! Usage: `benchd ADDR` (prints the bound address).
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:0".to_string());
+    let listener = TcpListener::bind(&addr).await?;
+    println!("{}", listener.local_addr()?);
+    loop {
+        let (stream, _) = listener.accept().await?;
+        tokio::spawn(async move {
+            let _ = serve(stream).await;
+        });
+    }
+}
+
+async fn serve(mut s: TcpStream) -> std::io::Result<()> {
+    s.set_nodelay(true)?;
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 1024];
+    let end = loop {
+        let n = s.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        head.extend_from_slice(&buf[..n]);
+        if let Some(i) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let text = String::from_utf8_lossy(&head[..end]).to_ascii_lowercase();
+    if !text.contains("upgrade: websocket") {
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\npong")
+            .await?;
+        return s.shutdown().await;
+    }
+    s.write_all(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
+    )
+    .await?;
+    s.write_all(&head[end..]).await?;
+    let (mut r, mut w) = s.split();
+    tokio::io::copy(&mut r, &mut w).await?;
+    Ok(())
+}

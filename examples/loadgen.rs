@@ -1,0 +1,315 @@
+//! `make bench`'s load generator: drives a TLS proxy (wssbridge, nginx, HAProxy) in front of
+//! `benchd` and prints one JSON line of results.
+//!
+//! Modes:
+//! - `rate`: workers loop connect → full handshake (never resuming) → `GET /ping` with
+//!   `Connection: close` → read the answer → wait for close; connections/s and latency.
+//! - `throughput`: upgraded connections stream 16 KiB writes that the backend echoes; MB/s
+//!   sent + received.
+//! - `latency`: upgraded connections ping-pong 64-byte messages, each echo checked; RTT.
+//! - `idle`: open N upgraded connections, print `{"opened":N}`, wait for a line on stdin, then
+//!   check that every one still echoes and print `{"echoed":N}`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+#[path = "../tests/support/insecure.rs"]
+mod insecure;
+
+use clap::Parser;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+#[derive(Parser)]
+struct Args {
+    /// rate | throughput | latency | idle
+    mode: String,
+    /// The proxy's TLS address.
+    addr: SocketAddr,
+    /// Concurrent workers (rate) or connections (throughput, latency, idle).
+    #[arg(long, default_value_t = 8)]
+    conns: usize,
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let connector = TlsConnector::from(client_config());
+    let run = Duration::from_secs_f64(args.seconds);
+    let line = match args.mode.as_str() {
+        "rate" => rate(connector, args.addr, args.conns, run).await,
+        "throughput" => throughput(connector, args.addr, args.conns, run).await?,
+        "latency" => latency(connector, args.addr, args.conns, run).await?,
+        "idle" => idle(connector, args.addr, args.conns).await?,
+        other => anyhow::bail!("unknown mode {other}"),
+    };
+    println!("{line}");
+    Ok(())
+}
+
+/// No verification and no resumption: every connection is a full handshake, and the client
+/// spends as little CPU as it can (the machine is shared with the proxy). Key exchange is
+/// X25519, the group every peer (OpenSSL 3.0 included) negotiates, so all peers do the same
+/// handshake crypto; rustls would otherwise pick the post-quantum hybrid against wssbridge
+/// only.
+fn client_config() -> Arc<rustls::ClientConfig> {
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    // X25519 first, so it is the key share sent; P-256 and P-384 listed because OpenSSL 3.0
+    // refuses an ECDSA certificate whose curve the client does not list ("no shared cipher").
+    use rustls::crypto::aws_lc_rs::kx_group::{SECP256R1, SECP384R1, X25519};
+    provider.kx_groups = vec![X25519, SECP256R1, SECP384R1];
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(insecure::AcceptAny))
+        .with_no_client_auth();
+    config.resumption = rustls::client::Resumption::disabled();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+async fn tls(connector: &TlsConnector, addr: SocketAddr) -> std::io::Result<TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let name = ServerName::try_from("localhost").expect("name");
+    connector.connect(name, tcp).await
+}
+
+const UPGRADE: &[u8] = b"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
+    Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+/// A connection upgraded through the proxy: the 101 has been read, what follows is echoed.
+async fn upgraded(
+    connector: &TlsConnector,
+    addr: SocketAddr,
+) -> anyhow::Result<TlsStream<TcpStream>> {
+    let mut s = tls(connector, addr).await?;
+    // tokio-rustls may keep written bytes in rustls until a flush.
+    s.write_all(UPGRADE).await?;
+    s.flush().await?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).await?;
+        head.push(byte[0]);
+    }
+    anyhow::ensure!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "not upgraded: {}",
+        String::from_utf8_lossy(&head)
+    );
+    Ok(s)
+}
+
+/// `n` upgraded connections, opened one after the other before the clock starts.
+async fn open(
+    connector: &TlsConnector,
+    addr: SocketAddr,
+    n: usize,
+) -> anyhow::Result<Vec<TlsStream<TcpStream>>> {
+    let mut streams = Vec::with_capacity(n);
+    for _ in 0..n {
+        streams.push(upgraded(connector, addr).await?);
+    }
+    Ok(streams)
+}
+
+async fn rate(connector: TlsConnector, addr: SocketAddr, workers: usize, run: Duration) -> String {
+    let deadline = Instant::now() + run;
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        let connector = connector.clone();
+        let errors = errors.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut times = Vec::new();
+            while Instant::now() < deadline {
+                let start = Instant::now();
+                let once = async {
+                    let mut s = tls(&connector, addr).await?;
+                    s.write_all(
+                        b"GET /ping HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+                    )
+                    .await?;
+                    s.flush().await?;
+                    let mut answer = Vec::new();
+                    match s.read_to_end(&mut answer).await {
+                        Ok(_) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
+                        Err(e) => return Err(e),
+                    }
+                    if answer.starts_with(b"HTTP/1.1 200") {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::other("bad answer"))
+                    }
+                };
+                match once.await {
+                    Ok(()) => times.push(start.elapsed()),
+                    Err(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            times
+        }));
+    }
+    let mut times = Vec::new();
+    for t in tasks {
+        times.extend(t.await.unwrap_or_default());
+    }
+    times.sort_unstable();
+    let secs = run.as_secs_f64();
+    format!(
+        "{{\"conns\":{},\"per_sec\":{:.1},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"errors\":{}}}",
+        times.len(),
+        times.len() as f64 / secs,
+        pct(&times, 50.0).as_secs_f64() * 1e3,
+        pct(&times, 99.0).as_secs_f64() * 1e3,
+        errors.load(Ordering::Relaxed)
+    )
+}
+
+async fn throughput(
+    connector: TlsConnector,
+    addr: SocketAddr,
+    conns: usize,
+    run: Duration,
+) -> anyhow::Result<String> {
+    let streams = open(&connector, addr, conns).await?;
+    let sent = Arc::new(AtomicU64::new(0));
+    let received = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + run;
+    let mut tasks = Vec::new();
+    for s in streams {
+        let (mut rd, mut wr) = tokio::io::split(s);
+        let sent = sent.clone();
+        let received = received.clone();
+        tasks.push(tokio::spawn(async move {
+            let chunk = vec![0x5au8; 16 * 1024];
+            while Instant::now() < deadline {
+                if wr.write_all(&chunk).await.is_err() || wr.flush().await.is_err() {
+                    break;
+                }
+                sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            }
+        }));
+        tasks.push(tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            while let Ok(Ok(n)) = tokio::time::timeout_at(deadline.into(), rd.read(&mut buf)).await
+            {
+                if n == 0 {
+                    break;
+                }
+                received.fetch_add(n as u64, Ordering::Relaxed);
+            }
+        }));
+    }
+    tokio::time::sleep_until(deadline.into()).await;
+    let (tx, rx) = (
+        sent.load(Ordering::Relaxed),
+        received.load(Ordering::Relaxed),
+    );
+    for t in tasks {
+        t.abort();
+    }
+    let secs = run.as_secs_f64();
+    Ok(format!(
+        "{{\"mb_per_sec\":{:.1},\"tx_mb\":{:.1},\"rx_mb\":{:.1}}}",
+        (tx + rx) as f64 / 1e6 / secs,
+        tx as f64 / 1e6,
+        rx as f64 / 1e6
+    ))
+}
+
+async fn latency(
+    connector: TlsConnector,
+    addr: SocketAddr,
+    conns: usize,
+    run: Duration,
+) -> anyhow::Result<String> {
+    let streams = open(&connector, addr, conns).await?;
+    let deadline = Instant::now() + run;
+    let mut tasks = Vec::new();
+    for (id, mut s) in streams.into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            let mut times = Vec::new();
+            let mut message = [0u8; 64];
+            let mut back = [0u8; 64];
+            let mut seq = 0u64;
+            while Instant::now() < deadline {
+                message[..8].copy_from_slice(&seq.to_le_bytes());
+                message[8..16].copy_from_slice(&(id as u64).to_le_bytes());
+                let start = Instant::now();
+                let sent = async {
+                    s.write_all(&message).await?;
+                    s.flush().await
+                };
+                if sent.await.is_err() || s.read_exact(&mut back).await.is_err() {
+                    return Err(anyhow::anyhow!("connection {id} failed"));
+                }
+                anyhow::ensure!(back == message, "echo mismatch on connection {id}");
+                times.push(start.elapsed());
+                seq += 1;
+            }
+            Ok(times)
+        }));
+    }
+    let mut times = Vec::new();
+    for t in tasks {
+        times.extend(t.await??);
+    }
+    times.sort_unstable();
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    Ok(format!(
+        "{{\"count\":{},\"p50_us\":{:.1},\"p90_us\":{:.1},\"p99_us\":{:.1},\"max_us\":{:.1}}}",
+        times.len(),
+        us(pct(&times, 50.0)),
+        us(pct(&times, 90.0)),
+        us(pct(&times, 99.0)),
+        us(times.last().copied().unwrap_or_default())
+    ))
+}
+
+async fn idle(connector: TlsConnector, addr: SocketAddr, count: usize) -> anyhow::Result<String> {
+    let mut streams = Vec::with_capacity(count);
+    // Open in batches: a burst of thousands of handshakes is not what is being measured.
+    for start in (0..count).step_by(100) {
+        let batch = (start..(start + 100).min(count)).map(|_| upgraded(&connector, addr));
+        for s in futures_util::future::join_all(batch).await {
+            streams.push(s?);
+        }
+    }
+    println!("{{\"opened\":{}}}", streams.len());
+    tokio::task::spawn_blocking(|| std::io::stdin().read_line(&mut String::new())).await??;
+    let checks = streams.into_iter().map(|mut s| async move {
+        let ping = *b"still here? 0123";
+        let mut back = [0u8; 16];
+        s.write_all(&ping).await?;
+        s.flush().await?;
+        tokio::time::timeout(Duration::from_secs(30), s.read_exact(&mut back)).await??;
+        anyhow::ensure!(back == ping, "echo mismatch");
+        Ok::<_, anyhow::Error>(())
+    });
+    let mut echoed = 0;
+    for chunk in futures_util::future::join_all(checks).await {
+        echoed += usize::from(chunk.is_ok());
+    }
+    Ok(format!("{{\"echoed\":{echoed}}}"))
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
