@@ -57,9 +57,8 @@ pub struct Limits {
 const RESERVED_FDS: u64 = 128;
 
 /// Raises the soft RLIMIT_NOFILE to the hard limit (a tunnel needs two descriptors, and the
-/// usual soft limit of 1024 would cap wssbridge at ~500 tunnels). Returns the soft limit in
-/// force afterwards.
-pub fn raise_fd_limit() -> u64 {
+/// usual soft limit of 1024 would cap wssbridge at ~500 tunnels).
+pub fn raise_fd_limit() {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let mut limit = getrlimit(Resource::Nofile);
     if let Some(hard) = limit.maximum
@@ -70,7 +69,6 @@ pub fn raise_fd_limit() -> u64 {
             tracing::warn!("could not raise the file-descriptor limit to {hard}: {e}");
         }
     }
-    getrlimit(Resource::Nofile).current.unwrap_or(1 << 20)
 }
 
 /// Four handshakes per core keep every core busy with crypto while leaving room for the

@@ -57,10 +57,6 @@ impl Server {
         self.tracker.len()
     }
 
-    pub fn config(&self) -> &Config {
-        &self.config
-    }
-
     /// Serves on `listeners` until `shutdown` resolves, then stops accepting (the ports are
     /// closed at once), lets live connections go on for `--shutdown-grace`, and closes
     /// whatever is left.

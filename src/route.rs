@@ -183,10 +183,6 @@ impl RouteTable {
         self.routes.iter()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.routes.is_empty()
-    }
-
     /// Picks the route for a request: `host` as sent (any case, any port), `target` the
     /// origin-form request target (path and query).
     pub fn find(&self, host: Option<&str>, target: &str) -> Option<&Route> {
