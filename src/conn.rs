@@ -18,9 +18,13 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::exchange::{Exchange, Stop, check_upgrade};
 use crate::head::{self, Head, HeadError, ReadError};
+use crate::readahead::ReadAhead;
 use crate::respond::{self, Status};
 use crate::route::normalize_host;
 use crate::splice::{self, End, Op, Side, Transfer};
+
+/// The client's side once TLS is up: rustls over a socket read in bulk-sized pieces.
+type Client = TlsStream<ReadAhead<TcpStream>>;
 
 /// What every connection shares: the configuration and the shutdown signals.
 pub struct Shared {
@@ -67,7 +71,7 @@ async fn pipeline(
     // A slot among the handshakes in progress, waited for under the same deadline.
     let handshake = async {
         let _slot = shared.handshakes.acquire().await;
-        shared.acceptor.accept(stream).await
+        shared.acceptor.accept(ReadAhead::new(stream)).await
     };
     let handshake = match deadline {
         Some(d) => match tokio::time::timeout_at(d.into(), handshake).await {
@@ -159,7 +163,7 @@ fn misdirected(config: &Config, head: &Head, sni: Option<&str>) -> Option<Status
         .then_some(Status::Misdirected)
 }
 
-async fn answer(client: &mut TlsStream<TcpStream>, status: Status) -> Outcome {
+async fn answer(client: &mut Client, status: Status) -> Outcome {
     respond::send(client, status).await;
     Outcome::Status(status)
 }

@@ -20,6 +20,7 @@ pub mod connect;
 pub mod exchange;
 pub mod framing;
 pub mod head;
+pub mod readahead;
 pub mod respond;
 pub mod route;
 pub mod shutdown;

@@ -5,9 +5,10 @@
 //!   close_notify makes rustls report `UnexpectedEof`; the reply still on its way is then
 //!   lost. Here that is the ordinary end of one direction;
 //! - it allocates two 8 KiB buffers per tunnel up front and keeps them for the tunnel's life.
-//!   Here client→backend reads straight out of rustls's plaintext buffer (`AsyncBufRead`)
-//!   and backend→client allocates its 64 KiB buffer only while the backend has data, so an idle
-//!   WebSocket holds no copy buffer at all;
+//!   Here client→backend writes small messages straight out of rustls's plaintext buffer
+//!   (`AsyncBufRead`) and gathers bulk data on the stack; backend→client reads into the
+//!   stack; only bytes a slow peer cannot take yet go to the heap. An idle WebSocket holds
+//!   no copy buffer at all;
 //! - it has no bound on a half-closed tunnel: here, once one direction has ended, the other
 //!   may go on while it moves bytes but is closed after `--close-timeout` of silence; and
 //!   `--idle-timeout` (when set) bounds how long both may be silent;
@@ -19,11 +20,12 @@
 
 use std::future::Future;
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufRead, AsyncWrite};
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
@@ -32,9 +34,16 @@ use crate::respond::Status;
 
 /// Four TLS records' worth of plaintext: one read from the backend becomes four records that
 /// rustls writes out together, so a bulk transfer makes a quarter of the system calls it
-/// would with one record per read (measured: ~30% more MB per CPU-second than 16 KiB). The
-/// buffer exists only while the backend has data, so idle tunnels do not pay for its size.
+/// would with one record per read (measured: ~30% more MB per CPU-second than 16 KiB). It
+/// lives on the stack of the poll that uses it, so tunnels do not pay for its size.
 const DOWN_BUFFER: usize = 64 * 1024;
+
+/// The same for client→backend: records are gathered into one write of up to 64 KiB
+/// (with `ReadAhead` reading the socket in pieces as large)...
+const UP_BUFFER: usize = 64 * 1024;
+/// ...once one record carries at least this much, a sign of a bulk transfer. Smaller messages
+/// (chat, pings) go straight from rustls's buffer to the backend without a copy.
+const GATHER_FROM: usize = 8 * 1024;
 
 /// Bytes moved, client→backend (`up`) and backend→client (`down`).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -116,9 +125,6 @@ where
         backend,
         up: Dir::Open,
         down: Dir::Open,
-        down_buf: None,
-        down_pos: 0,
-        down_len: 0,
         transfer,
         idle: timeouts.0.map(|d| (d, Box::pin(tokio::time::sleep(d)))),
         last_activity: Instant::now(),
@@ -127,6 +133,7 @@ where
         half_closed_at: None,
         up_first: false,
         deferred: None,
+        up_error: None,
         initial: Pending::new(initial),
         exchange,
         up_out: Pending::default(),
@@ -149,10 +156,6 @@ struct Splice<'a, C> {
     backend: &'a mut TcpStream,
     up: Dir,
     down: Dir,
-    /// Backend→client bytes read but not yet written; `None` while the backend is quiet.
-    down_buf: Option<Box<[u8]>>,
-    down_pos: usize,
-    down_len: usize,
     transfer: &'a mut Transfer,
     idle: Option<(Duration, Pin<Box<Sleep>>)>,
     last_activity: Instant,
@@ -171,6 +174,8 @@ struct Splice<'a, C> {
     stopped: Option<Stop>,
     /// A write failure that ended one direction, reported once the other is done too.
     deferred: Option<Failure>,
+    /// A client read error met while gathering, reported after the bytes before it are sent.
+    up_error: Option<io::Error>,
 }
 
 type Step = Result<(), Failure>;
@@ -288,7 +293,6 @@ where
         }
         if let Some(f) = failure {
             self.deferred.get_or_insert(f);
-            self.down_buf = None;
         }
         None
     }
@@ -319,6 +323,11 @@ where
             let from_initial = self.initial.pos < self.initial.bytes.len();
             let chunk = if from_initial {
                 self.initial.rest()
+            } else if let Some(e) = self.up_error.take() {
+                if !is_eof(&e) {
+                    return Poll::Ready(Err(fail(Side::Client, Op::Read)(e)));
+                }
+                &[]
             } else {
                 match ready!(Pin::new(&mut *self.client).poll_fill_buf(cx)) {
                     Ok(chunk) => chunk,
@@ -338,6 +347,12 @@ where
                         return Poll::Pending;
                     }
                     taken
+                }
+                None if chunk.len() >= GATHER_FROM && !from_initial => {
+                    if let Err(f) = self.gather(cx) {
+                        return Poll::Ready(Err(f));
+                    }
+                    continue;
                 }
                 None => {
                     let n = ready!(Pin::new(&mut *self.backend).poll_write(cx, chunk))
@@ -359,8 +374,53 @@ where
         }
     }
 
-    /// Backend → client, through a buffer that exists only while data is flowing; through
-    /// the exchange while the connection is still HTTP.
+    /// A client sending in bulk: gathers the plaintext of every TLS record rustls can give
+    /// without waiting (up to 64 KiB, on the stack) and writes it to the backend at once,
+    /// where it would take one write per record. What the backend cannot take now waits in
+    /// `up_out`. A read error met on the way is kept for after the bytes before it.
+    fn gather(&mut self, cx: &mut Context<'_>) -> Step {
+        let mut space = [MaybeUninit::<u8>::uninit(); UP_BUFFER];
+        let mut gathered = ReadBuf::uninit(&mut space);
+        while gathered.remaining() > 0 {
+            match Pin::new(&mut *self.client).poll_fill_buf(cx) {
+                Poll::Ready(Ok(chunk)) if !chunk.is_empty() => {
+                    let n = chunk.len().min(gathered.remaining());
+                    gathered.put_slice(&chunk[..n]);
+                    Pin::new(&mut *self.client).consume(n);
+                }
+                // EOF: `poll_up` sees it again on its next read.
+                Poll::Ready(Ok(_)) | Poll::Pending => break,
+                Poll::Ready(Err(e)) => {
+                    self.up_error = Some(e);
+                    break;
+                }
+            }
+        }
+        let data = gathered.filled();
+        if data.is_empty() {
+            return Ok(());
+        }
+        let n = match Pin::new(&mut *self.backend).poll_write(cx, data) {
+            Poll::Ready(Ok(0)) => {
+                return Err(fail(Side::Backend, Op::Write)(
+                    io::ErrorKind::WriteZero.into(),
+                ));
+            }
+            Poll::Ready(Ok(n)) => n,
+            Poll::Ready(Err(e)) => return Err(fail(Side::Backend, Op::Write)(e)),
+            Poll::Pending => 0,
+        };
+        self.transfer.up += n as u64;
+        self.touch();
+        if n < data.len() {
+            self.up_out = Pending::new(data[n..].to_vec());
+        }
+        Ok(())
+    }
+
+    /// Backend → client: read into the stack and written on at once; only what the client
+    /// cannot take yet is kept on the heap. Through the exchange while the connection is
+    /// still HTTP.
     fn poll_down(&mut self, cx: &mut Context<'_>) -> Poll<Step> {
         loop {
             if self.down_out.pos < self.down_out.bytes.len() {
@@ -386,31 +446,40 @@ where
                 self.stop(stop, cx);
                 continue;
             }
-            if let Some(buf) = &self.down_buf
-                && self.down_pos < self.down_len
-            {
-                let pending = &buf[self.down_pos..self.down_len];
-                let Some(exchange) = &mut self.exchange else {
-                    let n = ready!(Pin::new(&mut *self.client).poll_write(cx, pending))
-                        .map_err(fail(Side::Client, Op::Write))?;
-                    if n == 0 {
-                        let zero = io::ErrorKind::WriteZero.into();
-                        return Poll::Ready(Err(fail(Side::Client, Op::Write)(zero)));
-                    }
-                    self.down_pos += n;
-                    self.transfer.down += n as u64;
-                    self.touch();
+            // Read into the stack: nothing is allocated unless the client cannot take it all.
+            let mut space = [MaybeUninit::<u8>::uninit(); DOWN_BUFFER];
+            let mut read = ReadBuf::uninit(&mut space);
+            match Pin::new(&mut *self.backend).poll_read(cx, &mut read) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => {
+                    self.backend_gone(e);
                     continue;
-                };
-                match exchange.from_backend(pending, &mut self.down_out.bytes) {
+                }
+                Poll::Pending => {
+                    // Quiet backend: push out what rustls holds.
+                    ready!(Pin::new(&mut *self.client).poll_flush(cx))
+                        .map_err(fail(Side::Client, Op::Write))?;
+                    return Poll::Pending;
+                }
+            }
+            let data = read.filled();
+            if data.is_empty() {
+                self.down = Dir::Closing;
+                continue;
+            }
+            if let Some(exchange) = &mut self.exchange {
+                match exchange.from_backend(data, &mut self.down_out.bytes) {
                     Ok(n) => {
-                        self.down_pos += n;
                         if exchange.take_changed() {
                             cx.waker().wake_by_ref();
                         }
                         if exchange.upgraded() {
-                            // The tunnel is open: no more parsing, and no more exchange state.
+                            // The tunnel is open: no more parsing, and no more exchange
+                            // state. What followed the 101 is tunnel data.
                             self.exchange = None;
+                            self.down_out.bytes.extend_from_slice(&data[n..]);
+                        } else {
+                            debug_assert_eq!(n, data.len(), "the exchange takes all until a 101");
                         }
                     }
                     Err(Reject::BadUpgrade) => self.stop(Stop::Refused(Status::BadGateway), cx),
@@ -421,34 +490,20 @@ where
                 }
                 continue;
             }
-            match self.backend.poll_read_ready(cx) {
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(e)) => {
-                    self.backend_gone(e);
-                    continue;
+            let n = match Pin::new(&mut *self.client).poll_write(cx, data) {
+                Poll::Ready(Ok(0)) => {
+                    let zero = io::ErrorKind::WriteZero.into();
+                    return Poll::Ready(Err(fail(Side::Client, Op::Write)(zero)));
                 }
-                Poll::Pending => {
-                    // Quiet backend: give the buffer back and push out what rustls holds.
-                    self.down_buf = None;
-                    ready!(Pin::new(&mut *self.client).poll_flush(cx))
-                        .map_err(fail(Side::Client, Op::Write))?;
-                    return Poll::Pending;
-                }
-            }
-            let buf = self
-                .down_buf
-                .get_or_insert_with(|| vec![0u8; DOWN_BUFFER].into_boxed_slice());
-            match self.backend.try_read(buf) {
-                Ok(0) => {
-                    self.down_buf = None;
-                    self.down = Dir::Closing;
-                }
-                Ok(n) => {
-                    self.down_pos = 0;
-                    self.down_len = n;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => self.backend_gone(e),
+                Poll::Ready(Ok(n)) => n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(fail(Side::Client, Op::Write)(e))),
+                Poll::Pending => 0,
+            };
+            self.transfer.down += n as u64;
+            self.touch();
+            if n < data.len() {
+                // The client is slow: keep the rest until it can take it.
+                self.down_out = Pending::new(data[n..].to_vec());
             }
         }
     }
@@ -457,7 +512,6 @@ where
     /// client side after it, and stop sending to the backend.
     fn stop(&mut self, stop: Stop, cx: &mut Context<'_>) {
         self.exchange = None;
-        self.down_buf = None;
         self.stopped = Some(stop);
         if let Stop::Refused(status) = stop {
             self.down_out = Pending::new(status.response().into_bytes());
@@ -474,7 +528,6 @@ where
     fn backend_gone(&mut self, error: io::Error) {
         self.deferred
             .get_or_insert(fail(Side::Backend, Op::Read)(error));
-        self.down_buf = None;
         self.down = Dir::Closing;
     }
 

@@ -71,7 +71,21 @@ async fn wss_echo_text_and_16mib_binary() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgraded_tunnel_carries_100mib_each_way_byte_exact() {
-    const TOTAL: usize = 100 << 20;
+    echo_through_upgraded_tunnel(100 << 20, Duration::ZERO).await;
+}
+
+/// The client writes while not reading for a while: every buffer on the way fills, so
+/// wssbridge's writes to both peers stall with bytes in hand (the backend stops reading
+/// because its echoes cannot go out). Those bytes must wait and arrive, none lost or
+/// reordered, once the client reads again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_pauses_stalls_both_directions_and_loses_nothing() {
+    echo_through_upgraded_tunnel(24 << 20, Duration::from_millis(700)).await;
+}
+
+/// Streams `total` bytes in 1 MiB writes through an echoing upgraded tunnel, starting to
+/// read the echo after `pause`, and checks every byte came back in order.
+async fn echo_through_upgraded_tunnel(total: usize, pause: Duration) {
     const CHUNK: usize = 1 << 20;
     let backend = Backend::upgrade_echo().await;
     let tunnel = Tunnel::start(&["--to", &backend.address()]).await;
@@ -82,14 +96,21 @@ async fn upgraded_tunnel_carries_100mib_each_way_byte_exact() {
 
     let (mut rd, mut wr) = tokio::io::split(tls);
     let writer = tokio::spawn(async move {
-        for i in 0..TOTAL / CHUNK {
+        for i in 0..total / CHUNK {
             wr.write_all(&pattern(i as u64 + 1, CHUNK)).await.unwrap();
         }
         wr.shutdown().await.unwrap();
         wr
     });
+    tokio::time::sleep(pause).await;
+    if !pause.is_zero() {
+        assert!(
+            !writer.is_finished(),
+            "the writer should be held up by the full buffers"
+        );
+    }
     let mut got = vec![0u8; CHUNK];
-    for i in 0..TOTAL / CHUNK {
+    for i in 0..total / CHUNK {
         tokio::time::timeout(WAIT, rd.read_exact(&mut got))
             .await
             .unwrap()
@@ -185,6 +206,37 @@ async fn tcp_close_without_close_notify_still_gets_the_whole_reply() {
     assert_eq!(reply.len() - body_start, REPLY);
     assert!(reply[body_start..] == pattern(3, REPLY));
     assert!(backend.await.unwrap() > 0);
+    tunnel.assert_idle().await;
+}
+
+/// A bulk upload that ends with a TCP FIN and no close_notify: everything sent before the
+/// FIN reaches the backend, then the backend sees the close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_upload_ended_without_close_notify_arrives_whole() {
+    const UPLOAD: usize = 3 << 20;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend_addr = listener.local_addr().unwrap().to_string();
+    let backend = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        read_head(&mut s).await.unwrap();
+        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.unwrap();
+        got
+    });
+    let tunnel = Tunnel::start(&["--to", &backend_addr]).await;
+    let mut tls = tls_connect(tunnel.addr).await;
+    tls.write_all(UPGRADE_REQUEST).await.unwrap();
+    read_head(&mut tls).await.expect("101 head");
+    tls.write_all(&pattern(9, UPLOAD)).await.unwrap();
+    tls.flush().await.unwrap();
+    tls.get_mut().0.shutdown().await.unwrap();
+    let got = tokio::time::timeout(WAIT, backend).await.unwrap().unwrap();
+    assert_eq!(got.len(), UPLOAD);
+    assert!(got == pattern(9, UPLOAD));
+    drop(tls);
     tunnel.assert_idle().await;
 }
 

@@ -1,0 +1,190 @@
+//! Larger reads from the client's socket, underneath rustls.
+//!
+//! rustls reads TLS records into its own buffer with at most one record's room (about
+//! 16 KiB, and only 4 KiB when its buffer was empty), so a client uploading at full speed
+//! costs at least one system call per record. `ReadAhead` sits between rustls and the socket:
+//! once a read shows the client sending in bulk (it filled all the room rustls offered), it
+//! reads up to 64 KiB at a time and hands rustls record-sized pieces from memory.
+//!
+//! Like the splice's backend→client buffer, the 64 KiB exists only while the socket has data:
+//! it is freed as soon as a read finds the socket empty. Small messages (chat, pings, the
+//! handshake) are read straight into rustls's buffer and never allocate it, so an idle
+//! tunnel holds nothing here.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Four TLS records and their headers: one system call brings in what rustls would have read
+/// in four or more.
+const AHEAD: usize = 64 * 1024;
+
+/// A stream whose reads come in 64 KiB pieces while its peer is sending in bulk; writes pass
+/// straight through.
+pub struct ReadAhead<T> {
+    inner: T,
+    /// Bytes read but not yet handed on; `None` unless the peer is sending in bulk.
+    buf: Option<Box<[u8]>>,
+    pos: usize,
+    len: usize,
+    /// The last direct read filled all the room it was given: more is probably waiting.
+    bulk: bool,
+}
+
+impl<T> ReadAhead<T> {
+    pub fn new(inner: T) -> Self {
+        ReadAhead {
+            inner,
+            buf: None,
+            pos: 0,
+            len: 0,
+            bulk: false,
+        }
+    }
+
+    pub fn get_ref(&self) -> &T {
+        &self.inner
+    }
+
+    /// Whether a read-ahead buffer is held (for tests of the idle-memory promise).
+    #[cfg(test)]
+    fn holds_buffer(&self) -> bool {
+        self.buf.is_some()
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for ReadAhead<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.pos < this.len {
+            let buf = this.buf.as_deref().unwrap_or_default();
+            let n = out.remaining().min(this.len - this.pos);
+            out.put_slice(&buf[this.pos..this.pos + n]);
+            this.pos += n;
+            return Poll::Ready(Ok(()));
+        }
+        if !this.bulk || out.remaining() >= AHEAD {
+            let room = out.remaining();
+            ready!(Pin::new(&mut this.inner).poll_read(cx, out))?;
+            this.bulk = room > 0 && out.remaining() == 0;
+            return Poll::Ready(Ok(()));
+        }
+        let buf = this
+            .buf
+            .get_or_insert_with(|| vec![0u8; AHEAD].into_boxed_slice());
+        let mut ahead = ReadBuf::new(buf);
+        let read = Pin::new(&mut this.inner).poll_read(cx, &mut ahead);
+        let n = ahead.filled().len();
+        match read {
+            Poll::Ready(Ok(())) if n > 0 => {
+                let give = out.remaining().min(n);
+                out.put_slice(&buf[..give]);
+                (this.pos, this.len) = (give, n);
+                Poll::Ready(Ok(()))
+            }
+            // Empty socket, EOF or an error: the burst is over, give the memory back.
+            other => {
+                this.buf = None;
+                this.bulk = false;
+                (this.pos, this.len) = (0, 0);
+                other
+            }
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for ReadAhead<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    /// rustls writes several records at once through this: without it they would go one
+    /// system call each.
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Reads in rustls's pattern (small room each time) until `want` bytes have come.
+    async fn read_in_pieces(
+        r: &mut ReadAhead<tokio::io::DuplexStream>,
+        room: usize,
+        want: usize,
+    ) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut piece = vec![0u8; room];
+        while got.len() < want {
+            let n = r.read(&mut piece).await.expect("read");
+            assert!(n > 0, "early EOF after {} bytes", got.len());
+            got.extend_from_slice(&piece[..n]);
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn bulk_reads_are_exact_and_the_buffer_goes_when_the_burst_ends() {
+        let (mut tx, rx) = tokio::io::duplex(256 * 1024);
+        let mut r = ReadAhead::new(rx);
+        let sent: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        tx.write_all(&sent).await.expect("write");
+        let got = read_in_pieces(&mut r, 4096, sent.len()).await;
+        assert_eq!(got, sent);
+        assert!(r.bulk, "full reads should switch to bulk reads");
+
+        // The socket is now empty: the next read finds nothing and frees the buffer.
+        let mut piece = [0u8; 4096];
+        let waiting =
+            tokio::time::timeout(std::time::Duration::from_millis(50), r.read(&mut piece)).await;
+        assert!(waiting.is_err(), "nothing was sent, nothing may be read");
+        assert!(!r.holds_buffer());
+
+        // Small messages afterwards are read directly.
+        tx.write_all(b"ping").await.expect("write");
+        assert_eq!(read_in_pieces(&mut r, 4096, 4).await, b"ping");
+        assert!(!r.holds_buffer());
+        drop(tx);
+        assert_eq!(r.read(&mut piece).await.expect("eof"), 0);
+    }
+
+    #[tokio::test]
+    async fn small_messages_never_allocate() {
+        let (mut tx, rx) = tokio::io::duplex(64 * 1024);
+        let mut r = ReadAhead::new(rx);
+        for i in 0..100u8 {
+            tx.write_all(&[i; 100]).await.expect("write");
+            assert_eq!(read_in_pieces(&mut r, 4096, 100).await, [i; 100]);
+            assert!(!r.holds_buffer() && !r.bulk);
+        }
+    }
+}
