@@ -36,12 +36,17 @@ struct Args {
     conns: usize,
     #[arg(long, default_value_t = 10.0)]
     seconds: f64,
+    /// Cipher suites offered first: `browser` puts TLS_AES_128_GCM_SHA256 first, as Chrome
+    /// and Firefox do; `rustls` keeps rustls's default (TLS_AES_256_GCM_SHA384 first, as
+    /// OpenSSL-based clients such as Node and Python also do).
+    #[arg(long, default_value = "browser")]
+    suites: String,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let connector = TlsConnector::from(client_config());
+    let connector = TlsConnector::from(client_config(&args.suites)?);
     let run = Duration::from_secs_f64(args.seconds);
     let line = match args.mode.as_str() {
         "rate" => rate(connector, args.addr, args.conns, run).await,
@@ -59,8 +64,19 @@ async fn main() -> anyhow::Result<()> {
 /// X25519, the group every peer (OpenSSL 3.0 included) negotiates, so all peers do the same
 /// handshake crypto; rustls would otherwise pick the post-quantum hybrid against wssbridge
 /// only.
-fn client_config() -> Arc<rustls::ClientConfig> {
+fn client_config(suites: &str) -> anyhow::Result<Arc<rustls::ClientConfig>> {
     let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    match suites {
+        "browser" => {
+            let first = rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_128_GCM_SHA256;
+            provider
+                .cipher_suites
+                .retain(|s| s.suite() != first.suite());
+            provider.cipher_suites.insert(0, first);
+        }
+        "rustls" => {}
+        other => anyhow::bail!("--suites {other}: expected browser or rustls"),
+    }
     // X25519 first, so it is the key share sent; P-256 and P-384 listed because OpenSSL 3.0
     // refuses an ECDSA certificate whose curve the client does not list ("no shared cipher").
     use rustls::crypto::aws_lc_rs::kx_group::{SECP256R1, SECP384R1, X25519};
@@ -73,7 +89,7 @@ fn client_config() -> Arc<rustls::ClientConfig> {
         .with_no_client_auth();
     config.resumption = rustls::client::Resumption::disabled();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Arc::new(config)
+    Ok(Arc::new(config))
 }
 
 async fn tls(connector: &TlsConnector, addr: SocketAddr) -> std::io::Result<TlsStream<TcpStream>> {
