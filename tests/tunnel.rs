@@ -80,7 +80,7 @@ async fn upgraded_tunnel_carries_100mib_each_way_byte_exact() {
 /// reordered, once the client reads again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_that_pauses_stalls_both_directions_and_loses_nothing() {
-    echo_through_upgraded_tunnel(24 << 20, Duration::from_millis(700)).await;
+    echo_through_upgraded_tunnel(96 << 20, Duration::from_millis(700)).await;
 }
 
 /// Streams `total` bytes in 1 MiB writes through an echoing upgraded tunnel, starting to
