@@ -6,16 +6,16 @@
 //! once a read shows the client sending in bulk (it filled all the room rustls offered), it
 //! reads up to 64 KiB at a time and hands rustls record-sized pieces from memory.
 //!
-//! Like the splice's backend→client buffer, the 64 KiB exists only while the socket has data:
-//! it is freed as soon as a read finds the socket empty. Small messages (chat, pings, the
-//! handshake) are read straight into rustls's buffer and never allocate it, so an idle
-//! tunnel holds nothing here.
+//! The 64 KiB is allocated for each large read (not zeroed) and freed as soon as rustls has
+//! taken all of it. Small messages (chat, pings, the handshake) are read straight into
+//! rustls's buffer and never allocate it, so an idle tunnel holds nothing here.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_util::io::poll_read_buf;
 
 /// Four TLS records and their headers: one system call brings in what rustls would have read
 /// in four or more.
@@ -25,11 +25,11 @@ const AHEAD: usize = 64 * 1024;
 /// straight through.
 pub struct ReadAhead<T> {
     inner: T,
-    /// Bytes read but not yet handed on; `None` unless the peer is sending in bulk.
-    buf: Option<Box<[u8]>>,
+    /// Bytes read but not yet handed on (from `pos`); empty, with no allocation, whenever
+    /// everything read has been handed on.
+    buf: Vec<u8>,
     pos: usize,
-    len: usize,
-    /// The last direct read filled all the room it was given: more is probably waiting.
+    /// The last read filled all the room it was given: more is probably waiting.
     bulk: bool,
 }
 
@@ -37,9 +37,8 @@ impl<T> ReadAhead<T> {
     pub fn new(inner: T) -> Self {
         ReadAhead {
             inner,
-            buf: None,
+            buf: Vec::new(),
             pos: 0,
-            len: 0,
             bulk: false,
         }
     }
@@ -51,7 +50,7 @@ impl<T> ReadAhead<T> {
     /// Whether a read-ahead buffer is held (for tests of the idle-memory promise).
     #[cfg(test)]
     fn holds_buffer(&self) -> bool {
-        self.buf.is_some()
+        self.buf.capacity() > 0
     }
 }
 
@@ -62,38 +61,48 @@ impl<T: AsyncRead + Unpin> AsyncRead for ReadAhead<T> {
         out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.pos < this.len {
-            let buf = this.buf.as_deref().unwrap_or_default();
-            let n = out.remaining().min(this.len - this.pos);
-            out.put_slice(&buf[this.pos..this.pos + n]);
+        let room = out.remaining();
+        if room == 0 {
+            // Never read zero bytes into no room: rustls would take it for EOF.
+            return Poll::Ready(Ok(()));
+        }
+        if this.pos < this.buf.len() {
+            let n = room.min(this.buf.len() - this.pos);
+            out.put_slice(&this.buf[this.pos..this.pos + n]);
             this.pos += n;
+            if this.pos == this.buf.len() {
+                // All handed on: give the memory back now, not at the next read, which may
+                // never come (the client's close_notify arrived with its last bytes).
+                this.buf = Vec::new();
+                this.pos = 0;
+            }
             return Poll::Ready(Ok(()));
         }
-        if !this.bulk || out.remaining() >= AHEAD {
-            let room = out.remaining();
+        if !this.bulk || room >= AHEAD {
             ready!(Pin::new(&mut this.inner).poll_read(cx, out))?;
-            this.bulk = room > 0 && out.remaining() == 0;
+            this.bulk = out.remaining() == 0;
             return Poll::Ready(Ok(()));
         }
-        let buf = this
-            .buf
-            .get_or_insert_with(|| vec![0u8; AHEAD].into_boxed_slice());
-        let mut ahead = ReadBuf::new(buf);
-        let read = Pin::new(&mut this.inner).poll_read(cx, &mut ahead);
-        let n = ahead.filled().len();
-        match read {
-            Poll::Ready(Ok(())) if n > 0 => {
-                let give = out.remaining().min(n);
-                out.put_slice(&buf[..give]);
-                (this.pos, this.len) = (give, n);
+        // Bulk: one large read, into fresh memory that is not zeroed first.
+        let mut ahead = Vec::with_capacity(AHEAD);
+        match poll_read_buf(Pin::new(&mut this.inner), cx, &mut ahead) {
+            Poll::Pending => {
+                // The socket is empty: the burst is over.
+                this.bulk = false;
+                Poll::Pending
+            }
+            Poll::Ready(Ok(n)) if n > 0 => {
+                let give = room.min(n);
+                out.put_slice(&ahead[..give]);
+                if give < n {
+                    (this.buf, this.pos) = (ahead, give);
+                }
                 Poll::Ready(Ok(()))
             }
-            // Empty socket, EOF or an error: the burst is over, give the memory back.
-            other => {
-                this.buf = None;
+            // EOF or an error.
+            Poll::Ready(other) => {
                 this.bulk = false;
-                (this.pos, this.len) = (0, 0);
-                other
+                Poll::Ready(other.map(|_| ()))
             }
         }
     }
@@ -153,21 +162,29 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn bulk_reads_are_exact_and_the_buffer_goes_when_the_burst_ends() {
+    async fn bulk_reads_are_exact_and_the_buffer_goes_once_handed_on() {
         let (mut tx, rx) = tokio::io::duplex(256 * 1024);
         let mut r = ReadAhead::new(rx);
         let sent: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
         tx.write_all(&sent).await.expect("write");
-        let got = read_in_pieces(&mut r, 4096, sent.len()).await;
+        // A full direct read switches to bulk; the next read takes 64 KiB at once.
+        let mut got = read_in_pieces(&mut r, 4096, 4096).await;
+        assert!(r.bulk, "a full read should switch to bulk reads");
+        got.extend(read_in_pieces(&mut r, 4096, 4096).await);
+        assert!(r.holds_buffer(), "a bulk read should read ahead");
+        got.extend(read_in_pieces(&mut r, 4096, sent.len() - got.len()).await);
         assert_eq!(got, sent);
-        assert!(r.bulk, "full reads should switch to bulk reads");
+        assert!(
+            !r.holds_buffer(),
+            "everything was handed on: nothing may be held"
+        );
 
-        // The socket is now empty: the next read finds nothing and frees the buffer.
+        // The socket is now empty: the next read waits and ends the burst.
         let mut piece = [0u8; 4096];
         let waiting =
             tokio::time::timeout(std::time::Duration::from_millis(50), r.read(&mut piece)).await;
         assert!(waiting.is_err(), "nothing was sent, nothing may be read");
-        assert!(!r.holds_buffer());
+        assert!(!r.holds_buffer() && !r.bulk);
 
         // Small messages afterwards are read directly.
         tx.write_all(b"ping").await.expect("write");

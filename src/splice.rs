@@ -400,15 +400,19 @@ where
         if data.is_empty() {
             return Ok(());
         }
-        let n = match Pin::new(&mut *self.backend).poll_write(cx, data) {
-            Poll::Ready(Ok(0)) => {
-                return Err(fail(Side::Backend, Op::Write)(
-                    io::ErrorKind::WriteZero.into(),
-                ));
-            }
-            Poll::Ready(Ok(n)) => n,
-            Poll::Ready(Err(e)) => return Err(fail(Side::Backend, Op::Write)(e)),
-            Poll::Pending => 0,
+        let written = match Pin::new(&mut *self.backend).poll_write(cx, data) {
+            Poll::Pending => Ok(0),
+            Poll::Ready(Ok(0)) => Err(io::ErrorKind::WriteZero.into()),
+            Poll::Ready(result) => result,
+        };
+        let n = match written {
+            Ok(n) => n,
+            // A client read error found while gathering still ends the tunnel, as any other
+            // client read error does; the failed write to the backend comes second.
+            Err(e) => match self.up_error.take() {
+                Some(read) if !is_eof(&read) => return Err(fail(Side::Client, Op::Read)(read)),
+                _ => return Err(fail(Side::Backend, Op::Write)(e)),
+            },
         };
         self.transfer.up += n as u64;
         self.touch();
