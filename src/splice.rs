@@ -400,12 +400,7 @@ where
         if data.is_empty() {
             return Ok(());
         }
-        let written = match Pin::new(&mut *self.backend).poll_write(cx, data) {
-            Poll::Pending => Ok(0),
-            Poll::Ready(Ok(0)) => Err(io::ErrorKind::WriteZero.into()),
-            Poll::Ready(result) => result,
-        };
-        let n = match written {
+        let n = match write_or_keep(&mut *self.backend, cx, data, &mut self.up_out) {
             Ok(n) => n,
             // A client read error found while gathering still ends the tunnel, as any other
             // client read error does; the failed write to the backend comes second.
@@ -416,9 +411,6 @@ where
         };
         self.transfer.up += n as u64;
         self.touch();
-        if n < data.len() {
-            self.up_out = Pending::new(data[n..].to_vec());
-        }
         Ok(())
     }
 
@@ -494,21 +486,11 @@ where
                 }
                 continue;
             }
-            let n = match Pin::new(&mut *self.client).poll_write(cx, data) {
-                Poll::Ready(Ok(0)) => {
-                    let zero = io::ErrorKind::WriteZero.into();
-                    return Poll::Ready(Err(fail(Side::Client, Op::Write)(zero)));
-                }
-                Poll::Ready(Ok(n)) => n,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(fail(Side::Client, Op::Write)(e))),
-                Poll::Pending => 0,
-            };
+            // What a slow client cannot take yet waits in `down_out`.
+            let n = write_or_keep(&mut *self.client, cx, data, &mut self.down_out)
+                .map_err(fail(Side::Client, Op::Write))?;
             self.transfer.down += n as u64;
             self.touch();
-            if n < data.len() {
-                // The client is slow: keep the rest until it can take it.
-                self.down_out = Pending::new(data[n..].to_vec());
-            }
         }
     }
 
@@ -540,6 +522,26 @@ where
             self.last_activity = Instant::now();
         }
     }
+}
+
+/// Writes as much of `data` as `dst` takes now and keeps the rest in `out` (empty until
+/// then), so bytes already taken from the other peer are never dropped; returns how many
+/// were written.
+fn write_or_keep<W: AsyncWrite + Unpin>(
+    dst: &mut W,
+    cx: &mut Context<'_>,
+    data: &[u8],
+    out: &mut Pending,
+) -> io::Result<usize> {
+    let n = match Pin::new(dst).poll_write(cx, data) {
+        Poll::Pending => 0,
+        Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+        Poll::Ready(result) => result?,
+    };
+    if n < data.len() {
+        *out = Pending::new(data[n..].to_vec());
+    }
+    Ok(n)
 }
 
 /// A TLS peer that closes TCP without close_notify ends its direction like a FIN would.

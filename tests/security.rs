@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use support::{
-    Backend, Tunnel, UPGRADE_REQUEST, WAIT, read_head, read_to_close, status_of, tls_connect,
+    Backend, SWITCHING_PROTOCOLS, Tunnel, UPGRADE_REQUEST, WAIT, read_head, read_to_close,
+    status_of, tls_connect,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -110,9 +111,7 @@ async fn bytes_after_upgrade_wait_for_101() {
         // Nothing may follow the upgrade request before we answer it.
         let mut early = [0u8; 64];
         let before = tokio::time::timeout(Duration::from_millis(300), s.read(&mut early)).await;
-        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
-            .await
-            .unwrap();
+        s.write_all(SWITCHING_PROTOCOLS).await.unwrap();
         let mut after = vec![0u8; 5];
         s.read_exact(&mut after).await.unwrap();
         (head, before.is_err(), after)

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use support::{
-    Backend, Tunnel, UPGRADE_REQUEST, WAIT, pattern, read_head, read_to_close, tls_connect,
+    Backend, Tunnel, UPGRADE_REQUEST, WAIT, accept_upgrade, pattern, read_head, read_to_close,
+    tls_connect,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -217,11 +218,7 @@ async fn bulk_upload_ended_without_close_notify_arrives_whole() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let backend_addr = listener.local_addr().unwrap().to_string();
     let backend = tokio::spawn(async move {
-        let (mut s, _) = listener.accept().await.unwrap();
-        read_head(&mut s).await.unwrap();
-        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
-            .await
-            .unwrap();
+        let mut s = accept_upgrade(&listener).await;
         let mut got = Vec::new();
         s.read_to_end(&mut got).await.unwrap();
         got
@@ -245,11 +242,7 @@ async fn backend_half_close_reaches_client_and_client_can_still_send() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let backend_addr = listener.local_addr().unwrap().to_string();
     let backend = tokio::spawn(async move {
-        let (mut s, _) = listener.accept().await.unwrap();
-        read_head(&mut s).await.unwrap();
-        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
-            .await
-            .unwrap();
+        let mut s = accept_upgrade(&listener).await;
         s.write_all(b"early reply").await.unwrap();
         s.shutdown().await.unwrap(); // FIN to the tunnel; keep reading
         let mut after = Vec::new();

@@ -320,11 +320,11 @@ impl Backend {
     /// Answers the request head with 101, then echoes every byte until FIN.
     pub async fn upgrade_echo() -> Backend {
         Backend::spawn(|mut s, recorded, i| async move {
-            let Some(head) = read_head(&mut s).await else { return };
+            let Some(head) = read_head(&mut s).await else {
+                return;
+            };
             recorded.lock().unwrap()[i] = head;
-            let _ = s
-                .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
-                .await;
+            let _ = s.write_all(SWITCHING_PROTOCOLS).await;
             let (mut r, mut w) = s.split();
             let _ = tokio::io::copy(&mut r, &mut w).await;
             let _ = w.shutdown().await;
@@ -411,6 +411,19 @@ impl Backend {
 }
 
 /// An address on 127.0.0.1 where nothing listens: connecting is refused.
+/// A backend's answer that opens a WebSocket tunnel.
+pub const SWITCHING_PROTOCOLS: &[u8] =
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+
+/// Accepts one connection on a hand-made backend, reads its request head and answers 101:
+/// the start of every raw upgraded backend a test scripts itself.
+pub async fn accept_upgrade(listener: &TcpListener) -> TcpStream {
+    let (mut s, _) = listener.accept().await.unwrap();
+    read_head(&mut s).await.unwrap();
+    s.write_all(SWITCHING_PROTOCOLS).await.unwrap();
+    s
+}
+
 pub async fn refusing_address() -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
