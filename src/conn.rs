@@ -58,7 +58,9 @@ async fn pipeline(
     summary: &mut Summary,
 ) -> Outcome {
     let timeouts = &shared.config.timeouts;
-    crate::connect::tune(&stream);
+    // Linux hands accepted sockets the listener's TCP_NODELAY and keepalive settings.
+    #[cfg(not(target_os = "linux"))]
+    crate::connect::tune(socket2::SockRef::from(&stream));
 
     // tls: under --handshake-timeout, and never past the header deadline, which counts
     // from accept.

@@ -24,7 +24,7 @@ pub async fn connect(route: &Route, timeout: Option<Duration>) -> Option<(TcpStr
     for backend in route.backends() {
         match dial(backend, timeout).await {
             Ok(stream) => {
-                tune(&stream);
+                tune(SockRef::from(&stream));
                 return Some((stream, backend));
             }
             Err(e) => tracing::warn!(%backend, route = %route, "backend connect failed: {e}"),
@@ -62,15 +62,53 @@ async fn dial(backend: &Backend, timeout: Option<Duration>) -> io::Result<TcpStr
 }
 
 /// TCP_NODELAY (WebSocket frames are small and latency-bound) and keepalive, best-effort.
-pub fn tune(stream: &TcpStream) {
-    if let Err(e) = stream.set_nodelay(true) {
+/// Five system calls: on Linux, sockets accepted from a listener tuned this way inherit all
+/// of it, so only backend sockets pay them per connection (see `accept::bind`).
+pub fn tune(socket: SockRef<'_>) {
+    if let Err(e) = socket.set_tcp_nodelay(true) {
         tracing::debug!("TCP_NODELAY: {e}");
     }
     let keepalive = TcpKeepalive::new()
         .with_time(KEEPALIVE_IDLE)
         .with_interval(KEEPALIVE_INTERVAL)
         .with_retries(KEEPALIVE_RETRIES);
-    if let Err(e) = SockRef::from(stream).set_tcp_keepalive(&keepalive) {
+    if let Err(e) = socket.set_tcp_keepalive(&keepalive) {
         tracing::debug!("TCP keepalive: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `Server::run` tunes only its listeners and relies on Linux copying the settings to
+    /// each accepted socket; this fails on a system where that stops being true.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn accepted_sockets_inherit_the_listeners_tuning() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        tune(SockRef::from(&listener));
+        let addr = listener.local_addr().expect("addr");
+        let _client = std::net::TcpStream::connect(addr).expect("connect");
+        let (accepted, _) = listener.accept().expect("accept");
+        let socket = SockRef::from(&accepted);
+        assert!(socket.tcp_nodelay().expect("nodelay"));
+        assert!(socket.keepalive().expect("keepalive"));
+        assert_eq!(socket.tcp_keepalive_time().expect("idle"), KEEPALIVE_IDLE);
+        assert_eq!(
+            socket.tcp_keepalive_interval().expect("interval"),
+            KEEPALIVE_INTERVAL
+        );
+        assert_eq!(
+            socket.tcp_keepalive_retries().expect("retries"),
+            KEEPALIVE_RETRIES
+        );
+
+        // And without the tuning, an accepted socket has neither (so the check above can fail).
+        let plain = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let _client = std::net::TcpStream::connect(plain.local_addr().expect("addr"));
+        let (accepted, _) = plain.accept().expect("accept");
+        assert!(!SockRef::from(&accepted).tcp_nodelay().expect("nodelay"));
+        assert!(!SockRef::from(&accepted).keepalive().expect("keepalive"));
     }
 }

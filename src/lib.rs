@@ -58,7 +58,8 @@ impl Server {
         self.tracker.len()
     }
 
-    /// Serves on `listeners` until `shutdown` resolves, then stops accepting (the ports are
+    /// Serves on `listeners` (made by `accept::bind`, which sets the socket options accepted
+    /// sockets inherit) until `shutdown` resolves, then stops accepting (the ports are
     /// closed at once), lets live connections go on for `--shutdown-grace`, and closes
     /// whatever is left.
     pub async fn run(
