@@ -17,9 +17,13 @@
 //!
 //! Half-closes are passed on: the client's close_notify (or EOF) becomes a TCP FIN to the
 //! backend; the backend's FIN becomes close_notify plus FIN to the client.
+//!
+//! Backend→client bytes are queued in rustls and written when the backend goes quiet (its
+//! socket is empty), closes, or has sent a full buffer's worth: an answer and the
+//! close_notify behind it leave in one write, not two.
 
 use std::future::Future;
-use std::io;
+use std::io::{self, Write};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -44,6 +48,21 @@ const UP_BUFFER: usize = 64 * 1024;
 /// ...once one record carries at least this much, a sign of a bulk transfer. Smaller messages
 /// (chat, pings) go straight from rustls's buffer to the backend without a copy.
 const GATHER_FROM: usize = 8 * 1024;
+
+/// The client's side of a tunnel: rustls over the client's socket. Besides reading and
+/// writing, it takes plaintext without sending it yet, so what the backend sends in one go
+/// leaves in one write: a response and the close_notify behind it, for one.
+pub trait Client: AsyncBufRead + AsyncWrite + Unpin {
+    /// Encrypts as much of `data` as rustls's send buffer takes (none when it is full)
+    /// without writing to the socket; `poll_flush` or `poll_shutdown` sends it.
+    fn queue(&mut self, data: &[u8]) -> io::Result<usize>;
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> Client for tokio_rustls::server::TlsStream<IO> {
+    fn queue(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.get_mut().1.writer().write(data)
+    }
+}
 
 /// Bytes moved, client→backend (`up`) and backend→client (`down`).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -118,7 +137,7 @@ pub async fn splice<C>(
     transfer: &mut Transfer,
 ) -> End
 where
-    C: AsyncBufRead + AsyncWrite + Unpin,
+    C: Client,
 {
     let mut state = Splice {
         client,
@@ -138,6 +157,7 @@ where
         exchange,
         up_out: Pending::default(),
         down_out: Pending::default(),
+        down_burst: false,
         stopped: None,
     };
     std::future::poll_fn(|cx| state.poll(cx)).await
@@ -170,6 +190,8 @@ struct Splice<'a, C> {
     /// Bytes the exchange approved, on their way to the backend / the client.
     up_out: Pending,
     down_out: Pending,
+    /// The last backend read filled the buffer: more is probably coming.
+    down_burst: bool,
     /// Set when the exchange stopped the connection.
     stopped: Option<Stop>,
     /// A write failure that ended one direction, reported once the other is done too.
@@ -215,7 +237,7 @@ impl Pending {
 
 impl<C> Splice<'_, C>
 where
-    C: AsyncBufRead + AsyncWrite + Unpin,
+    C: Client,
 {
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<End> {
         // Take turns going first, so a saturated direction cannot use up tokio's per-task
@@ -420,14 +442,25 @@ where
     fn poll_down(&mut self, cx: &mut Context<'_>) -> Poll<Step> {
         loop {
             if self.down_out.pos < self.down_out.bytes.len() {
-                let n = ready!(Pin::new(&mut *self.client).poll_write(cx, self.down_out.rest()))
+                let n = self
+                    .client
+                    .queue(self.down_out.rest())
                     .map_err(fail(Side::Client, Op::Write))?;
-                self.down_out
-                    .advance(n)
-                    .map_err(fail(Side::Client, Op::Write))?;
+                if n == 0 {
+                    // rustls's send buffer is full: write it out to make room.
+                    ready!(self.flush_client(cx))?;
+                    continue;
+                }
+                let _ = self.down_out.advance(n);
                 self.transfer.down += n as u64;
                 self.touch();
                 continue;
+            }
+            if self.down_burst {
+                // The last read filled the buffer: send it before reading more, so a slow
+                // client holds the backend back instead of the heap filling up.
+                ready!(self.flush_client(cx))?;
+                self.down_burst = false;
             }
             if self.down == Dir::Closing {
                 ready!(Pin::new(&mut *self.client).poll_shutdown(cx))
@@ -453,12 +486,12 @@ where
                 }
                 Poll::Pending => {
                     // Quiet backend: push out what rustls holds.
-                    ready!(Pin::new(&mut *self.client).poll_flush(cx))
-                        .map_err(fail(Side::Client, Op::Write))?;
+                    ready!(self.flush_client(cx))?;
                     return Poll::Pending;
                 }
             }
             let data = read.filled();
+            self.down_burst = read.remaining() == 0;
             if data.is_empty() {
                 self.down = Dir::Closing;
                 continue;
@@ -486,12 +519,24 @@ where
                 }
                 continue;
             }
-            // What a slow client cannot take yet waits in `down_out`.
-            let n = write_or_keep(&mut *self.client, cx, data, &mut self.down_out)
+            // Queued in rustls, written when the backend goes quiet, closes (then with the
+            // close_notify) or fills the buffer; what rustls cannot take waits in `down_out`.
+            let n = self
+                .client
+                .queue(data)
                 .map_err(fail(Side::Client, Op::Write))?;
+            if n < data.len() {
+                self.down_out = Pending::new(data[n..].to_vec());
+            }
             self.transfer.down += n as u64;
             self.touch();
         }
+    }
+
+    fn flush_client(&mut self, cx: &mut Context<'_>) -> Poll<Step> {
+        Pin::new(&mut *self.client)
+            .poll_flush(cx)
+            .map_err(fail(Side::Client, Op::Write))
     }
 
     /// Ends the tunnel at an exchange stop: answer with the status if there is one, close the

@@ -416,3 +416,66 @@ async fn half_closed_tunnel_goes_on_while_data_flows() {
     drop(tls);
     tunnel.assert_idle().await;
 }
+
+/// A backend's answer and the close behind it leave in one write: the client reads the
+/// answer and the close_notify from the same segment. Written apart, a short request costs
+/// the client one more wake-up and read, for nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backends_answer_and_its_close_reach_the_client_in_one_write() {
+    const ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\npong";
+    // A backend whose answer and FIN travel in one segment: TCP_CORK holds the answer until
+    // the shutdown tacks the FIN on, so wssbridge sees both in one wake-up.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend_addr = listener.local_addr().unwrap().to_string();
+    let backend = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        read_head(&mut s).await.expect("request head");
+        socket2::SockRef::from(&s).set_tcp_cork(true).unwrap();
+        s.write_all(ANSWER).await.unwrap();
+        s.shutdown().await.unwrap();
+    });
+    let tunnel = Tunnel::start(&["--to", &backend_addr]).await;
+    let addr = tunnel.addr;
+    // A blocking client on rustls's own API, to see what each read from the socket brings.
+    let closed_with_answer = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut sock = std::net::TcpStream::connect(addr).unwrap();
+        sock.set_read_timeout(Some(WAIT)).unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = rustls::ClientConnection::new(support::client_config(), name).unwrap();
+        while tls.is_handshaking() {
+            tls.complete_io(&mut sock).unwrap();
+        }
+        let request = b"GET /ping HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+        tls.writer().write_all(request).unwrap();
+        while tls.wants_write() {
+            tls.write_tls(&mut sock).unwrap();
+        }
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = sock.read(&mut buf).unwrap();
+            assert!(n > 0, "closed before the answer");
+            let mut got = &buf[..n];
+            let mut state = None;
+            while !got.is_empty() {
+                tls.read_tls(&mut got).unwrap();
+                state = Some(tls.process_new_packets().unwrap());
+            }
+            let state = state.unwrap();
+            if state.plaintext_bytes_to_read() > 0 {
+                let mut answer = vec![0u8; state.plaintext_bytes_to_read()];
+                tls.reader().read_exact(&mut answer).unwrap();
+                assert_eq!(answer, ANSWER);
+                return state.peer_has_closed();
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        closed_with_answer,
+        "the close_notify came in a later read than the answer"
+    );
+    backend.await.unwrap();
+    tunnel.assert_idle().await;
+}
