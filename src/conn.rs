@@ -15,6 +15,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::coalesce::Coalesce;
 use crate::config::Config;
 use crate::exchange::{Exchange, Stop, check_upgrade};
 use crate::head::{self, Head, HeadError, ReadError};
@@ -23,8 +24,9 @@ use crate::respond::{self, Status};
 use crate::route::normalize_host;
 use crate::splice::{self, End, Op, Side, Transfer};
 
-/// The client's side once TLS is up: rustls over a socket read in bulk-sized pieces.
-type Client = TlsStream<ReadAhead<TcpStream>>;
+/// The client's side once TLS is up: rustls over a socket read in bulk-sized pieces, whose
+/// handshake's last writes wait for the first answer.
+type Client = TlsStream<Coalesce<ReadAhead<TcpStream>>>;
 
 /// What every connection shares: the configuration and the shutdown signals.
 pub struct Shared {
@@ -73,7 +75,15 @@ async fn pipeline(
     // A slot among the handshakes in progress, waited for under the same deadline.
     let handshake = async {
         let _slot = shared.handshakes.acquire().await;
-        shared.acceptor.accept(ReadAhead::new(stream)).await
+        let io = Coalesce::new(ReadAhead::new(stream));
+        match shared.acceptor.accept(io).into_fallible().await {
+            Ok(client) => Ok(client),
+            Err((e, io)) => {
+                // The alert that says why.
+                io.release().await;
+                Err(e)
+            }
+        }
     };
     let handshake = match deadline {
         Some(d) => match tokio::time::timeout_at(d.into(), handshake).await {
@@ -89,6 +99,14 @@ async fn pipeline(
         Ok(s) => s,
         Err(e) => return Outcome::TlsFailed(format!("handshake failed: {e}")),
     };
+    // TLS 1.3 tickets wait for the answer when the request came with the client's Finished
+    // (see `coalesce`).
+    let (io, tls) = client.get_mut();
+    let request_in_hand = tls.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3)
+        && tls
+            .process_new_packets()
+            .is_ok_and(|state| state.plaintext_bytes_to_read() > 0);
+    io.handshake_done(request_in_hand);
     summary.sni = client.get_ref().1.server_name().map(str::to_string);
 
     // head: the deadline counts from accept, so trickled bytes do not extend it.

@@ -14,6 +14,7 @@
 
 pub mod accept;
 pub mod cli;
+pub mod coalesce;
 pub mod config;
 pub mod conn;
 pub mod connect;

@@ -201,3 +201,111 @@ async fn every_promised_key_form_and_algorithm_serves() {
         }
     }
 }
+
+/// A TLS 1.3 request sent with the client's Finished (as browsers and most clients do): the
+/// session tickets come in the same write as the answer, not in one of their own, and they
+/// still work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls13_tickets_come_with_the_first_answer_and_resume() {
+    let backend = Backend::http("ok").await;
+    let tunnel = Tunnel::start(&["--to", &backend.address()]).await;
+    let addr = tunnel.addr;
+    let config = client_with_versions(&[&rustls::version::TLS13]);
+    let resumed_config = config.clone();
+    let first_read_had_answer = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut sock = std::net::TcpStream::connect(addr).unwrap();
+        sock.set_read_timeout(Some(support::WAIT)).unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut tls = rustls::ClientConnection::new(config, name).unwrap();
+        // Written before the handshake ends, so rustls sends it right behind its Finished.
+        tls.writer().write_all(GET).unwrap();
+        while tls.is_handshaking() {
+            if tls.wants_write() {
+                tls.write_tls(&mut sock).unwrap();
+            } else {
+                tls.read_tls(&mut sock).unwrap();
+                tls.process_new_packets().unwrap();
+            }
+        }
+        while tls.wants_write() {
+            tls.write_tls(&mut sock).unwrap();
+        }
+        // The first read after the handshake.
+        let mut buf = vec![0u8; 64 * 1024];
+        let n = sock.read(&mut buf).unwrap();
+        let mut got = &buf[..n];
+        let mut plaintext = 0;
+        while !got.is_empty() {
+            tls.read_tls(&mut got).unwrap();
+            plaintext = tls.process_new_packets().unwrap().plaintext_bytes_to_read();
+        }
+        plaintext > 0
+    })
+    .await
+    .unwrap();
+    assert!(
+        first_read_had_answer,
+        "something (the tickets) came before the answer, alone"
+    );
+    let mut tls = tls_connect_with(tunnel.addr, resumed_config).await.unwrap();
+    assert_eq!(
+        tls.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    );
+    tls.write_all(GET).await.unwrap();
+    assert_eq!(status_of(&support::read_to_close(&mut tls).await), 200);
+    drop(tls);
+    tunnel.assert_idle().await;
+}
+
+/// A TLS 1.3 client that has not sent a request yet (a browser's preconnect) gets its tickets
+/// at once, not only once it asks for something.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls13_tickets_reach_a_client_that_has_not_asked_yet() {
+    let backend = Backend::http("ok").await;
+    let tunnel = Tunnel::start(&["--to", &backend.address()]).await;
+    let config = client_with_versions(&[&rustls::version::TLS13]);
+    let mut idle = tls_connect_with(tunnel.addr, config.clone()).await.unwrap();
+    // Reading lets rustls take in the tickets; nothing else is coming.
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        tokio::io::AsyncReadExt::read(&mut idle, &mut buf),
+    )
+    .await;
+    assert!(read.is_err(), "nothing but tickets was due: {read:?}");
+    let tls = tls_connect_with(tunnel.addr, config).await.unwrap();
+    assert_eq!(
+        tls.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed),
+        "the first connection never got its tickets"
+    );
+    drop((idle, tls));
+    tunnel.assert_idle().await;
+}
+
+/// A handshake that fails still gets the alert that says why (here: the client offers only
+/// RSA suites to an ECDSA certificate).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_handshake_gets_its_alert() {
+    let tunnel = Tunnel::start(&["--to", "127.0.0.1:9"]).await;
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    provider.cipher_suites =
+        vec![rustls::crypto::aws_lc_rs::cipher_suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256];
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki().root.clone()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let err = tls_connect_with(tunnel.addr, Arc::new(config))
+        .await
+        .expect_err("no suite in common");
+    assert!(
+        err.to_string().contains("HandshakeFailure"),
+        "expected the server's handshake_failure alert, got: {err}"
+    );
+    tunnel.assert_idle().await;
+}
