@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""`make bench`: wssbridge beside nginx (as is, and with 16 KiB proxy buffers) and HAProxy,
-one after the other, interleaved over rounds, on this machine's loopback.
+"""`make bench`: wssbridge beside nginx (as is, and with 16 KiB proxy buffers) and HAProxy on
+this machine's loopback: in each of several rounds, all peers are started and short runs take
+turns between them (see `turns`); idle memory is measured one peer after the other.
 
 Each peer terminates TLS in front of the same backend (examples/benchd.rs) and is driven by
 the same load generator (examples/loadgen.rs). For every metric the peer's own CPU time
@@ -208,28 +209,41 @@ def measure(peer, mode, conns, seconds):
     return result, cpu_seconds(pids) - before
 
 
-def latency_round(r, order, cert, backend, windows, workdir):
-    """RTT in 1-second windows, taking turns between the peers (all started, only the one
-    measured has load). Tail latency on a shared 2-core machine is dominated by bursts of
-    outside noise lasting a second or two; with whole 10-second runs one after the other, a
-    burst lands on one peer and decides its p99. Short alternating windows spread bursts over
-    every peer, and the median over windows is robust to the few that catch one."""
-    peers = [Peer(name, os.path.join(workdir, "rtt")) for name in order]
+def turns(r, order, cert, backend, workdir, tag, jobs, windows):
+    """Every peer started at once; `windows` turns, in each of which every job runs once on
+    every peer, the order of the peers rotating from turn to turn. A burst of outside noise
+    on a shared 2-core machine lasts a second or two: with one long run per peer in a row it
+    lands on one peer and decides its figure (one peer's RTT p99 once spread 564–2,627 us over
+    3 rounds); with short runs taking turns it is spread over every peer, and the median over
+    the runs is robust to the few that catch one. Only the peer measured has load."""
+    peers = [Peer(name, os.path.join(workdir, tag)) for name in order]
     rows = []
     try:
         for peer in peers:
             peer.start(*cert, backend)
-        print(f"round {r + 1}: RTT, {windows} windows of 1 s per peer", flush=True)
         for w in range(windows):
             turn = peers[w % len(peers):] + peers[:w % len(peers)]
-            for peer in turn:
-                res, cpu = measure(peer, "latency", 4, 1.0)
-                rows.append((r, peer.name, "RTT p50 us", res["p50_us"], cpu, None, res))
-                rows.append((r, peer.name, "RTT p99 us", res["p99_us"], cpu, None, res))
+            for mode, conns, seconds, extract in jobs:
+                for peer in turn:
+                    res, cpu = measure(peer, mode, conns, seconds)
+                    for metric, value, work in extract(res, seconds):
+                        rows.append((r, peer.name, metric, value, cpu, work, res))
     finally:
         for peer in peers:
             peer.stop()
     return rows
+
+
+def rate_job(metric, seconds):
+    return ("rate", 8, seconds, lambda res, s: [(metric, res["per_sec"], res["conns"])])
+
+
+def bulk_job(seconds):
+    return ("throughput", 4, seconds, lambda res, s: [("bulk MB/s tx+rx", res["mb_per_sec"], res["mb_per_sec"] * s)])
+
+
+def rtt_job():
+    return ("latency", 4, 1.0, lambda res, s: [("RTT p50 us", res["p50_us"], None), ("RTT p99 us", res["p99_us"], None)])
 
 
 def idle(peer, count):
@@ -264,13 +278,15 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="about 2 minutes: 1 round, short runs")
     parser.add_argument("--rounds", type=int)
-    parser.add_argument("--seconds", type=float)
+    parser.add_argument("--seconds", type=float, help="length of one rate or bulk run")
+    parser.add_argument("--windows", type=int, help="rate and bulk runs per peer per round")
     parser.add_argument("--idle", type=int, help="idle connections to hold")
     parser.add_argument("--rtt-windows", type=int, help="1-second RTT windows per peer per round")
     parser.add_argument("--peers", default="wssbridge,nginx,nginx-16k,haproxy")
     opts = parser.parse_args()
     rounds = opts.rounds or (1 if opts.quick else 3)
-    seconds = opts.seconds or (2.0 if opts.quick else 10.0)
+    seconds = opts.seconds or (1.0 if opts.quick else 2.0)
+    runs = opts.windows or (2 if opts.quick else 6)
     idle_count = opts.idle or (1000 if opts.quick else 9000)
     windows = opts.rtt_windows or (3 if opts.quick else 10)
     peers_names = opts.peers.split(",")
@@ -287,25 +303,24 @@ def main():
     try:
         for r in range(rounds):
             order = peers_names[r % len(peers_names):] + peers_names[:r % len(peers_names)]
+            print(f"round {r + 1}/{rounds}: RSA-2048 rate, {runs} turns of {seconds:g} s", flush=True)
+            rows.extend(turns(r, order, certs["rsa"], backend, workdir, "rsa",
+                              [rate_job("conn/s RSA-2048", seconds)], runs))
+            print(f"round {r + 1}/{rounds}: ECDSA P-256 rate and bulk, {runs} turns", flush=True)
+            rows.extend(turns(r, order, certs["ecdsa"], backend, workdir, "ecdsa",
+                              [rate_job("conn/s ECDSA P-256", seconds), bulk_job(seconds)], runs))
+            print(f"round {r + 1}/{rounds}: RTT, {windows} windows of 1 s per peer", flush=True)
+            rows.extend(turns(r, order, certs["ecdsa"], backend, workdir, "rtt", [rtt_job()], windows))
             for name in order:
                 peer = Peer(name, workdir)
-                print(f"round {r + 1}/{rounds}: {name}", flush=True)
+                print(f"round {r + 1}/{rounds}: {name} idle", flush=True)
                 try:
-                    peer.start(*certs["rsa"], backend)
-                    res, cpu = measure(peer, "rate", 8, seconds)
-                    rows.append((r, name, "conn/s RSA-2048", res["per_sec"], cpu, res["conns"], res))
-                    peer.stop()
                     peer.start(*certs["ecdsa"], backend)
-                    res, cpu = measure(peer, "rate", 8, seconds)
-                    rows.append((r, name, "conn/s ECDSA P-256", res["per_sec"], cpu, res["conns"], res))
-                    res, cpu = measure(peer, "throughput", 4, seconds)
-                    rows.append((r, name, "bulk MB/s tx+rx", res["mb_per_sec"], cpu, res["mb_per_sec"] * seconds, res))
                     res = idle(peer, idle_count)
                     rows.append((r, name, "KiB per idle tunnel", res["kib_per_conn"], None, None, res))
                     rows.append((r, name, "idle tunnels echoing afterwards", res["echoed"], None, None, res))
                 finally:
                     peer.stop()
-            rows.extend(latency_round(r, order, certs["ecdsa"], backend, windows, workdir))
     finally:
         backend_proc.terminate()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -337,9 +352,11 @@ def main():
         return f"{med:,.1f} [{min(values):,.1f}–{max(values):,.1f}]", med
 
     lines = [f"# wssbridge beside nginx and HAProxy — {stamp}", "",
-             f"{CORES} cores, loopback, {rounds} interleaved round(s), {seconds:g} s per run, "
-             f"{idle_count} idle tunnels. Medians [min–max]; ratio = wssbridge / nginx (higher is better except RTT and KiB). "
-             f"Load: rate 8 workers; bulk 4 tunnels of 16 KiB writes; RTT 4 tunnels of 64-byte ping-pong in 1-second windows taking turns between the peers ({windows} per peer per round; median over windows); client key exchange X25519 for every peer.", "",
+             f"{CORES} cores, loopback, {rounds} interleaved round(s); in each, all peers started and short runs "
+             f"taking turns between them: {runs} rate and bulk runs of {seconds:g} s and {windows} RTT runs of 1 s per peer; "
+             f"{idle_count} idle tunnels, one peer after the other. Medians over all runs [min–max]; "
+             f"ratio = wssbridge / nginx (higher is better except RTT and KiB). "
+             f"Load: rate 8 workers; bulk 4 tunnels of 16 KiB writes; RTT 4 tunnels of 64-byte ping-pong; client key exchange X25519 for every peer.", "",
              "| metric | " + " | ".join(peers_names) + " | wssbridge / nginx |",
              "|---|" + "---|" * (len(peers_names) + 1)]
     ratios = {}
