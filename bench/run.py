@@ -226,6 +226,7 @@ def turns(r, order, cert, backend, workdir, tag, jobs, windows):
             for mode, conns, seconds, extract in jobs:
                 for peer in turn:
                     res, cpu = measure(peer, mode, conns, seconds)
+                    res["turn"] = w
                     for metric, value, work in extract(res, seconds):
                         rows.append((r, peer.name, metric, value, cpu, work, res))
     finally:
@@ -260,6 +261,31 @@ def idle(peer, count):
     echoed = json.loads(gen.stdout.readline())["echoed"]
     gen.wait(timeout=60)
     return {"kib_per_conn": (held - base) / max(opened, 1), "opened": opened, "echoed": echoed}
+
+
+def paired_ratios(rows, metrics, peers_names):
+    """For metrics measured in turns: {metric: {peer: (median of wssbridge / peer over the
+    turns, turns where wssbridge did better, turns)}}."""
+    groups = {}
+    for r, name, metric, value, cpu, work, raw in rows:
+        if "turn" not in raw:
+            continue
+        key = (r, raw["turn"])
+        groups.setdefault((metric, key), {})[name] = value
+        if work is not None and cpu:
+            groups.setdefault((metric + " per proxy CPU-s", key), {})[name] = work / cpu
+    out = {}
+    for m in metrics:
+        lower_better = m.startswith("RTT") or "KiB" in m
+        for n in peers_names:
+            if n == "wssbridge":
+                continue
+            pairs = [g["wssbridge"] / g[n] for (metric, _), g in groups.items()
+                     if metric == m and "wssbridge" in g and g.get(n)]
+            if pairs:
+                better = sum(1 for x in pairs if (x < 1 if lower_better else x > 1))
+                out.setdefault(m, {})[n] = (statistics.median(pairs), better, len(pairs))
+    return out
 
 
 def certificates(workdir):
@@ -359,6 +385,7 @@ def main():
              f"Load: rate 8 workers; bulk 4 tunnels of 16 KiB writes; RTT 4 tunnels of 64-byte ping-pong; client key exchange X25519 for every peer.", "",
              "| metric | " + " | ".join(peers_names) + " | wssbridge / nginx |",
              "|---|" + "---|" * (len(peers_names) + 1)]
+    paired = paired_ratios(rows, derived, peers_names)
     ratios = {}
     for m in derived:
         cells, meds = [], {}
@@ -372,6 +399,19 @@ def main():
         ratio = meds.get("wssbridge", 0) / meds["nginx"] if meds.get("nginx") else float("nan")
         ratios[m] = ratio
         lines.append(f"| {m} | " + " | ".join(cells) + f" | {ratio:.2f}x |")
+    if paired:
+        others = [n for n in peers_names if n != "wssbridge"]
+        lines += ["", "Paired by turn (runs of the same turn are seconds apart, so they share the machine's "
+                  "state): median over turns of wssbridge / peer, and in how many turns wssbridge did better.", "",
+                  "| metric | " + " | ".join(f"vs {n}" for n in others) + " |",
+                  "|---|" + "---|" * len(others)]
+        for m in derived:
+            if m in paired:
+                cells = []
+                for n in others:
+                    ratio, better, count = paired[m].get(n, (float("nan"), 0, 0))
+                    cells.append(f"{ratio:.2f}x ({better}/{count})")
+                lines.append(f"| {m} | " + " | ".join(cells) + " |")
     summary = "\n".join(lines) + "\n"
     with open(os.path.join(outdir, "summary.md"), "w") as f:
         f.write(summary)
