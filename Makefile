@@ -71,9 +71,10 @@ tls-audit: certs
 	    | tee target/tls-audit.txt; \
 	  ! grep -E '(HIGH|CRITICAL)' target/tls-audit.txt
 
-## wssbridge beside nginx (as is and with 16 KiB proxy buffers) and HAProxy, 3 interleaved
-## rounds, in release; results in bench/results/<stamp>/ (CSV, Markdown, PNG). Installs
-## nginx, haproxy and matplotlib when missing. `make bench-quick` takes about 2 minutes.
+## wssbridge beside nginx (as is and with 16 KiB proxy buffers) and HAProxy: 3 rounds of
+## short runs taking turns between them, in release; results in bench/results/<stamp>/ (CSV,
+## Markdown, PNG). Installs nginx, haproxy and matplotlib when missing. About 15 minutes;
+## `make bench-quick` about 1.
 bench:
 	@command -v nginx >/dev/null && command -v haproxy >/dev/null || \
 	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-light haproxy)

@@ -302,7 +302,7 @@ def certificates(workdir):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true", help="about 2 minutes: 1 round, short runs")
+    parser.add_argument("--quick", action="store_true", help="about 1 minute: 1 round, fewer and shorter runs")
     parser.add_argument("--rounds", type=int)
     parser.add_argument("--seconds", type=float, help="length of one rate or bulk run")
     parser.add_argument("--windows", type=int, help="rate and bulk runs per peer per round")
