@@ -125,7 +125,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesce<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let len: usize = bufs.iter().map(|b| b.len()).sum();
-        if this.collecting && this.held.len() + len <= HOLD_MAX {
+        if this.collecting && this.held.len() - this.pos + len <= HOLD_MAX {
             for b in bufs {
                 this.held.extend_from_slice(b);
             }
@@ -158,7 +158,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesce<T> {
     }
 
     /// During the handshake (and while tickets wait for the answer) a flush sends nothing:
-    /// tokio-rustls flushes after every flight, and the rules above decide instead.
+    /// tokio-rustls flushes after every flight, and the rules above decide instead. So,
+    /// unlike `AsyncWrite`'s contract, `Ok` here does not mean all is sent: only that
+    /// nothing the client needs to go on is held.
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if !this.collecting && this.release_on_wait {

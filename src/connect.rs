@@ -106,7 +106,8 @@ mod tests {
 
         // And without the tuning, an accepted socket has neither (so the check above can fail).
         let plain = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let _client = std::net::TcpStream::connect(plain.local_addr().expect("addr"));
+        let _client =
+            std::net::TcpStream::connect(plain.local_addr().expect("addr")).expect("connect");
         let (accepted, _) = plain.accept().expect("accept");
         assert!(!SockRef::from(&accepted).tcp_nodelay().expect("nodelay"));
         assert!(!SockRef::from(&accepted).keepalive().expect("keepalive"));

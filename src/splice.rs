@@ -436,9 +436,9 @@ where
         Ok(())
     }
 
-    /// Backend → client: read into the stack and written on at once; only what the client
-    /// cannot take yet is kept on the heap. Through the exchange while the connection is
-    /// still HTTP.
+    /// Backend → client: read into the stack and queued in rustls, which writes it when the
+    /// backend goes quiet, closes or fills the buffer; only what rustls cannot take yet is
+    /// kept on the heap. Through the exchange while the connection is still HTTP.
     fn poll_down(&mut self, cx: &mut Context<'_>) -> Poll<Step> {
         loop {
             if self.down_out.pos < self.down_out.bytes.len() {

@@ -420,6 +420,7 @@ async fn half_closed_tunnel_goes_on_while_data_flows() {
 /// A backend's answer and the close behind it leave in one write: the client reads the
 /// answer and the close_notify from the same segment. Written apart, a short request costs
 /// the client one more wake-up and read, for nothing.
+#[cfg(target_os = "linux")] // TCP_CORK
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backends_answer_and_its_close_reach_the_client_in_one_write() {
     const ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\npong";
