@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use rustls::pki_types::{CertificateDer, ServerName};
-use support::{Backend, Tunnel, client_config_with, pki, status_of, tls_connect, tls_connect_with};
+use support::{
+    Backend, RawTls, Tunnel, client_config_with, pki, status_of, tls_connect, tls_connect_with,
+};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -18,10 +20,8 @@ const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
 fn client_with_versions(
     versions: &[&'static rustls::SupportedProtocolVersion],
 ) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(pki().root.clone()).unwrap();
     let mut config = rustls::ClientConfig::builder_with_protocol_versions(versions)
-        .with_root_certificates(roots)
+        .with_root_certificates(support::roots())
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Arc::new(config)
@@ -212,35 +212,10 @@ async fn tls13_tickets_come_with_the_first_answer_and_resume() {
     let addr = tunnel.addr;
     let config = client_with_versions(&[&rustls::version::TLS13]);
     let resumed_config = config.clone();
+    // The first read after the handshake brings the answer, not tickets alone.
     let first_read_had_answer = tokio::task::spawn_blocking(move || {
-        use std::io::{Read, Write};
-        let mut sock = std::net::TcpStream::connect(addr).unwrap();
-        sock.set_read_timeout(Some(support::WAIT)).unwrap();
-        let name = ServerName::try_from("localhost").unwrap();
-        let mut tls = rustls::ClientConnection::new(config, name).unwrap();
-        // Written before the handshake ends, so rustls sends it right behind its Finished.
-        tls.writer().write_all(GET).unwrap();
-        while tls.is_handshaking() {
-            if tls.wants_write() {
-                tls.write_tls(&mut sock).unwrap();
-            } else {
-                tls.read_tls(&mut sock).unwrap();
-                tls.process_new_packets().unwrap();
-            }
-        }
-        while tls.wants_write() {
-            tls.write_tls(&mut sock).unwrap();
-        }
-        // The first read after the handshake.
-        let mut buf = vec![0u8; 64 * 1024];
-        let n = sock.read(&mut buf).unwrap();
-        let mut got = &buf[..n];
-        let mut plaintext = 0;
-        while !got.is_empty() {
-            tls.read_tls(&mut got).unwrap();
-            plaintext = tls.process_new_packets().unwrap().plaintext_bytes_to_read();
-        }
-        plaintext > 0
+        let mut client = RawTls::connect(addr, config, GET);
+        client.read_once().plaintext_bytes_to_read() > 0
     })
     .await
     .unwrap();
@@ -293,12 +268,10 @@ async fn a_failed_handshake_gets_its_alert() {
     let mut provider = rustls::crypto::aws_lc_rs::default_provider();
     provider.cipher_suites =
         vec![rustls::crypto::aws_lc_rs::cipher_suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256];
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(pki().root.clone()).unwrap();
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
         .with_protocol_versions(&[&rustls::version::TLS12])
         .unwrap()
-        .with_root_certificates(roots)
+        .with_root_certificates(support::roots())
         .with_no_client_auth();
     let err = tls_connect_with(tunnel.addr, Arc::new(config))
         .await

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use support::{
-    Backend, Tunnel, UPGRADE_REQUEST, WAIT, accept_upgrade, pattern, read_head, read_to_close,
-    tls_connect,
+    Backend, RawTls, Tunnel, UPGRADE_REQUEST, WAIT, accept_upgrade, pattern, read_head,
+    read_to_close, tls_connect,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -437,35 +437,16 @@ async fn a_backends_answer_and_its_close_reach_the_client_in_one_write() {
     });
     let tunnel = Tunnel::start(&["--to", &backend_addr]).await;
     let addr = tunnel.addr;
-    // A blocking client on rustls's own API, to see what each read from the socket brings.
     let closed_with_answer = tokio::task::spawn_blocking(move || {
-        use std::io::{Read, Write};
-        let mut sock = std::net::TcpStream::connect(addr).unwrap();
-        sock.set_read_timeout(Some(WAIT)).unwrap();
-        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-        let mut tls = rustls::ClientConnection::new(support::client_config(), name).unwrap();
-        while tls.is_handshaking() {
-            tls.complete_io(&mut sock).unwrap();
-        }
+        use std::io::Read;
         let request = b"GET /ping HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
-        tls.writer().write_all(request).unwrap();
-        while tls.wants_write() {
-            tls.write_tls(&mut sock).unwrap();
-        }
-        let mut buf = vec![0u8; 64 * 1024];
+        let mut client = RawTls::connect(addr, support::client_config(), b"");
+        client.send(request);
         loop {
-            let n = sock.read(&mut buf).unwrap();
-            assert!(n > 0, "closed before the answer");
-            let mut got = &buf[..n];
-            let mut state = None;
-            while !got.is_empty() {
-                tls.read_tls(&mut got).unwrap();
-                state = Some(tls.process_new_packets().unwrap());
-            }
-            let state = state.unwrap();
+            let state = client.read_once();
             if state.plaintext_bytes_to_read() > 0 {
                 let mut answer = vec![0u8; state.plaintext_bytes_to_read()];
-                tls.reader().read_exact(&mut answer).unwrap();
+                client.tls.reader().read_exact(&mut answer).unwrap();
                 assert_eq!(answer, ANSWER);
                 return state.peer_has_closed();
             }

@@ -54,12 +54,17 @@ pub fn pki() -> &'static Pki {
     })
 }
 
-/// A rustls client that trusts only the test root and offers `alpn`.
-pub fn client_config_with(alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+/// A root store holding only the test root.
+pub fn roots() -> rustls::RootCertStore {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(pki().root.clone()).expect("add root");
+    roots
+}
+
+/// A rustls client that trusts only the test root and offers `alpn`.
+pub fn client_config_with(alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
     let mut config = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
+        .with_root_certificates(roots())
         .with_no_client_auth();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Arc::new(config)
@@ -87,6 +92,59 @@ pub async fn tls_connect(addr: SocketAddr) -> TlsStream<TcpStream> {
         .await
         .expect("TLS connect timed out")
         .expect("TLS connect")
+}
+
+/// A blocking client on rustls's own API, for tests that look at what each read from the
+/// socket brings (which TLS messages arrive together).
+pub struct RawTls {
+    sock: std::net::TcpStream,
+    pub tls: rustls::ClientConnection,
+}
+
+impl RawTls {
+    /// Connects and completes the handshake. `first` (may be empty) is handed to rustls
+    /// before the handshake ends, so it goes right behind the client's Finished.
+    pub fn connect(addr: SocketAddr, config: Arc<rustls::ClientConfig>, first: &[u8]) -> RawTls {
+        use std::io::Write;
+        let mut sock = std::net::TcpStream::connect(addr).expect("connect");
+        sock.set_read_timeout(Some(WAIT)).expect("read timeout");
+        let name = ServerName::try_from("localhost").expect("server name");
+        let mut tls = rustls::ClientConnection::new(config, name).expect("client");
+        tls.writer()
+            .write_all(first)
+            .expect("buffer the first bytes");
+        while tls.is_handshaking() {
+            tls.complete_io(&mut sock).expect("handshake");
+        }
+        while tls.wants_write() {
+            tls.write_tls(&mut sock).expect("write");
+        }
+        RawTls { sock, tls }
+    }
+
+    /// Sends `bytes` now.
+    pub fn send(&mut self, bytes: &[u8]) {
+        use std::io::Write;
+        self.tls.writer().write_all(bytes).expect("buffer");
+        while self.tls.wants_write() {
+            self.tls.write_tls(&mut self.sock).expect("write");
+        }
+    }
+
+    /// One read from the socket, all of it through rustls; the state after it.
+    pub fn read_once(&mut self) -> rustls::IoState {
+        use std::io::Read;
+        let mut buf = vec![0u8; 64 * 1024];
+        let n = self.sock.read(&mut buf).expect("read");
+        assert!(n > 0, "closed by the server");
+        let mut got = &buf[..n];
+        let mut state = None;
+        while !got.is_empty() {
+            self.tls.read_tls(&mut got).expect("read_tls");
+            state = Some(self.tls.process_new_packets().expect("TLS"));
+        }
+        state.expect("bytes were read")
+    }
 }
 
 /// wssbridge running in-process on 127.0.0.1 port 0.
