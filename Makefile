@@ -1,4 +1,5 @@
 # wssbridge — the two commands a new machine needs are `make demo` and `make test`.
+SHELL := /bin/bash
 CARGO ?= cargo
 DEMO_LISTEN ?= 127.0.0.1:8443
 DEMO_BACKEND ?= 127.0.0.1:3000
@@ -53,7 +54,7 @@ e2e:
 FUZZ_TRIPLE = $(shell rustc -vV | sed -n 's/^host: //p')
 fuzz:
 	cd fuzz && RUSTFLAGS="$(FUZZ_RUSTFLAGS)" $(CARGO) build --release --bins --target $(FUZZ_TRIPLE)
-	@for t in $(FUZZ_TARGETS); do \
+	@set -o pipefail; for t in $(FUZZ_TARGETS); do \
 	  mkdir -p fuzz/work/$$t fuzz/artifacts/$$t; \
 	  echo "== fuzzing $$t for $(FUZZ_SECONDS)s"; \
 	  fuzz/target/$(FUZZ_TRIPLE)/release/$$t -max_total_time=$(FUZZ_SECONDS) -max_len=4096 \
@@ -63,12 +64,21 @@ fuzz:
 ## testssl.sh (Debian package testssl.sh) against a local instance; the report is kept in
 ## target/tls-audit.txt and fails the target on any finding rated HIGH or CRITICAL.
 tls-audit: certs
+	@command -v testssl >/dev/null || { echo "tls-audit: testssl not found (apt-get install testssl.sh)"; exit 1; }
 	$(CARGO) build --quiet --bin wssbridge
-	@target/debug/wssbridge -q --listen 127.0.0.1:$(TLS_AUDIT_PORT) --cert certs/server.pem \
-	  --key certs/server.key --to 127.0.0.1:9 & pid=$$!; trap 'kill $$pid' EXIT; sleep 1; \
+	@set -o pipefail; \
+	  target/debug/wssbridge -q --listen 127.0.0.1:$(TLS_AUDIT_PORT) --cert certs/server.pem \
+	  --key certs/server.key --to 127.0.0.1:9 & pid=$$!; trap 'kill $$pid 2>/dev/null' EXIT; \
+	  for i in $$(seq 50); do \
+	    (exec 3<>/dev/tcp/127.0.0.1/$(TLS_AUDIT_PORT)) 2>/dev/null && break; \
+	    kill -0 $$pid 2>/dev/null || { echo "tls-audit: wssbridge did not start"; exit 1; }; \
+	    sleep 0.2; \
+	  done; \
+	  (exec 3<>/dev/tcp/127.0.0.1/$(TLS_AUDIT_PORT)) 2>/dev/null || { echo "tls-audit: nothing listens on $(TLS_AUDIT_PORT)"; exit 1; }; \
 	  testssl --quiet --color 0 --warnings off --sneaky --ip 127.0.0.1 --protocols --std \
 	    --server-defaults --vulnerable --severity LOW localhost:$(TLS_AUDIT_PORT) \
 	    | tee target/tls-audit.txt; \
+	  grep -q 'TLS 1.3' target/tls-audit.txt || { echo "tls-audit: no protocol report: did testssl reach the server?"; exit 1; }; \
 	  ! grep -E '(HIGH|CRITICAL)' target/tls-audit.txt
 
 ## wssbridge beside nginx (as is and with 16 KiB proxy buffers) and HAProxy: 3 rounds of
