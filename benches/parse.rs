@@ -4,8 +4,8 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use wssbridge::framing::Body;
-use wssbridge::head;
+use wssbridge::http::framing::Body;
+use wssbridge::http::head;
 use wssbridge::route::RouteTable;
 
 const UPGRADE: &[u8] = b"GET /socket.io/?EIO=4&transport=websocket&sid=Hx7K2 HTTP/1.1\r\n\

@@ -1,7 +1,7 @@
-//! Command-line flags and their conversion into a validated [`Config`].
+//! Command-line flags and their conversion into plain [`Settings`].
 //!
-//! The only module that knows clap: the core takes a `Config` and never reaches back to the
-//! command line. Each value type has its own `FromStr`, so an error names the flag and says
+//! The only module that knows clap: `Config::build` takes the `Settings` and never reaches
+//! back to the command line. Each value type has its own `FromStr`, so an error names the flag and says
 //! what is wrong. Every flag can also come from `WSSBRIDGE_<FLAG>`; repeatable flags there
 //! take space-separated values.
 
@@ -10,11 +10,11 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::{ArgAction, Parser, ValueEnum};
 
-use crate::config::{Config, Limits, Security, Timeouts};
-use crate::route::{Backend, RouteSpec, RouteTable};
+use crate::config::{Security, Settings, Timeouts};
+use crate::route::{Backend, RouteSpec};
+use crate::tls::CertPaths;
 
 /// TLS in front of WebSocket and HTTP servers: terminate wss:// and https://, route the first
 /// request by host and path, then tunnel the bytes unchanged.
@@ -173,40 +173,23 @@ impl Args {
         }
     }
 
-    /// Loads certificates and builds the route table: everything that can fail at start-up
-    /// because of the flags fails here, before any socket is opened.
-    pub fn into_config(self) -> anyhow::Result<Config> {
-        let mut specs = self.routes;
+    /// The settings these flags ask for; `Config::build` checks and loads them.
+    pub fn into_settings(self) -> Settings {
+        let mut routes = self.routes;
         if let Some(Backends(backends)) = self.to {
-            specs.push(RouteSpec {
+            routes.push(RouteSpec {
                 host: None,
                 path: "/".to_string(),
                 backends,
             });
         }
-        if specs.is_empty() {
-            anyhow::bail!("no route: give --to BACKEND or --route PATH=BACKEND");
-        }
-        let routes = RouteTable::new(specs).map_err(|e| anyhow::anyhow!("--route: {e}"))?;
-        let tls = match (&self.cert, &self.key) {
-            (Some(cert), Some(key)) => crate::tls::server_config(cert, key)?,
-            _ => crate::tls::ephemeral_server_config()
-                .context("generating a self-signed certificate")?,
+        let certs = match (self.cert, self.key) {
+            (Some(cert), Some(key)) => vec![CertPaths { cert, key }],
+            _ => Vec::new(),
         };
-        let max_connections = match self.max_connections {
-            Some(0) => anyhow::bail!("--max-connections must be at least 1"),
-            Some(n) if n > MAX_CONNECTIONS => {
-                anyhow::bail!("--max-connections {n} is more than {MAX_CONNECTIONS}")
-            }
-            Some(n) => n,
-            None => crate::config::default_max_connections(),
-        };
-        if self.max_header_bytes.0 < 64 {
-            anyhow::bail!("--max-header-bytes must be at least 64 bytes");
-        }
-        Ok(Config {
+        Settings {
             listen: self.listen,
-            tls,
+            certs,
             routes,
             timeouts: Timeouts {
                 handshake: self.handshake_timeout.0,
@@ -216,35 +199,18 @@ impl Args {
                 close: self.close_timeout.0,
                 shutdown_grace: self.shutdown_grace.0.unwrap_or(Duration::ZERO),
             },
-            limits: Limits {
-                max_header_bytes: self.max_header_bytes.0,
-                max_connections,
-                max_handshakes: match self.max_handshakes {
-                    Some(0) => anyhow::bail!("--max-handshakes must be at least 1"),
-                    Some(n) => n.min(MAX_CONNECTIONS),
-                    None => crate::config::default_max_handshakes(),
-                },
-                max_connections_per_ip: match self.max_connections_per_ip {
-                    Some(0) => anyhow::bail!("--max-connections-per-ip must be at least 1"),
-                    n => n,
-                },
-            },
+            max_header_bytes: self.max_header_bytes.0,
+            max_connections: self.max_connections,
+            max_handshakes: self.max_handshakes,
+            max_connections_per_ip: self.max_connections_per_ip,
             security: Security {
-                allowed_upgrades: self
-                    .allow_upgrades
-                    .iter()
-                    .map(|p| p.trim().to_ascii_lowercase())
-                    .filter(|p| !p.is_empty())
-                    .collect(),
+                allowed_upgrades: self.allow_upgrades,
                 check_websocket_accept: self.check_websocket_accept,
                 sni_host_check: !self.allow_sni_mismatch,
             },
-        })
+        }
     }
 }
-
-/// Far above what one process can hold (two descriptors each), and within what a semaphore takes.
-const MAX_CONNECTIONS: usize = 100_000_000;
 
 /// A list of backends, as `--to` takes it.
 #[derive(Debug, Clone)]

@@ -1,20 +1,65 @@
-//! The validated configuration: certificates loaded, routes built, limits decided.
+//! Settings → Config: what the user asked for, and the validated configuration built from it.
 //!
-//! Built once at start-up (by `cli`) and shared read-only by every connection.
+//! [`Settings`] is plain data (no clap: `cli` fills it from flags, tests fill it by hand).
+//! [`Config::build`] loads the files it names and checks every value, failing with a message
+//! that names the flag or file; nothing is bound or started. Building again from the same
+//! settings is how a reload re-reads certificates: the server swaps the new `Config` in only
+//! once it is complete.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::ServerConfig;
+use crate::balance::Pools;
+use crate::route::{RouteSpec, RouteTable};
+use crate::tls::{CertPaths, CertStore};
 
-use crate::route::RouteTable;
+/// What the user asked for, before any file is read.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: Vec<SocketAddr>,
+    /// Certificate and key files; none means an ephemeral self-signed certificate.
+    pub certs: Vec<CertPaths>,
+    /// Every route, `--to` included (as `/`).
+    pub routes: Vec<RouteSpec>,
+    pub timeouts: Timeouts,
+    pub max_header_bytes: usize,
+    /// `None`: from the file-descriptor limit.
+    pub max_connections: Option<usize>,
+    /// `None`: four per core.
+    pub max_handshakes: Option<usize>,
+    pub max_connections_per_ip: Option<usize>,
+    pub security: Security,
+}
+
+impl Default for Settings {
+    /// The defaults the command line documents.
+    fn default() -> Self {
+        Settings {
+            listen: vec![SocketAddr::from(([0, 0, 0, 0], 8443))],
+            certs: Vec::new(),
+            routes: Vec::new(),
+            timeouts: Timeouts::default(),
+            max_header_bytes: 16 * 1024,
+            max_connections: None,
+            max_handshakes: None,
+            max_connections_per_ip: None,
+            security: Security {
+                allowed_upgrades: Vec::new(),
+                check_websocket_accept: false,
+                sni_host_check: true,
+            },
+        }
+    }
+}
 
 #[derive(Debug)]
 pub struct Config {
     pub listen: Vec<SocketAddr>,
-    pub tls: Arc<ServerConfig>,
+    pub certs: Arc<CertStore>,
     pub routes: RouteTable,
+    /// Balancing state per route, indexed like `routes`; the server shares it across reloads.
+    pub pools: Pools,
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub security: Security,
@@ -42,6 +87,19 @@ pub struct Timeouts {
     pub shutdown_grace: Duration,
 }
 
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            handshake: Some(Duration::from_secs(10)),
+            header: Some(Duration::from_secs(10)),
+            connect: Some(Duration::from_secs(5)),
+            idle: None,
+            close: Some(Duration::from_secs(60)),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_header_bytes: usize,
@@ -50,6 +108,66 @@ pub struct Limits {
     pub max_handshakes: usize,
     /// Connections one client address may hold at once (`None`: no limit).
     pub max_connections_per_ip: Option<usize>,
+}
+
+/// Far above what one process can hold (two descriptors each), and within what a semaphore takes.
+const MAX_CONNECTIONS: usize = 100_000_000;
+
+impl Config {
+    /// Loads certificates and builds the route table: everything that can fail because of
+    /// the settings fails here, before any socket is opened.
+    pub fn build(settings: &Settings) -> anyhow::Result<Config> {
+        if settings.routes.is_empty() {
+            anyhow::bail!("no route: give --to BACKEND or --route PATH=BACKEND");
+        }
+        let routes = RouteTable::new(settings.routes.clone())
+            .map_err(|e| anyhow::anyhow!("--route: {e}"))?;
+        let certs = match settings.certs.is_empty() {
+            true => CertStore::ephemeral()
+                .map_err(|e| anyhow::anyhow!("generating a self-signed certificate: {e}"))?,
+            false => CertStore::load(&settings.certs)?,
+        };
+        let max_connections = match settings.max_connections {
+            Some(0) => anyhow::bail!("--max-connections must be at least 1"),
+            Some(n) if n > MAX_CONNECTIONS => {
+                anyhow::bail!("--max-connections {n} is more than {MAX_CONNECTIONS}")
+            }
+            Some(n) => n,
+            None => default_max_connections(),
+        };
+        let max_handshakes = match settings.max_handshakes {
+            Some(0) => anyhow::bail!("--max-handshakes must be at least 1"),
+            Some(n) => n.min(MAX_CONNECTIONS),
+            None => default_max_handshakes(),
+        };
+        if settings.max_connections_per_ip == Some(0) {
+            anyhow::bail!("--max-connections-per-ip must be at least 1");
+        }
+        if settings.max_header_bytes < 64 {
+            anyhow::bail!("--max-header-bytes must be at least 64 bytes");
+        }
+        let mut security = settings.security.clone();
+        security.allowed_upgrades = security
+            .allowed_upgrades
+            .iter()
+            .map(|p| p.trim().to_ascii_lowercase())
+            .filter(|p| !p.is_empty())
+            .collect();
+        Ok(Config {
+            listen: settings.listen.clone(),
+            certs: Arc::new(certs),
+            pools: Pools::new(&routes),
+            routes,
+            timeouts: settings.timeouts,
+            limits: Limits {
+                max_header_bytes: settings.max_header_bytes,
+                max_connections,
+                max_handshakes,
+                max_connections_per_ip: settings.max_connections_per_ip,
+            },
+            security,
+        })
+    }
 }
 
 /// Descriptors kept back from the connection limit: listeners, logs, DNS look-ups, and the

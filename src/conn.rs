@@ -1,186 +1,157 @@
-//! One connection, top to bottom: tls → head → route → connect → splice, then one summary
-//! log line.
+//! One connection, top to bottom: tls → http (first head, admission) → connect → splice,
+//! then one summary log line.
 //!
 //! Each step either hands an owned value to the next or ends the connection with an
 //! [`Outcome`]: an HTTP error status sent before the tunnel starts, a quiet close when no HTTP
-//! was spoken, or the way the tunnel ended.
+//! was spoken, or the way the tunnel ended. The connection keeps the configuration snapshot
+//! it was accepted with to its end.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::Duration;
 
 use tokio::net::TcpStream;
-use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
-use tokio_util::sync::CancellationToken;
+use tokio::time::Instant;
 
-use crate::coalesce::Coalesce;
-use crate::config::Config;
-use crate::exchange::{Exchange, Stop, check_upgrade};
-use crate::head::{self, Head, HeadError, ReadError};
-use crate::readahead::ReadAhead;
+use crate::config::{Config, Timeouts};
+use crate::http::{self, Exchange, Head, ReadError, Refusal, Stop};
 use crate::respond::{self, Status};
-use crate::route::normalize_host;
-use crate::splice::{self, End, Op, Side, Transfer};
-
-/// The client's side once TLS is up: rustls over a socket read in bulk-sized pieces, whose
-/// handshake's last writes wait for the first answer.
-type Client = TlsStream<Coalesce<ReadAhead<TcpStream>>>;
-
-/// What every connection shares: the configuration and the shutdown signals.
-pub struct Shared {
-    pub config: Arc<Config>,
-    pub acceptor: TlsAcceptor,
-    /// Set when shutdown starts: heads still arriving are answered 503.
-    pub stopping: CancellationToken,
-    /// Set when the shutdown grace is over: every connection is closed.
-    pub force: CancellationToken,
-    /// Handshakes in progress (`--max-handshakes`).
-    pub handshakes: Arc<Semaphore>,
-}
+use crate::splice::{self, End, Op, Preread, Side, Transfer};
+use crate::state::State;
+use crate::tls::{Client, HandshakeError};
 
 /// Serves one accepted connection. `admitted` is false when the connection limit is reached:
 /// the client is then answered 503 once its head has arrived.
-pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, admitted: bool) {
+pub async fn serve(state: &State, stream: TcpStream, peer: SocketAddr, admitted: bool) {
     let started = Instant::now();
+    let config = state.config.load_full();
     let mut summary = Summary::default();
     let outcome = tokio::select! {
-        outcome = pipeline(&shared, stream, started, admitted, &mut summary) => outcome,
-        _ = shared.force.cancelled() => Outcome::Forced,
+        outcome = pipeline(state, &config, stream, started, admitted, &mut summary) => outcome,
+        _ = state.force.cancelled() => Outcome::Forced,
     };
     summary.log(peer, &outcome, started);
 }
 
 async fn pipeline(
-    shared: &Shared,
+    state: &State,
+    config: &Arc<Config>,
     stream: TcpStream,
     started: Instant,
     admitted: bool,
     summary: &mut Summary,
 ) -> Outcome {
-    let timeouts = &shared.config.timeouts;
+    let deadlines = Deadlines::new(&config.timeouts, started);
     // Linux hands accepted sockets the listener's TCP_NODELAY and keepalive settings.
     #[cfg(not(target_os = "linux"))]
     crate::connect::tune(socket2::SockRef::from(&stream));
 
-    // tls: under --handshake-timeout, and never past the header deadline, which counts
-    // from accept.
-    let header_deadline = timeouts.header.map(|t| started + t);
-    let handshake_deadline = timeouts.handshake.map(|t| Instant::now() + t);
-    let deadline = match (handshake_deadline, header_deadline) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
+    // tls
+    let handshake = state
+        .tls
+        .handshake(stream, &state.handshakes, deadlines.handshake(), started);
+    let mut client = match handshake.await {
+        Ok(client) => client,
+        Err(e) => return Outcome::TlsFailed(e),
     };
-    // A slot among the handshakes in progress, waited for under the same deadline.
-    let handshake = async {
-        let _slot = shared.handshakes.acquire().await;
-        let io = Coalesce::new(ReadAhead::new(stream));
-        match shared.acceptor.accept(io).into_fallible().await {
-            Ok(client) => Ok(client),
-            Err((e, io)) => {
-                // The alert that says why.
-                io.release().await;
-                Err(e)
-            }
-        }
-    };
-    let handshake = match deadline {
-        Some(d) => match tokio::time::timeout_at(d.into(), handshake).await {
-            Ok(r) => r,
-            Err(_) => {
-                let after = d.saturating_duration_since(started);
-                return Outcome::TlsFailed(format!("handshake timed out after {after:?}"));
-            }
-        },
-        None => handshake.await,
-    };
-    let mut client = match handshake {
-        Ok(s) => s,
-        Err(e) => return Outcome::TlsFailed(format!("handshake failed: {e}")),
-    };
-    // TLS 1.3 tickets wait for the answer when the request came with the client's Finished
-    // (see `coalesce`).
-    let (io, tls) = client.get_mut();
-    let request_in_hand = tls.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3)
-        && tls
-            .process_new_packets()
-            .is_ok_and(|state| state.plaintext_bytes_to_read() > 0);
-    io.handshake_done(request_in_hand);
     summary.sni = client.get_ref().1.server_name().map(str::to_string);
 
-    // head: the deadline counts from accept, so trickled bytes do not extend it.
-    let mut buf = Vec::new();
-    let max = shared.config.limits.max_header_bytes;
-    let read = head::read(&mut client, &mut buf, max);
-    let read = match header_deadline {
-        Some(d) => match tokio::time::timeout_at(d.into(), read).await {
-            Ok(r) => r,
-            Err(_) => return answer(&mut client, Status::RequestTimeout).await,
-        },
-        None => read.await,
-    };
-    let head = match read {
-        Ok(Some(head)) => head,
-        Ok(None) => return Outcome::NoRequest,
-        Err(ReadError::Io(e)) => return Outcome::ReadFailed(e),
-        Err(ReadError::Head(e)) => {
-            tracing::debug!("refusing request: {e}");
-            return answer(&mut client, status_for(e)).await;
-        }
+    // http: the first head, then its admission.
+    let (head, mut buf) = match first_head(&mut client, config, deadlines.header).await {
+        Ok(read) => read,
+        Err(outcome) => return outcome,
     };
     summary.method = Some(head.method.clone());
     summary.path = Some(head.target.clone());
-    if !admitted || shared.stopping.is_cancelled() {
+    if !admitted || state.stopping.is_cancelled() {
         return answer(&mut client, Status::Unavailable).await;
     }
-
-    // route: the Host header, or the SNI name for a request without one.
-    let config = &shared.config;
-    if let Some(status) = misdirected(config, &head, summary.sni.as_deref()) {
-        return answer(&mut client, status).await;
-    }
-    if let Err(e) = check_upgrade(&head, &config.security.allowed_upgrades) {
-        tracing::debug!("refusing request: {e}");
-        return answer(&mut client, Status::BadRequest).await;
-    }
-    let host = head.host.as_deref().or(summary.sni.as_deref());
-    let Some(index) = config.routes.find_index(host, &head.target) else {
-        return answer(&mut client, Status::NotFound).await;
+    let admitted = match http::admit(config, &head, summary.sni.as_deref(), None) {
+        Ok(admitted) => admitted,
+        Err(Refusal::Status(status)) => return answer(&mut client, status).await,
+        Err(Refusal::Confined) => return answer(&mut client, Status::NotFound).await,
     };
-    let route = config.routes.get(index);
-    summary.route = Some(route.to_string());
+    summary.route = Some(config.routes.get(admitted.route).to_string());
 
     // connect
-    let Some((mut backend, addr)) = crate::connect::connect(route, timeouts.connect).await else {
+    let pool = config.pools.get(admitted.route);
+    let Some((mut backend, addr)) = crate::connect::connect(pool, config.timeouts.connect).await
+    else {
         return answer(&mut client, Status::BadGateway).await;
     };
     summary.backend = Some(addr.to_string());
 
-    // splice: every byte read so far, then the two-way copy; under the HTTP rules of the
-    // exchange until a WebSocket upgrade opens the tunnel.
-    let exchange = Exchange::new(config.clone(), index, summary.sni.clone());
-    let end = splice::splice(
-        &mut client,
-        &mut backend,
-        buf,
-        Some(Box::new(exchange)),
-        (timeouts.idle, timeouts.close),
-        &mut summary.transfer,
-    )
-    .await;
+    // splice: the first head as it came, then the two-way copy, under the HTTP rules of the
+    // exchange until an upgrade opens the tunnel.
+    let preread = Preread {
+        held: buf.split_off(head.len),
+        passed: buf,
+    };
+    let (route, sni) = (admitted.route, summary.sni.clone());
+    let gate = Exchange::after_first(config.clone(), route, sni, &head, admitted.upgrade);
+    drop(head); // not kept for the tunnel's life
+    let timeouts = (config.timeouts.idle, config.timeouts.close);
+    let transfer = &mut summary.transfer;
+    let gate = Some(Box::new(gate));
+    let end = splice::splice(&mut client, &mut backend, preread, gate, timeouts, transfer).await;
     Outcome::Tunnel(end)
 }
 
-/// 421 when the TLS SNI names one host and the request's Host names another that a host
-/// route serves: domain fronting, a request sent on a connection set up for someone else.
-fn misdirected(config: &Config, head: &Head, sni: Option<&str>) -> Option<Status> {
-    let (Some(sni), Some(host)) = (sni, head.host.as_deref()) else {
-        return None;
+/// Reads the first request head under the header deadline, which counts from accept so
+/// trickled bytes do not extend it; returns it with every byte read, or how the connection
+/// ended (an answered error, a client that left).
+async fn first_head(
+    client: &mut Client,
+    config: &Config,
+    deadline: Option<Instant>,
+) -> Result<(Head, Vec<u8>), Outcome> {
+    let mut buf = Vec::new();
+    let read = http::head::read(client, &mut buf, config.limits.max_header_bytes);
+    let Some(read) = within(deadline, read).await else {
+        return Err(answer(client, Status::RequestTimeout).await);
     };
-    let differs = normalize_host(sni) != normalize_host(host);
-    (config.security.sni_host_check && differs && config.routes.has_host(host))
-        .then_some(Status::Misdirected)
+    match read {
+        Ok(Some(head)) => Ok((head, buf)),
+        Ok(None) => Err(Outcome::NoRequest),
+        Err(ReadError::Io(e)) => Err(Outcome::ReadFailed(e)),
+        Err(ReadError::Head(e)) => {
+            tracing::debug!("refusing request: {e}");
+            Err(answer(client, e.status()).await)
+        }
+    }
+}
+
+/// The deadlines of the stages before the splice, from when the connection was accepted.
+struct Deadlines {
+    handshake: Option<Duration>,
+    /// The end of the first request head: `--header-timeout` after accept.
+    header: Option<Instant>,
+}
+
+impl Deadlines {
+    fn new(timeouts: &Timeouts, started: Instant) -> Deadlines {
+        Deadlines {
+            handshake: timeouts.handshake,
+            header: timeouts.header.map(|t| started + t),
+        }
+    }
+
+    /// `--handshake-timeout` from now, and never past the header deadline.
+    fn handshake(&self) -> Option<Instant> {
+        let handshake = self.handshake.map(|t| Instant::now() + t);
+        match (handshake, self.header) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+/// `future`'s output, or `None` if `deadline` came first.
+async fn within<F: std::future::Future>(deadline: Option<Instant>, future: F) -> Option<F::Output> {
+    match deadline {
+        Some(d) => tokio::time::timeout_at(d, future).await.ok(),
+        None => Some(future.await),
+    }
 }
 
 async fn answer(client: &mut Client, status: Status) -> Outcome {
@@ -188,23 +159,13 @@ async fn answer(client: &mut Client, status: Status) -> Outcome {
     Outcome::Status(status)
 }
 
-/// The status that answers a refused head.
-pub fn status_for(e: HeadError) -> Status {
-    match e {
-        HeadError::Malformed(_) => Status::BadRequest,
-        HeadError::Method => Status::MethodNotAllowed,
-        HeadError::TooLarge => Status::HeadersTooLarge,
-        HeadError::Version => Status::VersionNotSupported,
-    }
-}
-
 /// How a connection ended, for its log line.
 enum Outcome {
-    TlsFailed(String),
+    TlsFailed(HandshakeError),
     /// TLS was set up but the client closed before sending a request.
     NoRequest,
     Status(Status),
-    Tunnel(End),
+    Tunnel(End<Stop>),
     /// Reading the request head failed at the socket or TLS level.
     ReadFailed(std::io::Error),
     /// Closed when the shutdown grace ran out.

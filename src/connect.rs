@@ -1,4 +1,4 @@
-//! The `connect` stage: dial the route's backends in turn until one answers.
+//! The `connect` stage: dial the route's backends in the pool's order until one answers.
 //!
 //! Names are resolved at connect time (every address a name has is tried). Each backend gets
 //! `--connect-timeout`; the client sees 502 only when all have failed. Socket options are
@@ -11,7 +11,8 @@ use std::time::Duration;
 use socket2::{SockRef, TcpKeepalive};
 use tokio::net::TcpStream;
 
-use crate::route::{Backend, Route};
+use crate::balance::Pool;
+use crate::route::Backend;
 
 /// Keepalive finds peers that vanished without a FIN (a laptop closed, a NAT entry dropped)
 /// on tunnels that may be silent for hours: first probe after 60s, then every 10s, 6 tries.
@@ -19,15 +20,17 @@ const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_RETRIES: u32 = 6;
 
-/// Connects to the first backend of `route` that accepts, round-robin first.
-pub async fn connect(route: &Route, timeout: Option<Duration>) -> Option<(TcpStream, &Backend)> {
-    for backend in route.backends() {
+/// Connects to the first backend of `pool` that accepts, in the pool's order.
+pub async fn connect(pool: &Pool, timeout: Option<Duration>) -> Option<(TcpStream, &Backend)> {
+    for backend in pool.order() {
         match dial(backend, timeout).await {
             Ok(stream) => {
                 tune(SockRef::from(&stream));
                 return Some((stream, backend));
             }
-            Err(e) => tracing::warn!(%backend, route = %route, "backend connect failed: {e}"),
+            Err(e) => {
+                tracing::warn!(%backend, route = %pool.route(), "backend connect failed: {e}")
+            }
         }
     }
     None

@@ -2,120 +2,36 @@
 //!
 //! One connection's life:
 //! ```text
-//! accept ──► tls ──► head ──► route ──► connect ──► splice
+//! accept ──► tls ──► http ──────────────────────────────► connect ──► splice
 //! ```
-//! `accept` admits it under the connection limit; `tls` completes the handshake under a
-//! deadline; `head` reads the first HTTP/1.1 request head (bounded in bytes and time);
-//! `route` picks a backend by host and path; `connect` dials it, failing over; `splice`
-//! writes every byte read so far and then copies both ways until both sides are done. Any
-//! step before the splice can end in an HTTP error response. After the splice starts,
-//! wssbridge never looks at the bytes again.
+//! `accept` admits it under the connection limits; `tls` completes the handshake under a
+//! deadline; `http` reads the first request head (bounded in bytes and time) and admits it:
+//! a route chosen by host and path, or an error status; `connect` dials the route's backends
+//! in the balancing order, failing over; `splice` copies both ways. Until a `101` opens a
+//! tunnel, HTTP is followed: every later request on the connection is admitted like the
+//! first, and every response is framed. After the `101`, the tunnel is blind: bytes in =
+//! bytes out. See ARCHITECTURE.md for the code map.
 #![forbid(unsafe_code)]
 
 pub mod accept;
+pub mod balance;
 pub mod cli;
-pub mod coalesce;
 pub mod config;
 pub mod conn;
 pub mod connect;
-pub mod exchange;
-pub mod framing;
-pub mod head;
-pub mod readahead;
+pub mod http;
 pub mod respond;
 pub mod route;
-pub mod shutdown;
+pub mod server;
+pub mod signals;
 pub mod splice;
+pub mod state;
 pub mod tls;
 
 use std::future::Future;
-use std::sync::Arc;
 
-use tokio::net::TcpListener;
-use tokio::task::JoinSet;
-use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-
-pub use config::Config;
-
-/// A configured server; cheap to clone, so a test can keep a handle while `run` goes on.
-#[derive(Clone)]
-pub struct Server {
-    config: Arc<Config>,
-    tracker: TaskTracker,
-}
-
-impl Server {
-    pub fn new(config: Config) -> Self {
-        Server {
-            config: Arc::new(config),
-            tracker: TaskTracker::new(),
-        }
-    }
-
-    /// Connections being served right now (in any stage).
-    pub fn connections(&self) -> usize {
-        self.tracker.len()
-    }
-
-    /// Serves on `listeners` (made by `accept::bind`, which sets the socket options accepted
-    /// sockets inherit) until `shutdown` resolves, then stops accepting (the ports are
-    /// closed at once), lets live connections go on for `--shutdown-grace`, and closes
-    /// whatever is left.
-    pub async fn run(
-        self,
-        listeners: Vec<std::net::TcpListener>,
-        shutdown: impl Future<Output = ()>,
-    ) -> anyhow::Result<()> {
-        let shared = Arc::new(conn::Shared {
-            config: self.config.clone(),
-            acceptor: TlsAcceptor::from(self.config.tls.clone()),
-            stopping: CancellationToken::new(),
-            force: CancellationToken::new(),
-            handshakes: Arc::new(tokio::sync::Semaphore::new(
-                self.config.limits.max_handshakes,
-            )),
-        });
-        let admission = Arc::new(accept::Admission::new(&self.config.limits));
-        let mut loops = JoinSet::new();
-        for listener in listeners {
-            let listener = TcpListener::from_std(listener)?;
-            loops.spawn(accept::accept_loop(
-                listener,
-                shared.clone(),
-                admission.clone(),
-                self.tracker.clone(),
-                shared.stopping.clone(),
-            ));
-        }
-
-        shutdown.await;
-        shared.stopping.cancel();
-        while loops.join_next().await.is_some() {}
-        let grace = self.config.timeouts.shutdown_grace;
-        tracing::info!(
-            connections = self.tracker.len(),
-            "listeners closed; draining for up to {grace:?}"
-        );
-        self.tracker.close();
-        if tokio::time::timeout(grace, self.tracker.wait())
-            .await
-            .is_ok()
-        {
-            tracing::info!("drained: all connections finished");
-        } else {
-            let left = self.tracker.len();
-            shared.force.cancel();
-            self.tracker.wait().await;
-            tracing::info!(
-                closed = left,
-                "shutdown grace over: closed the connections left"
-            );
-        }
-        Ok(())
-    }
-}
+pub use config::{Config, Settings};
+pub use server::Server;
 
 /// Runs `config` on already-bound `listeners` until `shutdown` resolves.
 pub async fn run(
@@ -123,7 +39,7 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    Server::new(config).run(listeners, shutdown).await
+    Server::new(config)?.run(listeners, shutdown).await
 }
 
 /// Logs the listeners and routes, one line each, as the server starts.
@@ -147,5 +63,12 @@ pub fn log_startup(config: &Config, listeners: &[std::net::TcpListener]) {
             .map(ToString::to_string)
             .collect();
         tracing::info!(route = %route, backends = %backends.join(","), "route");
+    }
+    if let Some(sha256) = &config.certs.ephemeral {
+        tracing::warn!(
+            sha256 = %sha256,
+            "no --cert/--key given: serving an ephemeral self-signed certificate for localhost; \
+             browsers will warn. Use it for development only"
+        );
     }
 }

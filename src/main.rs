@@ -1,4 +1,4 @@
-//! The wssbridge command: flags → Config → bind → run → exit code.
+//! The wssbridge command: flags → Settings → Config → bind → run → exit code.
 //!
 //! Exit codes: 0 after a clean shutdown, 2 for a usage or configuration error (a bad flag,
 //! an unreadable certificate), 1 for a failure at run time (a port in use).
@@ -15,7 +15,7 @@ fn main() -> ExitCode {
     let args = Args::parse();
     init_logging(&args);
     wssbridge::config::raise_fd_limit();
-    let config = match args.into_config() {
+    let config = match wssbridge::Config::build(&args.into_settings()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("wssbridge: error: {e:#}");
@@ -42,7 +42,7 @@ fn serve(config: wssbridge::Config) -> anyhow::Result<()> {
             .map(|addr| wssbridge::accept::bind(*addr))
             .collect::<anyhow::Result<Vec<_>>>()?;
         wssbridge::log_startup(&config, &listeners);
-        wssbridge::run(listeners, config, wssbridge::shutdown::signal_received()).await
+        wssbridge::run(listeners, config, wssbridge::signals::shutdown()).await
     })
 }
 

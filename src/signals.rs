@@ -6,7 +6,7 @@
 use tokio::signal::unix::{SignalKind, signal};
 
 /// Resolves on the first SIGTERM or SIGINT.
-pub async fn signal_received() {
+pub async fn shutdown() {
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),

@@ -21,7 +21,12 @@
 //! Backend→client bytes are queued in rustls and written when the backend goes quiet (its
 //! socket is empty), closes, or has sent a full buffer's worth: an answer and the
 //! close_notify behind it leave in one write, not two.
+//!
+//! The splice knows nothing of HTTP. While the connection is not yet a tunnel, a [`Gate`]
+//! (the HTTP exchange) says which bytes may pass and when the connection must end; once the
+//! gate opens, it is dropped and the copy is blind.
 
+use std::fmt;
 use std::future::Future;
 use std::io::{self, Write};
 use std::mem::MaybeUninit;
@@ -32,9 +37,6 @@ use std::time::Duration;
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
-
-use crate::exchange::{Exchange, Reject, Stop};
-use crate::respond::Status;
 
 /// Four TLS records' worth of plaintext: one read from the backend becomes four records that
 /// rustls writes out together, so a bulk transfer makes a quarter of the system calls it
@@ -48,6 +50,43 @@ const UP_BUFFER: usize = 64 * 1024;
 /// ...once one record carries at least this much, a sign of a bulk transfer. Smaller messages
 /// (chat, pings) go straight from rustls's buffer to the backend without a copy.
 const GATHER_FROM: usize = 8 * 1024;
+
+/// What may pass while the connection is not yet a blind tunnel.
+pub trait Gate {
+    /// Why the gate ended the connection, for the caller's log.
+    type Stop: Copy + fmt::Debug;
+
+    /// Takes client bytes: appends to `out` what may go to the backend and returns how many
+    /// bytes of `input` it took. Taking none and passing none means: hold them until
+    /// something from the backend changes that ([`Gate::take_changed`]).
+    fn client(&mut self, input: &[u8], out: &mut Vec<u8>) -> usize;
+
+    /// Takes backend bytes: appends to `out` what may go to the client and returns how many
+    /// bytes of `input` it took. Once the gate is open it takes no more: the rest of `input`
+    /// is tunnel data.
+    fn backend(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<usize, Halt<Self::Stop>>;
+
+    /// True once the tunnel is blind: the gate is dropped.
+    fn is_open(&self) -> bool;
+
+    /// Whether held client bytes may move now (reading it resets it).
+    fn take_changed(&mut self) -> bool;
+
+    /// Set when the connection must end now that everything before the stop has passed.
+    fn finished(&self) -> Option<Self::Stop>;
+
+    /// What to send the client before closing after `stop`, if anything.
+    fn answer(stop: Self::Stop) -> Option<Vec<u8>>;
+}
+
+/// Why a gate cannot take a backend's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Halt<S> {
+    /// End the connection now, answering the client as [`Gate::answer`] says.
+    Stop(S),
+    /// The backend sent what cannot be relayed: close both sides.
+    Broken(&'static str),
+}
 
 /// The client's side of a tunnel: rustls over the client's socket. Besides reading and
 /// writing, it takes plaintext without sending it yet, so what the backend sends in one go
@@ -64,11 +103,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Client for tokio_rustls::server::TlsStr
     }
 }
 
-/// Bytes moved, client→backend (`up`) and backend→client (`down`).
+/// Bytes moved, client→backend (`up`) and backend→client (`down`), and whether the gate
+/// opened (the connection became a blind tunnel: a WebSocket, for one).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Transfer {
     pub up: u64,
     pub down: u64,
+    pub opened: bool,
 }
 
 /// Which peer an I/O error came from.
@@ -107,9 +148,9 @@ impl Failure {
     }
 }
 
-/// How a tunnel ended.
+/// How a tunnel ended; `S` is the gate's reason for stopping.
 #[derive(Debug)]
-pub enum End {
+pub enum End<S> {
     /// Both directions finished with an orderly close.
     Closed,
     /// One direction ended and the other was then silent for `--close-timeout`.
@@ -118,27 +159,36 @@ pub enum End {
     IdleTimeout,
     /// A read or write failed; the tunnel was torn down.
     Failed(Failure),
-    /// The HTTP rules stopped the connection before a request (see `exchange`).
-    Stopped(Stop),
+    /// The gate ended the connection.
+    Stopped(S),
+}
+
+/// What was read from the client before the splice: `passed` goes to the backend as it is
+/// (the first request head, already admitted); `held` (what came after it) goes through the
+/// gate.
+#[derive(Debug, Default)]
+pub struct Preread {
+    pub passed: Vec<u8>,
+    pub held: Vec<u8>,
 }
 
 /// Copies until both directions end, a timeout fires, or an error tears the tunnel down.
-/// `initial` is what was read from the client along with the first head; `exchange`, when
-/// given, applies the HTTP rules until a WebSocket upgrade opens the tunnel. `timeouts` are
-/// (idle, close).
+/// `gate`, when given, says what may pass until it opens. `timeouts` are (idle, close).
 /// The counts are written to `transfer` as bytes move, so they are right even if the caller
 /// drops this future (e.g. when the shutdown grace runs out).
-pub async fn splice<C>(
+pub async fn splice<C, G>(
     client: &mut C,
     backend: &mut TcpStream,
-    initial: Vec<u8>,
-    exchange: Option<Box<Exchange>>,
+    preread: Preread,
+    gate: Option<Box<G>>,
     timeouts: (Option<Duration>, Option<Duration>),
     transfer: &mut Transfer,
-) -> End
+) -> End<G::Stop>
 where
     C: Client,
+    G: Gate,
 {
+    transfer.opened = gate.is_none();
     let mut state = Splice {
         client,
         backend,
@@ -153,9 +203,9 @@ where
         up_first: false,
         deferred: None,
         up_error: None,
-        initial: Pending::new(initial),
-        exchange,
-        up_out: Pending::default(),
+        initial: Pending::new(preread.held),
+        gate,
+        up_out: Pending::new(preread.passed),
         down_out: Pending::default(),
         down_burst: false,
         stopped: None,
@@ -171,7 +221,7 @@ enum Dir {
     Done,
 }
 
-struct Splice<'a, C> {
+struct Splice<'a, C, G: Gate> {
     client: &'a mut C,
     backend: &'a mut TcpStream,
     up: Dir,
@@ -183,17 +233,17 @@ struct Splice<'a, C> {
     close_timer: Option<Pin<Box<Sleep>>>,
     half_closed_at: Option<Instant>,
     up_first: bool,
-    /// Client bytes read along with the first head, not yet passed on.
+    /// Client bytes read before the splice that the gate has not seen yet.
     initial: Pending,
-    /// While the connection is still HTTP: the framing and routing rules.
-    exchange: Option<Box<Exchange>>,
-    /// Bytes the exchange approved, on their way to the backend / the client.
+    /// Until the tunnel is blind: what may pass.
+    gate: Option<Box<G>>,
+    /// Bytes the gate approved, on their way to the backend / the client.
     up_out: Pending,
     down_out: Pending,
     /// The last backend read filled the buffer: more is probably coming.
     down_burst: bool,
-    /// Set when the exchange stopped the connection.
-    stopped: Option<Stop>,
+    /// Set when the gate stopped the connection.
+    stopped: Option<G::Stop>,
     /// A write failure that ended one direction, reported once the other is done too.
     deferred: Option<Failure>,
     /// A client read error met while gathering, reported after the bytes before it are sent.
@@ -235,11 +285,12 @@ impl Pending {
     }
 }
 
-impl<C> Splice<'_, C>
+impl<C, G> Splice<'_, C, G>
 where
     C: Client,
+    G: Gate,
 {
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<End> {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<End<G::Stop>> {
         // Take turns going first, so a saturated direction cannot use up tokio's per-task
         // budget and starve the other.
         self.up_first = !self.up_first;
@@ -248,8 +299,8 @@ where
                 return Poll::Ready(end);
             }
         }
-        if let Some(exchange) = &mut self.exchange
-            && (exchange.take_changed() || exchange.finished().is_some())
+        if let Some(gate) = &mut self.gate
+            && (gate.take_changed() || gate.finished().is_some())
         {
             cx.waker().wake_by_ref();
         }
@@ -294,7 +345,7 @@ where
     /// delivering, e.g. a backend's early 413 while the client uploads); a failed client read
     /// means the client is gone and ends the tunnel (backend read failures are handled in
     /// `poll_down`, which still delivers what it read).
-    fn step(&mut self, up: bool, cx: &mut Context<'_>) -> Option<End> {
+    fn step(&mut self, up: bool, cx: &mut Context<'_>) -> Option<End<G::Stop>> {
         let state = if up { self.up } else { self.down };
         if state == Dir::Done {
             return None;
@@ -319,8 +370,8 @@ where
         None
     }
 
-    /// Client → backend: the bytes read with the first head, then straight out of the TLS
-    /// plaintext buffer; through the exchange while the connection is still HTTP.
+    /// Client → backend: the bytes read before the splice, then straight out of the TLS
+    /// plaintext buffer; through the gate until it opens.
     fn poll_up(&mut self, cx: &mut Context<'_>) -> Poll<Step> {
         loop {
             if self.up_out.pos < self.up_out.bytes.len() {
@@ -361,9 +412,9 @@ where
                 self.up = Dir::Closing;
                 continue;
             }
-            let n = match &mut self.exchange {
-                Some(exchange) => {
-                    let taken = exchange.from_client(chunk, &mut self.up_out.bytes);
+            let n = match &mut self.gate {
+                Some(gate) => {
+                    let taken = gate.client(chunk, &mut self.up_out.bytes);
                     if taken == 0 && self.up_out.bytes.is_empty() {
                         // Held until the backend answers; its side wakes this task.
                         return Poll::Pending;
@@ -438,7 +489,7 @@ where
 
     /// Backend → client: read into the stack and queued in rustls, which writes it when the
     /// backend goes quiet, closes or fills the buffer; only what rustls cannot take yet is
-    /// kept on the heap. Through the exchange while the connection is still HTTP.
+    /// kept on the heap. Through the gate until it opens.
     fn poll_down(&mut self, cx: &mut Context<'_>) -> Poll<Step> {
         loop {
             if self.down_out.pos < self.down_out.bytes.len() {
@@ -471,7 +522,7 @@ where
                 self.down = Dir::Closing;
                 continue;
             }
-            if let Some(stop) = self.exchange.as_ref().and_then(|e| e.finished()) {
+            if let Some(stop) = self.gate.as_ref().and_then(|g| g.finished()) {
                 self.stop(stop, cx);
                 continue;
             }
@@ -496,23 +547,24 @@ where
                 self.down = Dir::Closing;
                 continue;
             }
-            if let Some(exchange) = &mut self.exchange {
-                match exchange.from_backend(data, &mut self.down_out.bytes) {
+            if let Some(gate) = &mut self.gate {
+                match gate.backend(data, &mut self.down_out.bytes) {
                     Ok(n) => {
-                        if exchange.take_changed() {
+                        if gate.take_changed() {
                             cx.waker().wake_by_ref();
                         }
-                        if exchange.upgraded() {
-                            // The tunnel is open: no more parsing, and no more exchange
-                            // state. What followed the 101 is tunnel data.
-                            self.exchange = None;
+                        if gate.is_open() {
+                            // The tunnel is open: no more gate, no more of its state. What
+                            // followed the opening is tunnel data.
+                            self.gate = None;
+                            self.transfer.opened = true;
                             self.down_out.bytes.extend_from_slice(&data[n..]);
                         } else {
-                            debug_assert_eq!(n, data.len(), "the exchange takes all until a 101");
+                            debug_assert_eq!(n, data.len(), "the gate takes all until it opens");
                         }
                     }
-                    Err(Reject::BadUpgrade) => self.stop(Stop::Refused(Status::BadGateway), cx),
-                    Err(Reject::Broken(why)) => {
+                    Err(Halt::Stop(stop)) => self.stop(stop, cx),
+                    Err(Halt::Broken(why)) => {
                         let e = io::Error::new(io::ErrorKind::InvalidData, why);
                         self.backend_gone(e);
                     }
@@ -539,13 +591,13 @@ where
             .map_err(fail(Side::Client, Op::Write))
     }
 
-    /// Ends the tunnel at an exchange stop: answer with the status if there is one, close the
-    /// client side after it, and stop sending to the backend.
-    fn stop(&mut self, stop: Stop, cx: &mut Context<'_>) {
-        self.exchange = None;
+    /// Ends the tunnel at a gate's stop: send its answer if there is one, close the client
+    /// side after it, and stop sending to the backend.
+    fn stop(&mut self, stop: G::Stop, cx: &mut Context<'_>) {
+        self.gate = None;
         self.stopped = Some(stop);
-        if let Stop::Refused(status) = stop {
-            self.down_out = Pending::new(status.response().into_bytes());
+        if let Some(answer) = G::answer(stop) {
+            self.down_out = Pending::new(answer);
         }
         if self.up != Dir::Done {
             self.up = Dir::Closing;

@@ -3,13 +3,11 @@
 
 use std::sync::Arc;
 
-use clap::Parser;
 use proptest::prelude::*;
-use wssbridge::cli::Args;
-use wssbridge::exchange::Exchange;
-use wssbridge::framing::Body;
-use wssbridge::head;
+use wssbridge::http::framing::Body;
+use wssbridge::http::{Exchange, head};
 use wssbridge::route::{RouteTable, match_path};
+use wssbridge::{Config, Settings};
 
 fn token() -> impl Strategy<Value = String> {
     "[a-zA-Z0-9._~-]{1,8}"
@@ -108,12 +106,11 @@ proptest! {
         bodies in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..60), 1..5),
         cuts in prop::collection::vec(any::<usize>(), 0..16),
     ) {
-        let config = Arc::new(
-            Args::try_parse_from(["wssbridge", "--route", "/=127.0.0.1:1", "--route", "/api/=127.0.0.1:2"])
-                .unwrap()
-                .into_config()
-                .unwrap(),
-        );
+        let settings = Settings {
+            routes: vec!["/=127.0.0.1:1".parse().unwrap(), "/api/=127.0.0.1:2".parse().unwrap()],
+            ..Settings::default()
+        };
+        let config = Arc::new(Config::build(&settings).unwrap());
         let mut stream = Vec::new();
         for (i, body) in bodies.iter().enumerate() {
             if i % 2 == 0 {

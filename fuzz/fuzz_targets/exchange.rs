@@ -5,18 +5,20 @@
 
 use std::sync::{Arc, OnceLock};
 
-use clap::Parser;
 use libfuzzer_sys::fuzz_target;
-use wssbridge::Config;
-use wssbridge::cli::Args;
-use wssbridge::exchange::Exchange;
+use wssbridge::http::Exchange;
+use wssbridge::{Config, Settings};
 
 fn config() -> Arc<Config> {
     static CONFIG: OnceLock<Arc<Config>> = OnceLock::new();
     CONFIG
         .get_or_init(|| {
-            let args = Args::try_parse_from(["wssbridge", "--route", "/=127.0.0.1:1", "--route", "/api/=127.0.0.1:2", "--max-header-bytes", "1KiB"]).unwrap();
-            Arc::new(args.into_config().unwrap())
+            let settings = Settings {
+                routes: vec!["/=127.0.0.1:1".parse().unwrap(), "/api/=127.0.0.1:2".parse().unwrap()],
+                max_header_bytes: 1024,
+                ..Settings::default()
+            };
+            Arc::new(Config::build(&settings).unwrap())
         })
         .clone()
 }

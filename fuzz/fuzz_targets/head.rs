@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use wssbridge::head;
+use wssbridge::http::head;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(Some(h)) = head::parse(data) {

@@ -1,5 +1,6 @@
 //! The HTTP phase of a connection: from the first request head until it becomes a blind
-//! tunnel (after a `101` to a WebSocket upgrade) or ends. Pure: bytes in, verdicts out.
+//! tunnel (after a `101` to a WebSocket upgrade) or ends. Pure: bytes in, verdicts out; the
+//! splice asks it, as its [`Gate`], what may pass.
 //!
 //! Why it exists: a tunnel that forwards bytes blindly after the first head is the shape of
 //! real request-smuggling bugs (RFC 9931). While the connection is still HTTP, wssbridge
@@ -8,11 +9,9 @@
 //!   backend's response head has been parsed; only a `101` whose `Upgrade` names the
 //!   requested protocol opens the tunnel. Any other answer is relayed and the connection
 //!   stays HTTP; a `101` that does not fit is answered 502 and the connection closed;
-//! - every later request on a keep-alive connection is parsed as strictly as the first, and
-//!   one whose host and path route elsewhere is never forwarded to this backend: the
-//!   connection is closed once the responses to the requests before it are complete, so the
-//!   client (a browser retries such a request) sends it again on a fresh connection, which
-//!   is routed on its own.
+//! - every later request on a keep-alive connection is parsed as strictly as the first and
+//!   goes through the same [`admit`]: one whose host and path route elsewhere is never
+//!   forwarded to this backend (see `admit`).
 //!
 //! Once the tunnel is open the exchange is dropped: no parsing, no extra memory.
 
@@ -20,9 +19,12 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::framing::Body;
-use crate::head::{self, BodyLength, Head, HeadError};
 use crate::respond::Status;
+use crate::splice::{Gate, Halt};
+
+use super::admit::{Refusal, Upgrade, admit};
+use super::framing::Body;
+use super::head::{self, Fed, Head};
 
 /// A response head larger than this from a backend is treated as a broken backend.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
@@ -79,45 +81,8 @@ struct Pending {
     upgrade: Option<Upgrade>,
 }
 
-/// What an upgrade request asked for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Upgrade {
-    /// The protocol name, lower-case, without version (`websocket`).
-    pub protocol: String,
-    pub websocket_key: Option<String>,
-}
-
-/// Classifies a request's `Upgrade` (RFC 9110 §7.8). `Ok(None)`: not an upgrade request. Only
-/// `websocket` and the protocols given with `--allow-upgrade` may be asked for, and only by a
-/// GET; an `Upgrade` header without `Connection: upgrade` is inert (and a `101` to it is
-/// refused).
-pub fn check_upgrade(head: &Head, allowed: &[String]) -> Result<Option<Upgrade>, HeadError> {
-    let Some(value) = &head.upgrade else {
-        return Ok(None);
-    };
-    if head.method != "GET" {
-        return Err(HeadError::Malformed("Upgrade on a request other than GET"));
-    }
-    let mut first = None;
-    for token in value.split(',').map(str::trim).filter(|t| !t.is_empty()) {
-        let protocol = token.split('/').next().unwrap_or(token);
-        if protocol != "websocket" && !allowed.iter().any(|a| a == protocol) {
-            return Err(HeadError::Malformed(
-                "upgrade to a protocol that is not allowed",
-            ));
-        }
-        first.get_or_insert(protocol);
-    }
-    match (first, head.connection_upgrade) {
-        (Some(protocol), true) => Ok(Some(Upgrade {
-            protocol: protocol.to_string(),
-            websocket_key: head.websocket_key.clone(),
-        })),
-        _ => Ok(None),
-    }
-}
-
 impl Exchange {
+    /// An exchange on a connection bound to `route` whose requests are all still to come.
     pub fn new(config: Arc<Config>, route: usize, sni: Option<String>) -> Self {
         Exchange {
             config,
@@ -132,6 +97,21 @@ impl Exchange {
             upgraded: false,
             changed: false,
         }
+    }
+
+    /// The exchange after the connection's first request, which [`admit`] let through with
+    /// `upgrade`, and whose head bytes go to the backend as they are: the first head is
+    /// parsed once.
+    pub fn after_first(
+        config: Arc<Config>,
+        route: usize,
+        sni: Option<String>,
+        first: &Head,
+        upgrade: Option<Upgrade>,
+    ) -> Self {
+        let mut exchange = Exchange::new(config, route, sni);
+        exchange.forwarded(first, upgrade);
+        exchange
     }
 
     /// True once a `101` opened the tunnel: from here on the bytes are not looked at.
@@ -177,9 +157,8 @@ impl Exchange {
         taken
     }
 
-    /// Accumulates a request head; when it is complete, decides whether it may go on.
+    /// Gathers a request head; when it is complete, decides whether it may go on.
     fn take_head(&mut self, rest: &[u8], out: &mut Vec<u8>) -> usize {
-        let max = self.config.limits.max_header_bytes;
         if self.up_head.is_empty() {
             // Blank lines between requests are allowed (RFC 9112 §2.2) and passed on.
             let blank = rest
@@ -191,45 +170,33 @@ impl Exchange {
                 return blank;
             }
         }
-        let before = self.up_head.len();
-        let take = rest.len().min(max - before);
-        self.up_head.extend_from_slice(&rest[..take]);
-        match head::parse(&self.up_head) {
-            Ok(None) if self.up_head.len() >= max => {
-                self.halt(Stop::Refused(Status::HeadersTooLarge));
-                take
-            }
-            Ok(None) => take,
-            Err(e) => {
-                self.halt(Stop::Refused(crate::conn::status_for(e)));
-                take
-            }
-            Ok(Some(head)) => {
-                let used = head.len - before;
-                self.up_head.truncate(head.len);
-                self.admit(head, out);
-                used
+        let max = self.config.limits.max_header_bytes;
+        let (taken, fed) = head::gather(&mut self.up_head, rest, max, head::parse);
+        match fed {
+            Fed::More => {}
+            Fed::TooLarge => self.halt(Stop::Refused(Status::HeadersTooLarge)),
+            Fed::Invalid(e) => self.halt(Stop::Refused(e.status())),
+            Fed::Head(head) => {
+                match admit(&self.config, &head, self.sni.as_deref(), Some(self.route)) {
+                    Ok(admitted) => {
+                        out.append(&mut self.up_head);
+                        self.up_head = Vec::new();
+                        self.forwarded(&head, admitted.upgrade);
+                    }
+                    Err(Refusal::Status(status)) => self.halt(Stop::Refused(status)),
+                    Err(Refusal::Confined) => self.halt(Stop::Confined),
+                }
             }
         }
+        taken
     }
 
-    /// A complete request head: forward it, or stop before it.
-    fn admit(&mut self, head: Head, out: &mut Vec<u8>) {
-        let upgrade = match check_upgrade(&head, &self.config.security.allowed_upgrades) {
-            Ok(u) => u,
-            Err(_) => return self.halt(Stop::Refused(Status::BadRequest)),
-        };
-        let host = head.host.as_deref().or(self.sni.as_deref());
-        if self.config.routes.find_index(host, &head.target) != Some(self.route) {
-            return self.halt(Stop::Confined);
-        }
-        out.append(&mut self.up_head);
-        self.up_head = Vec::new();
-        self.up = match (&upgrade, head.body) {
+    /// A request head went to the backend: follow its body, and expect its response.
+    fn forwarded(&mut self, head: &Head, upgrade: Option<Upgrade>) {
+        self.up = match (&upgrade, &head.body) {
             (Some(_), _) => Up::AwaitResponse,
-            (None, BodyLength::Length(n)) => Up::Body(Body::Length(n)),
-            (None, BodyLength::Chunked) => Up::Body(Body::chunked()),
-            (None, _) => Up::Head,
+            (None, Body::Done) => Up::Head,
+            (None, body) => Up::Body(body.clone()),
         };
         self.pending.push_back(Pending {
             head_method: head.method == "HEAD",
@@ -268,19 +235,18 @@ impl Exchange {
     }
 
     fn take_response_head(&mut self, rest: &[u8], out: &mut Vec<u8>) -> Result<usize, Reject> {
-        let before = self.down_head.len();
-        let take = rest.len().min(MAX_RESPONSE_HEAD - before);
-        self.down_head.extend_from_slice(&rest[..take]);
-        let response = match head::parse_response(&self.down_head) {
-            Ok(Some(r)) => r,
-            Ok(None) if self.down_head.len() >= MAX_RESPONSE_HEAD => {
-                return Err(Reject::Broken("response head too large"));
-            }
-            Ok(None) => return Ok(take),
-            Err(why) => return Err(Reject::Broken(why)),
+        let (used, fed) = head::gather(
+            &mut self.down_head,
+            rest,
+            MAX_RESPONSE_HEAD,
+            head::parse_response,
+        );
+        let response = match fed {
+            Fed::Head(r) => r,
+            Fed::More => return Ok(used),
+            Fed::TooLarge => return Err(Reject::Broken("response head too large")),
+            Fed::Invalid(why) => return Err(Reject::Broken(why)),
         };
-        let used = response.len - before;
-        self.down_head.truncate(response.len);
         let Some(request) = self.pending.front() else {
             return Err(Reject::Broken("a response to no request"));
         };
@@ -311,12 +277,7 @@ impl Exchange {
             100..=199 => Body::Done,
             204 | 304 => Body::Done,
             _ if request.head_method => Body::Done,
-            _ => match response.body {
-                BodyLength::Length(0) | BodyLength::None => Body::Done,
-                BodyLength::Length(n) => Body::Length(n),
-                BodyLength::Chunked => Body::chunked(),
-                BodyLength::UntilClose => Body::UntilClose,
-            },
+            _ => response.body,
         };
         out.append(&mut self.down_head);
         self.down_head = Vec::new();
@@ -343,6 +304,42 @@ impl Exchange {
     }
 }
 
+/// The splice's view of the exchange: client bytes held or passed, backend bytes relayed
+/// until a `101` opens the tunnel, and the answer to send when the exchange stops.
+impl Gate for Exchange {
+    type Stop = Stop;
+
+    fn client(&mut self, input: &[u8], out: &mut Vec<u8>) -> usize {
+        self.from_client(input, out)
+    }
+
+    fn backend(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<usize, Halt<Stop>> {
+        self.from_backend(input, out).map_err(|r| match r {
+            Reject::BadUpgrade => Halt::Stop(Stop::Refused(Status::BadGateway)),
+            Reject::Broken(why) => Halt::Broken(why),
+        })
+    }
+
+    fn is_open(&self) -> bool {
+        self.upgraded
+    }
+
+    fn take_changed(&mut self) -> bool {
+        Exchange::take_changed(self)
+    }
+
+    fn finished(&self) -> Option<Stop> {
+        Exchange::finished(self)
+    }
+
+    fn answer(stop: Stop) -> Option<Vec<u8>> {
+        match stop {
+            Stop::Refused(status) => Some(status.response().into_bytes()),
+            Stop::Confined => None,
+        }
+    }
+}
+
 /// RFC 6455 §4.2.2: `Sec-WebSocket-Accept` is base64(SHA-1(key + GUID)).
 fn accept_matches(key: Option<&str>, accept: Option<&str>) -> bool {
     use base64::Engine;
@@ -358,4 +355,5 @@ fn accept_matches(key: Option<&str>, accept: Option<&str>) -> bool {
 }
 
 #[cfg(test)]
+#[path = "exchange_tests.rs"]
 mod tests;

@@ -1,8 +1,7 @@
 //! The exchange on captured-style byte sequences, whole and byte by byte.
 
 use super::*;
-use crate::cli::Args;
-use clap::Parser;
+use crate::config::Settings;
 
 const UPGRADE: &[u8] =
     b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -12,15 +11,20 @@ const SWITCH: &[u8] =
     Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
 
 fn exchange(extra: &[&str]) -> Exchange {
-    let mut argv = vec![
-        "wssbridge",
-        "--route",
-        "/=127.0.0.1:1",
-        "--route",
-        "/api/=127.0.0.1:2",
-    ];
-    argv.extend_from_slice(extra);
-    let config = Arc::new(Args::try_parse_from(argv).unwrap().into_config().unwrap());
+    let mut settings = Settings {
+        routes: vec![
+            "/=127.0.0.1:1".parse().unwrap(),
+            "/api/=127.0.0.1:2".parse().unwrap(),
+        ],
+        ..Settings::default()
+    };
+    for flag in extra {
+        match *flag {
+            "--check-websocket-accept" => settings.security.check_websocket_accept = true,
+            other => panic!("no setting for {other}"),
+        }
+    }
+    let config = Arc::new(Config::build(&settings).unwrap());
     let index = config.routes.find_index(Some("a"), "/").unwrap();
     Exchange::new(config, index, None)
 }
@@ -135,17 +139,21 @@ fn keep_alive_requests_stay_on_their_route() {
 
 #[test]
 fn h2c_and_upgrades_on_other_methods_are_refused() {
-    let head = |raw: &[u8]| crate::head::parse(raw).unwrap().unwrap();
+    let head = |raw: &[u8]| crate::http::head::parse(raw).unwrap().unwrap();
     let h2c = head(
         b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\n\r\n",
     );
-    assert!(check_upgrade(&h2c, &[]).is_err());
-    assert!(check_upgrade(&h2c, &["h2c".to_string()]).unwrap().is_some());
+    assert!(crate::http::admit::check_upgrade(&h2c, &[]).is_err());
+    assert!(
+        crate::http::admit::check_upgrade(&h2c, &["h2c".to_string()])
+            .unwrap()
+            .is_some()
+    );
     let post =
         head(b"POST / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n");
-    assert!(check_upgrade(&post, &[]).is_err());
+    assert!(crate::http::admit::check_upgrade(&post, &[]).is_err());
     let inert = head(b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n");
-    assert_eq!(check_upgrade(&inert, &[]), Ok(None));
+    assert_eq!(crate::http::admit::check_upgrade(&inert, &[]), Ok(None));
     // Later on the connection too.
     let mut ex = exchange(&[]);
     let (_, out) = client(

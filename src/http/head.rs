@@ -1,13 +1,19 @@
-//! The `head` stage: read and parse the first HTTP/1.1 request head, and nothing more.
+//! HTTP/1.1 request and response heads: parsing, and gathering their bytes.
 //!
-//! [`parse`] is pure (bytes in, a [`Head`] or "incomplete" out) so it can be tested on every
-//! prefix of real requests; [`read`] is the thin async loop around it. Every byte read is kept
-//! in the caller's buffer: whatever arrived after the head (a body, the first WebSocket frame)
+//! [`parse`] and [`parse_response`] are pure (bytes in, a head or "incomplete" out) so they
+//! can be tested on every prefix of real messages. [`HeadBuf`] is the one place that gathers a
+//! head's bytes up to a size bound, for the first request ([`read`], the thin async loop), for
+//! every later request and for every response (the exchange). Every byte read is kept in the
+//! caller's buffer: whatever arrived after the first head (a body, the first WebSocket frame)
 //! is forwarded to the backend before the splice starts.
 
 use std::fmt;
 
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
+
+use crate::respond::Status;
+
+use super::framing::Body;
 
 /// httparse needs a fixed header array; 100 is what nginx and HAProxy accept by default and
 /// far above what browsers send (~20).
@@ -28,20 +34,10 @@ pub struct Head {
     pub connection_upgrade: bool,
     /// `Sec-WebSocket-Key`, to check the backend's `Sec-WebSocket-Accept` against.
     pub websocket_key: Option<String>,
-    /// How the request body is framed.
-    pub body: BodyLength,
+    /// How the request body is framed (never `UntilClose`: RFC 9112 §6.3).
+    pub body: Body,
     /// Length of the head in bytes, including the blank line.
     pub len: usize,
-}
-
-/// A message body's framing as its headers declare it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BodyLength {
-    None,
-    Length(u64),
-    Chunked,
-    /// Responses only: until the backend closes.
-    UntilClose,
 }
 
 /// Why a head was refused; each maps to one HTTP status.
@@ -64,6 +60,18 @@ impl fmt::Display for HeadError {
             HeadError::Method => f.write_str("CONNECT is not supported"),
             HeadError::TooLarge => f.write_str("request head too large"),
             HeadError::Version => f.write_str("HTTP version not supported"),
+        }
+    }
+}
+
+impl HeadError {
+    /// The status that answers a refused head.
+    pub fn status(self) -> Status {
+        match self {
+            HeadError::Malformed(_) => Status::BadRequest,
+            HeadError::Method => Status::MethodNotAllowed,
+            HeadError::TooLarge => Status::HeadersTooLarge,
+            HeadError::Version => Status::VersionNotSupported,
         }
     }
 }
@@ -101,12 +109,12 @@ pub fn parse(buf: &[u8]) -> Result<Option<Head>, HeadError> {
                 "both Transfer-Encoding and Content-Length",
             ));
         }
-        (Some(te), None) if te.eq_ignore_ascii_case("chunked") => BodyLength::Chunked,
+        (Some(te), None) if te.eq_ignore_ascii_case("chunked") => Body::chunked(),
         (Some(_), None) => {
             return Err(HeadError::Malformed("Transfer-Encoding other than chunked"));
         }
-        (None, Some(0)) | (None, None) => BodyLength::None,
-        (None, Some(n)) => BodyLength::Length(n),
+        (None, Some(0)) | (None, None) => Body::Done,
+        (None, Some(n)) => Body::Length(n),
     };
     let mut host = match fields.hosts {
         0 if req.version == Some(1) => return Err(HeadError::Malformed("no Host header")),
@@ -142,7 +150,7 @@ pub struct ResponseHead {
     pub connection_upgrade: bool,
     pub websocket_accept: Option<String>,
     /// Framing as the headers declare it; the request method and status refine it.
-    pub body: BodyLength,
+    pub body: Body,
     pub len: usize,
 }
 
@@ -158,12 +166,11 @@ pub fn parse_response(buf: &[u8]) -> Result<Option<ResponseHead>, &'static str> 
     let status = res.code.unwrap_or_default();
     let fields = Fields::read(res.headers)?;
     let body = match (fields.transfer_encoding, fields.content_length) {
-        (Some(te), _) if te.to_ascii_lowercase().trim_end().ends_with("chunked") => {
-            BodyLength::Chunked
-        }
-        (Some(_), _) => BodyLength::UntilClose,
-        (None, Some(n)) => BodyLength::Length(n),
-        (None, None) => BodyLength::UntilClose,
+        (Some(te), _) if te.to_ascii_lowercase().trim_end().ends_with("chunked") => Body::chunked(),
+        (Some(_), _) => Body::UntilClose,
+        (None, Some(0)) => Body::Done,
+        (None, Some(n)) => Body::Length(n),
+        (None, None) => Body::UntilClose,
     };
     Ok(Some(ResponseHead {
         status,
@@ -242,7 +249,67 @@ fn has_bare_lf(head: &[u8]) -> bool {
         .any(|(i, &b)| b == b'\n' && (i == 0 || head[i - 1] != b'\r'))
 }
 
-/// Reads from `stream` into `buf` until a complete head is there, at most `max` bytes.
+/// A parsed head knows how many bytes it took.
+pub trait Parsed {
+    fn head_len(&self) -> usize;
+}
+
+impl Parsed for Head {
+    fn head_len(&self) -> usize {
+        self.len
+    }
+}
+
+impl Parsed for ResponseHead {
+    fn head_len(&self) -> usize {
+        self.len
+    }
+}
+
+/// What one [`gather`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Fed<T, E> {
+    /// Not complete yet: give more bytes.
+    More,
+    /// Complete: `buf` holds exactly the head's bytes.
+    Head(T),
+    /// `max` bytes held and still no end.
+    TooLarge,
+    Invalid(E),
+}
+
+/// Gathers one head's bytes in `buf`: takes bytes of `input` until the head is complete or
+/// `max` bytes are held, and returns how many it took and what it found. Bytes after a
+/// complete head are not taken, and a peer can make `buf` hold no more than `max` however
+/// it cuts its bytes. A piece without a newline cannot complete a head, so trickled bytes
+/// are not re-parsed. The one gathering loop for first requests, later ones and responses.
+pub fn gather<T: Parsed, E>(
+    buf: &mut Vec<u8>,
+    input: &[u8],
+    max: usize,
+    parse: impl Fn(&[u8]) -> Result<Option<T>, E>,
+) -> (usize, Fed<T, E>) {
+    let before = buf.len();
+    let take = input.len().min(max.saturating_sub(before));
+    buf.extend_from_slice(&input[..take]);
+    let parsed = match input[..take].contains(&b'\n') {
+        true => parse(buf),
+        false => Ok(None),
+    };
+    match parsed {
+        Ok(Some(head)) => {
+            buf.truncate(head.head_len());
+            (head.head_len() - before, Fed::Head(head))
+        }
+        Ok(None) if buf.len() >= max => (take, Fed::TooLarge),
+        Ok(None) => (take, Fed::More),
+        Err(e) => (take, Fed::Invalid(e)),
+    }
+}
+
+/// Reads from `stream` into `buf` until a complete request head is there, at most `max`
+/// bytes; what came after the head in the same read (a body, a WebSocket frame) is kept in
+/// `buf` behind it, within the same bound.
 ///
 /// Reads through the stream's own buffer and copies no more than `max` bytes, so a peer can
 /// make this hold at most `max` bytes. `Ok(None)`: the peer closed before sending anything.
@@ -278,16 +345,17 @@ where
                 continue;
             }
         }
-        let take = chunk.len().min(max - buf.len());
-        let has_newline = chunk[..take].contains(&b'\n');
-        buf.extend_from_slice(&chunk[..take]);
-        stream.consume(take);
-        // A head ends with a newline: skip re-parsing bytes trickled in without one.
-        if has_newline && let Some(head) = parse(buf).map_err(ReadError::Head)? {
-            return Ok(Some(head));
-        }
-        if buf.len() >= max {
-            return Err(ReadError::Head(HeadError::TooLarge));
+        let (taken, fed) = gather(buf, chunk, max, parse);
+        match fed {
+            Fed::More => stream.consume(taken),
+            Fed::Head(head) => {
+                let rest = (chunk.len() - taken).min(max - head.len);
+                buf.extend_from_slice(&chunk[taken..taken + rest]);
+                stream.consume(taken + rest);
+                return Ok(Some(head));
+            }
+            Fed::TooLarge => return Err(ReadError::Head(HeadError::TooLarge)),
+            Fed::Invalid(e) => return Err(ReadError::Head(e)),
         }
     }
 }
@@ -366,7 +434,7 @@ mod tests {
         let head = parse(&buf).unwrap().unwrap();
         assert_eq!(&buf[head.len..], b"abc");
         buf.truncate(head.len);
-        assert_eq!(head.body, BodyLength::Length(3));
+        assert_eq!(head.body, Body::Length(3));
         assert_eq!(head.upgrade, None);
     }
 
@@ -412,7 +480,7 @@ mod tests {
         }
         let same_twice =
             parse(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n");
-        assert_eq!(same_twice.unwrap().unwrap().body, BodyLength::Length(3));
+        assert_eq!(same_twice.unwrap().unwrap().body, Body::Length(3));
         let http10 = parse(b"GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
         assert_eq!(http10.host, None);
         assert_eq!(
@@ -446,9 +514,9 @@ mod tests {
             (101, Some("websocket"), true)
         );
         let chunked = parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
-        assert_eq!(chunked.unwrap().unwrap().body, BodyLength::Chunked);
+        assert_eq!(chunked.unwrap().unwrap().body, Body::chunked());
         let close = parse_response(b"HTTP/1.0 200 OK\r\n\r\n").unwrap().unwrap();
-        assert_eq!(close.body, BodyLength::UntilClose);
+        assert_eq!(close.body, Body::UntilClose);
     }
 
     #[test]

@@ -1,91 +1,139 @@
-//! The `tls` stage: the rustls server configuration and the handshake under a deadline.
+//! The `tls` stage: the rustls server, its certificates, and the handshake under a deadline.
 //!
 //! TLS 1.2 and 1.3 with rustls's default (aws-lc-rs) cipher suites; ALPN offers `http/1.1`
 //! only, because a browser that negotiates h2 cannot send a WebSocket upgrade over it.
 //! Session resumption is on, by stateful cache and by tickets.
+//!
+//! One rustls `ServerConfig` lives as long as the process: its ticket keys and session cache
+//! survive every reload. The certificates are chosen per handshake from the current
+//! [`CertStore`], which a reload swaps ([`Tls::set_certs`]).
+//!
+//! Under rustls sit two adapters of the client's socket: [`readahead`] (large reads while a
+//! client sends in bulk) and [`coalesce`] (the handshake's last writes leave with the first
+//! answer).
 
-use std::path::Path;
+pub mod certs;
+pub mod coalesce;
+pub mod readahead;
+
+use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::{Context, bail};
+use arc_swap::ArcSwap;
 use rustls::ServerConfig;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+
+pub use certs::{CertPaths, CertStore};
+use coalesce::Coalesce;
+use readahead::ReadAhead;
+
+/// The client's side once TLS is up: rustls over a socket read in bulk-sized pieces, whose
+/// handshake's last writes wait for the first answer.
+pub type Client = TlsStream<Coalesce<ReadAhead<TcpStream>>>;
 
 /// Sessions remembered for stateful resumption; each is a few hundred bytes.
 const SESSION_CACHE: usize = 4096;
 
-/// Builds the server configuration from a PEM chain and key, checking that they belong together.
-pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<ServerConfig>> {
-    let chain = read_chain(cert)?;
-    let key_der = read_key(key)?;
-    build(chain, key_der).with_context(|| {
-        format!(
-            "--key {} does not belong to --cert {} (or is not a usable key)",
-            key.display(),
-            cert.display()
-        )
-    })
+/// The TLS server of the process.
+pub struct Tls {
+    acceptor: TlsAcceptor,
+    resolver: Arc<Resolver>,
 }
 
-/// A self-signed certificate for `localhost`, made at start for development; its fingerprint
-/// is logged so a user can check what the browser shows.
-pub fn ephemeral_server_config() -> anyhow::Result<Arc<ServerConfig>> {
-    let names = vec![
-        "localhost".to_string(),
-        "127.0.0.1".to_string(),
-        "::1".to_string(),
-    ];
-    let certified = rcgen::generate_simple_self_signed(names)?;
-    let der = certified.cert.der().clone();
-    let fingerprint = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &der);
-    let hex: Vec<String> = fingerprint
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02X}"))
-        .collect();
-    tracing::warn!(
-        sha256 = %hex.join(":"),
-        "no --cert/--key given: serving an ephemeral self-signed certificate for localhost; \
-         browsers will warn. Use it for development only"
-    );
-    let key = PrivateKeyDer::try_from(certified.signing_key.serialize_der())
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    build(vec![der], key)
-}
-
-fn build(
-    chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
-) -> anyhow::Result<Arc<ServerConfig>> {
-    let mut config = ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    config.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE);
-    config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
-    Ok(Arc::new(config))
-}
-
-fn read_chain(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
-    let shown = path.display();
-    let pem = std::fs::read(path).with_context(|| format!("--cert {shown}: cannot read"))?;
-    let chain = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("--cert {shown}: bad PEM"))?;
-    if chain.is_empty() {
-        bail!("--cert {shown}: no CERTIFICATE in the file");
+impl Tls {
+    pub fn new(certs: Arc<CertStore>) -> anyhow::Result<Tls> {
+        let resolver = Arc::new(Resolver {
+            store: ArcSwap::new(certs),
+        });
+        let mut config = ServerConfig::builder_with_provider(Arc::new(certs::provider()))
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_cert_resolver(resolver.clone());
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE);
+        config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
+        Ok(Tls {
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+            resolver,
+        })
     }
-    Ok(chain)
+
+    /// Serves `certs` to every handshake from now on; handshakes in progress and live
+    /// connections are not touched.
+    pub fn set_certs(&self, certs: Arc<CertStore>) {
+        self.resolver.store.store(certs);
+    }
+
+    /// Completes the handshake on `stream`, taking one of `slots` first, all before
+    /// `deadline` (`started` is when the connection was accepted, for the error).
+    pub async fn handshake(
+        &self,
+        stream: TcpStream,
+        slots: &Semaphore,
+        deadline: Option<Instant>,
+        started: Instant,
+    ) -> Result<Client, HandshakeError> {
+        let handshake = async {
+            let _slot = slots.acquire().await;
+            let io = Coalesce::new(ReadAhead::new(stream));
+            match self.acceptor.accept(io).into_fallible().await {
+                Ok(client) => Ok(client),
+                Err((e, io)) => {
+                    // The alert that says why.
+                    io.release().await;
+                    Err(HandshakeError::Failed(e))
+                }
+            }
+        };
+        let mut client = match deadline {
+            Some(d) => tokio::time::timeout_at(d, handshake)
+                .await
+                .map_err(|_| HandshakeError::TimedOut(d.saturating_duration_since(started)))??,
+            None => handshake.await?,
+        };
+        // TLS 1.3 tickets wait for the answer when the request came with the client's
+        // Finished (see `coalesce`).
+        let (io, tls) = client.get_mut();
+        let request_in_hand = tls.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3)
+            && tls
+                .process_new_packets()
+                .is_ok_and(|state| state.plaintext_bytes_to_read() > 0);
+        io.handshake_done(request_in_hand);
+        Ok(client)
+    }
 }
 
-fn read_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
-    let shown = path.display();
-    let pem = std::fs::read(path).with_context(|| format!("--key {shown}: cannot read"))?;
-    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| match e {
-        rustls::pki_types::pem::Error::NoItemsFound => anyhow::anyhow!(
-            "--key {shown}: no private key in the file (expected PKCS#8, PKCS#1 or SEC1 PEM)"
-        ),
-        e => anyhow::anyhow!("--key {shown}: bad PEM: {e}"),
-    })
+/// Why a handshake did not complete.
+#[derive(Debug)]
+pub enum HandshakeError {
+    TimedOut(Duration),
+    Failed(std::io::Error),
+}
+
+impl fmt::Display for HandshakeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HandshakeError::TimedOut(after) => write!(f, "handshake timed out after {after:?}"),
+            HandshakeError::Failed(e) => write!(f, "handshake failed: {e}"),
+        }
+    }
+}
+
+/// Chooses each handshake's certificate from the current store.
+#[derive(Debug)]
+struct Resolver {
+    store: ArcSwap<CertStore>,
+}
+
+impl ResolvesServerCert for Resolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.store.load().choose(hello.server_name())
+    }
 }

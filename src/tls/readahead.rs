@@ -43,10 +43,6 @@ impl<T> ReadAhead<T> {
         }
     }
 
-    pub fn get_ref(&self) -> &T {
-        &self.inner
-    }
-
     /// Whether a read-ahead buffer is held (for tests of the idle-memory promise).
     #[cfg(test)]
     fn holds_buffer(&self) -> bool {

@@ -18,8 +18,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
-use wssbridge::Server;
 use wssbridge::cli::Args;
+use wssbridge::{Config, Server};
 
 /// Bound on any single wait in a test, so a broken tunnel fails a test instead of hanging it.
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -94,6 +94,66 @@ pub async fn tls_connect(addr: SocketAddr) -> TlsStream<TcpStream> {
         .expect("TLS connect")
 }
 
+/// What wssbridge logged in this test process (text format, debug and above), captured from
+/// the first call on. Lines of other tests running in the same process may be mixed in:
+/// pick yours by something unique, such as the client's port.
+pub fn logs() -> Logs {
+    static CAPTURED: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    let captured = CAPTURED.get_or_init(|| {
+        let captured = Arc::new(Mutex::new(Vec::new()));
+        let sink = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("wssbridge=debug"))
+            .with_ansi(false)
+            .with_writer(move || LogWriter(sink.clone()))
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("one log capture");
+        captured
+    });
+    Logs(captured.clone())
+}
+
+pub struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl Logs {
+    /// The lines logged so far that contain every one of `needles`.
+    pub fn lines_with(&self, needles: &[&str]) -> Vec<String> {
+        let all = String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned();
+        all.lines()
+            .filter(|l| needles.iter().all(|n| l.contains(n)))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Waits (bounded by [`WAIT`]) for a line with every one of `needles`, and returns it.
+    pub async fn wait_for(&self, needles: &[&str]) -> String {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Some(line) = self.lines_with(needles).pop() {
+                return line;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no log line with {needles:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// A blocking client on rustls's own API, for tests that look at what each read from the
 /// socket brings (which TLS messages arrive together).
 pub struct RawTls {
@@ -147,6 +207,13 @@ impl RawTls {
     }
 }
 
+/// A configuration from command-line flags (the first being the program name), as the
+/// binary builds it: the tests speak the flags users write.
+pub fn config_from_flags(argv: &[String]) -> Config {
+    let args = <Args as clap::Parser>::try_parse_from(argv).expect("flags parse");
+    Config::build(&args.into_settings()).expect("config")
+}
+
 /// wssbridge running in-process on 127.0.0.1 port 0.
 pub struct Tunnel {
     pub addr: SocketAddr,
@@ -173,11 +240,10 @@ impl Tunnel {
             key.display().to_string(),
         ];
         argv.extend(flags.iter().map(|f| f.to_string()));
-        let args = <Args as clap::Parser>::try_parse_from(&argv).expect("flags parse");
-        let config = args.into_config().expect("config");
+        let config = config_from_flags(&argv);
         let listener = wssbridge::accept::bind(config.listen[0]).expect("bind");
         let addr = listener.local_addr().expect("local addr");
-        let server = Server::new(config);
+        let server = Server::new(config).expect("server");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(server.clone().run(vec![listener], async {
             let _ = stopped.await;
@@ -188,6 +254,20 @@ impl Tunnel {
             stop: Some(stop),
             task: Some(task),
         }
+    }
+
+    /// Reloads the running server with the test certificate and `flags`, as a reload of the
+    /// binary's configuration would.
+    pub fn reload(&self, flags: &[&str]) {
+        let mut argv: Vec<String> = ["wssbridge", "--listen", "127.0.0.1:0", "--cert"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        argv.push(pki().cert.display().to_string());
+        argv.push("--key".into());
+        argv.push(pki().key.display().to_string());
+        argv.extend(flags.iter().map(|f| f.to_string()));
+        self.server.reload(config_from_flags(&argv));
     }
 
     /// Fires the shutdown future, as SIGTERM would.
@@ -223,10 +303,15 @@ impl Tunnel {
 
     /// Sends `raw` over a new TLS connection and returns everything read until close.
     pub async fn exchange(&self, raw: &[u8]) -> String {
-        let mut tls = tls_connect(self.addr).await;
-        tls.write_all(raw).await.expect("write request");
-        read_to_close(&mut tls).await
+        exchange(self.addr, raw).await
     }
+}
+
+/// Sends `raw` over a new TLS connection to `addr` and returns everything read until close.
+pub async fn exchange(addr: SocketAddr, raw: &[u8]) -> String {
+    let mut tls = tls_connect(addr).await;
+    tls.write_all(raw).await.expect("write request");
+    read_to_close(&mut tls).await
 }
 
 /// A WebSocket client over TLS through the tunnel.

@@ -1,0 +1,124 @@
+//! The one value that lives as long as the process: the configuration that may change (behind
+//! an `ArcSwap`), and everything that must not be reset when it does — limits and their
+//! semaphores, shutdown tokens, the task tracker, the TLS server, balancing state.
+//!
+//! Each connection loads one configuration snapshot when it is accepted and keeps it to its
+//! end, so a reload changes what new connections get and nothing that is live. Per-connection
+//! work touches no lock here: the snapshot is one atomic load, the limits are semaphores, and
+//! only `--max-connections-per-ip` takes a short lock at accept.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::balance::Registry;
+use crate::config::{Config, Limits};
+use crate::tls::Tls;
+
+/// Connections over `--max-connections` that may be answered 503 at the same time.
+const OVERFLOW_ANSWERS: usize = 64;
+
+pub struct State {
+    /// The configuration new connections get.
+    pub config: ArcSwap<Config>,
+    /// The limits as they were at start: the semaphores below are sized by them.
+    pub limits: Limits,
+    pub tls: Tls,
+    pub balance: Registry,
+    /// Set when shutdown starts: heads still arriving are answered 503.
+    pub stopping: CancellationToken,
+    /// Set when the shutdown grace is over: every connection is closed.
+    pub force: CancellationToken,
+    /// Every connection's task.
+    pub tracker: TaskTracker,
+    /// Handshakes in progress (`--max-handshakes`).
+    pub handshakes: Semaphore,
+    /// Connections being served (`--max-connections`).
+    pub permits: Arc<Semaphore>,
+    /// Connections over the limit being answered 503.
+    pub overflow: Arc<Semaphore>,
+    /// Connections per client address (`--max-connections-per-ip`).
+    pub per_ip: Option<PerIp>,
+}
+
+impl State {
+    pub fn new(mut config: Config) -> anyhow::Result<State> {
+        let limits = config.limits;
+        let tls = Tls::new(config.certs.clone())?;
+        let balance = Registry::default();
+        balance.adopt(&mut config.pools);
+        Ok(State {
+            config: ArcSwap::from_pointee(config),
+            limits,
+            tls,
+            balance,
+            stopping: CancellationToken::new(),
+            force: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            handshakes: Semaphore::new(limits.max_handshakes),
+            permits: Arc::new(Semaphore::new(limits.max_connections)),
+            overflow: Arc::new(Semaphore::new(OVERFLOW_ANSWERS)),
+            per_ip: limits.max_connections_per_ip.map(PerIp::new),
+        })
+    }
+
+    /// Makes `config` the one new connections get, keeping the balancing state of the routes
+    /// it shares with the old one. The limits stay as they were at start.
+    pub fn reload(&self, mut config: Config) {
+        self.balance.adopt(&mut config.pools);
+        self.tls.set_certs(config.certs.clone());
+        self.config.store(Arc::new(config));
+    }
+}
+
+/// Connections held per client address, under a limit.
+pub struct PerIp {
+    limit: usize,
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl PerIp {
+    fn new(limit: usize) -> PerIp {
+        PerIp {
+            limit,
+            counts: Arc::default(),
+        }
+    }
+
+    /// Counts a connection from `ip`; `None` when that address is at its limit.
+    pub fn enter(&self, ip: IpAddr) -> Option<IpSlot> {
+        let mut map = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let count = map.entry(ip).or_insert(0);
+        if *count >= self.limit {
+            return None;
+        }
+        *count += 1;
+        Some(IpSlot {
+            ip,
+            counts: self.counts.clone(),
+        })
+    }
+}
+
+/// One connection's place in the per-address count, given back on drop.
+pub struct IpSlot {
+    ip: IpAddr,
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut map = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = map.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
