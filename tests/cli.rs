@@ -11,8 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use support::{Backend, WAIT, echo, pki, status_of, tls_connect, ws_connect};
-use tokio::io::AsyncWriteExt;
+use support::{Backend, WAIT, echo, pki, status_of, ws_connect};
 
 fn wssbridge() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_wssbridge"));
@@ -262,7 +261,7 @@ async fn one_log_line_per_connection_with_its_fields() {
         &with_test_cert(&["--route", &format!("/api={}", backend.address())]),
         &[],
     );
-    let response = tls_connect_and_send(
+    let response = support::exchange(
         running.addr,
         b"GET /api/x?q=1 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
     )
@@ -312,7 +311,7 @@ async fn json_logs_and_flags_from_the_environment() {
             ("WSSBRIDGE_LOG_FORMAT", "json"),
         ],
     );
-    let response = tls_connect_and_send(
+    let response = support::exchange(
         running.addr,
         b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
     )
@@ -397,12 +396,6 @@ async fn a_second_sigint_exits_at_once() {
     assert!(!status.success(), "{status:?}");
 }
 
-async fn tls_connect_and_send(addr: SocketAddr, raw: &[u8]) -> String {
-    let mut tls = tls_connect(addr).await;
-    tls.write_all(raw).await.unwrap();
-    support::read_to_close(&mut tls).await
-}
-
 /// The SHA-256 fingerprint of the certificate a server presents, read without verifying it.
 async fn served_fingerprint(addr: SocketAddr) -> String {
     let config = rustls::ClientConfig::builder()
@@ -413,11 +406,5 @@ async fn served_fingerprint(addr: SocketAddr) -> String {
         .await
         .unwrap();
     let cert = &tls.get_ref().1.peer_certificates().unwrap()[0];
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, cert);
-    digest
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02X}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    wssbridge::tls::certs::fingerprint(cert)
 }

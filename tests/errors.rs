@@ -216,21 +216,37 @@ async fn plain_http_on_the_tls_port_is_closed_quietly() {
 async fn stalled_tls_handshake_is_closed_at_the_handshake_timeout() {
     let backend = Backend::http("never").await;
     let tunnel = Tunnel::start(&["--to", &backend.address(), "--handshake-timeout", "300ms"]).await;
+    let started = std::time::Instant::now();
     let mut tcp = TcpStream::connect(tunnel.addr).await.unwrap();
     tcp.write_all(&[0x16, 0x03, 0x01]).await.unwrap(); // the start of a ClientHello, then nothing
     let mut reply = Vec::new();
     let closed = tokio::time::timeout(WAIT, tcp.read_to_end(&mut reply)).await;
+    let elapsed = started.elapsed();
     assert!(closed.is_ok(), "stalled handshake was not closed");
     assert!(reply.is_empty());
+    // At the flag's 300 ms, not at the 10 s header timeout that would also end it.
+    assert!(
+        elapsed >= Duration::from_millis(300) && elapsed < Duration::from_secs(3),
+        "closed after {elapsed:?}"
+    );
     tunnel.assert_idle().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_that_closes_before_a_request_is_not_an_error() {
     let backend = Backend::http("never").await;
+    let logs = support::logs();
     let tunnel = Tunnel::start(&["--to", &backend.address()]).await;
     let mut tls = tls_connect(tunnel.addr).await;
+    let port = tls.get_ref().0.local_addr().unwrap().port();
     tls.shutdown().await.unwrap();
     assert_eq!(read_to_close(&mut tls).await, "");
     tunnel.assert_idle().await;
+    // Logged at debug, as a client that went away, not as a failure.
+    let peer = format!("peer=127.0.0.1:{port} ");
+    let line = logs.wait_for(&[&peer, "connection"]).await;
+    assert!(line.contains("DEBUG"), "{line}");
+    assert!(line.contains("outcome=no request"), "{line}");
+    assert!(logs.lines_with(&[&peer, "WARN"]).is_empty());
+    assert!(logs.lines_with(&[&peer, "ERROR"]).is_empty());
 }
