@@ -15,8 +15,8 @@ use anyhow::Context;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 
-use crate::conn;
 use crate::state::State;
+use crate::{conn, redirect};
 
 /// Pending connections the kernel queues per listener (nginx's default is 511).
 const BACKLOG: i32 = 1024;
@@ -44,8 +44,18 @@ pub fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
     attempt().with_context(|| format!("--listen {addr}: cannot listen"))
 }
 
-/// Accepts until shutdown starts; every connection runs as a task on the state's tracker.
-pub async fn accept_loop(listener: TcpListener, state: Arc<State>) {
+/// What a listener serves.
+#[derive(Debug, Clone, Copy)]
+pub enum Service {
+    /// TLS, then HTTP and tunnels.
+    Tls,
+    /// Plain HTTP answered with a redirect to https on this port.
+    Redirect { https_port: u16 },
+}
+
+/// Accepts until shutdown starts; every connection runs as a task on the state's tracker,
+/// under the same limits whatever the listener serves.
+pub async fn accept_loop(listener: TcpListener, state: Arc<State>, service: Service) {
     let stop = state.stopping.clone();
     let mut backoff = BACKOFF_MIN;
     let mut last_warning: Option<Instant> = None;
@@ -96,7 +106,14 @@ pub async fn accept_loop(listener: TcpListener, state: Arc<State>) {
         };
         let conn_state = state.clone();
         state.tracker.spawn(async move {
-            conn::serve(&conn_state, stream, peer, admitted).await;
+            match service {
+                Service::Tls => conn::serve(&conn_state, stream, peer, admitted).await,
+                Service::Redirect { https_port } => {
+                    let config = conn_state.config.load_full();
+                    let status = redirect::serve(stream, &config, https_port).await;
+                    tracing::debug!(%peer, ?status, "plain HTTP redirected");
+                }
+            }
             drop((permit, ip_slot));
         });
     }

@@ -26,14 +26,52 @@ pub struct Args {
           value_delimiter = ' ', action = ArgAction::Append)]
     pub listen: Vec<SocketAddr>,
 
-    /// PEM certificate chain: the server certificate first, then intermediates. Without
-    /// --cert/--key an ephemeral self-signed certificate for localhost is generated.
-    #[arg(long, env = "WSSBRIDGE_CERT", value_name = "PATH", requires = "key")]
-    pub cert: Option<PathBuf>,
+    /// PEM certificate chain: the server certificate first, then intermediates. Repeat with
+    /// --key for several names: the n-th --cert goes with the n-th --key; the one whose SAN
+    /// names the client's SNI serves it (exact, then wildcard), the first is the default.
+    /// Without --cert/--key an ephemeral self-signed certificate for localhost is generated.
+    #[arg(long = "cert", env = "WSSBRIDGE_CERT", value_name = "PATH", requires = "keys",
+          value_delimiter = ' ', action = ArgAction::Append)]
+    pub certs: Vec<PathBuf>,
 
-    /// PEM private key (PKCS#8, PKCS#1 or SEC1; RSA, ECDSA P-256/P-384 or Ed25519).
-    #[arg(long, env = "WSSBRIDGE_KEY", value_name = "PATH", requires = "cert")]
-    pub key: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1; RSA, ECDSA P-256/P-384 or Ed25519), one per
+    /// --cert, in the same order.
+    #[arg(long = "key", env = "WSSBRIDGE_KEY", value_name = "PATH", requires = "certs",
+          value_delimiter = ' ', action = ArgAction::Append)]
+    pub keys: Vec<PathBuf>,
+
+    /// Refuse a TLS name (SNI) that no certificate has, with the unrecognized_name alert,
+    /// instead of serving the first certificate. Clients that send no SNI get the first.
+    #[arg(long, env = "WSSBRIDGE_STRICT_SNI")]
+    pub strict_sni: bool,
+
+    /// Check certificate, key and CA files this often and reload them when their content
+    /// changed (certbot renewals, symlinks included); 0 = off. SIGHUP reloads at once.
+    #[arg(
+        long,
+        env = "WSSBRIDGE_CERT_POLL",
+        value_name = "DURATION",
+        default_value = "60s"
+    )]
+    pub cert_poll: Timeout,
+
+    /// PEM file of CA certificates: clients must present a certificate that chains to one
+    /// of them (mutual TLS); repeatable.
+    #[arg(long = "client-ca", env = "WSSBRIDGE_CLIENT_CA", value_name = "PATH",
+          value_delimiter = ' ', action = ArgAction::Append)]
+    pub client_cas: Vec<PathBuf>,
+
+    /// With --client-ca: `required` refuses clients without a certificate; `optional` lets
+    /// them through (a certificate that does not chain is still refused).
+    #[arg(long, env = "WSSBRIDGE_CLIENT_AUTH", value_enum, default_value_t = ClientAuth::Required,
+          requires = "client_cas")]
+    pub client_auth: ClientAuth,
+
+    /// Plain-HTTP address answering every request 308 Permanent Redirect to https://
+    /// (e.g. 0.0.0.0:80); repeatable.
+    #[arg(long = "redirect-http", env = "WSSBRIDGE_REDIRECT_HTTP", value_name = "ADDR",
+          value_delimiter = ' ', action = ArgAction::Append)]
+    pub redirect_http: Vec<SocketAddr>,
 
     /// Route rule [HOST]PATH=BACKEND[,BACKEND...], e.g. /socket.io/=127.0.0.1:3000; repeatable.
     /// A host route beats a hostless one, then the longest path prefix wins (at '/' boundaries).
@@ -156,6 +194,12 @@ pub struct Args {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ClientAuth {
+    Required,
+    Optional,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
     Json,
@@ -173,8 +217,9 @@ impl Args {
         }
     }
 
-    /// The settings these flags ask for; `Config::build` checks and loads them.
-    pub fn into_settings(self) -> Settings {
+    /// The settings these flags ask for; `Config::build` checks and loads them. Fails only
+    /// when flags that go in pairs do not pair up.
+    pub fn into_settings(self) -> anyhow::Result<Settings> {
         let mut routes = self.routes;
         if let Some(Backends(backends)) = self.to {
             routes.push(RouteSpec {
@@ -183,13 +228,37 @@ impl Args {
                 backends,
             });
         }
-        let certs = match (self.cert, self.key) {
-            (Some(cert), Some(key)) => vec![CertPaths { cert, key }],
-            _ => Vec::new(),
-        };
-        Settings {
+        if self.certs.len() != self.keys.len() {
+            let (more, fewer) = match self.certs.len() > self.keys.len() {
+                true => ("--cert", "--key"),
+                false => ("--key", "--cert"),
+            };
+            let extra = match self.certs.len() > self.keys.len() {
+                true => &self.certs[self.keys.len()],
+                false => &self.keys[self.certs.len()],
+            };
+            anyhow::bail!(
+                "{more} {} has no {fewer} to go with it: give --cert and --key in pairs, \
+                 in the same order ({} --cert, {} --key)",
+                extra.display(),
+                self.certs.len(),
+                self.keys.len()
+            );
+        }
+        let certs = self
+            .certs
+            .into_iter()
+            .zip(self.keys)
+            .map(|(cert, key)| CertPaths { cert, key })
+            .collect();
+        Ok(Settings {
             listen: self.listen,
             certs,
+            strict_sni: self.strict_sni,
+            client_cas: self.client_cas,
+            client_auth_optional: self.client_auth == ClientAuth::Optional,
+            cert_poll: self.cert_poll.0,
+            redirect_http: self.redirect_http,
             routes,
             timeouts: Timeouts {
                 handshake: self.handshake_timeout.0,
@@ -208,7 +277,7 @@ impl Args {
                 check_websocket_accept: self.check_websocket_accept,
                 sni_host_check: !self.allow_sni_mismatch,
             },
-        }
+        })
     }
 }
 

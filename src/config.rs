@@ -7,19 +7,31 @@
 //! once it is complete.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::balance::Pools;
 use crate::route::{RouteSpec, RouteTable};
-use crate::tls::{CertPaths, CertStore};
+use crate::tls::{CertPaths, CertStore, ClientCas, TlsConfig};
 
 /// What the user asked for, before any file is read.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen: Vec<SocketAddr>,
-    /// Certificate and key files; none means an ephemeral self-signed certificate.
+    /// Certificate and key files, the first pair the default; none means an ephemeral
+    /// self-signed certificate.
     pub certs: Vec<CertPaths>,
+    /// Refuse a TLS name no certificate has (`unrecognized_name`) instead of the default.
+    pub strict_sni: bool,
+    /// CA files client certificates must chain to (none: no client certificates).
+    pub client_cas: Vec<PathBuf>,
+    /// Let clients without a certificate through (a bad one is still refused).
+    pub client_auth_optional: bool,
+    /// How often certificate, key and CA files are checked for new content (`None`: never).
+    pub cert_poll: Option<Duration>,
+    /// Plain-HTTP listeners that redirect every request to https.
+    pub redirect_http: Vec<SocketAddr>,
     /// Every route, `--to` included (as `/`).
     pub routes: Vec<RouteSpec>,
     pub timeouts: Timeouts,
@@ -38,6 +50,11 @@ impl Default for Settings {
         Settings {
             listen: vec![SocketAddr::from(([0, 0, 0, 0], 8443))],
             certs: Vec::new(),
+            strict_sni: false,
+            client_cas: Vec::new(),
+            client_auth_optional: false,
+            cert_poll: Some(Duration::from_secs(60)),
+            redirect_http: Vec::new(),
             routes: Vec::new(),
             timeouts: Timeouts::default(),
             max_header_bytes: 16 * 1024,
@@ -55,8 +72,10 @@ impl Default for Settings {
 
 #[derive(Debug)]
 pub struct Config {
+    /// What this configuration was built from: a reload builds again from it.
+    pub settings: Settings,
     pub listen: Vec<SocketAddr>,
-    pub certs: Arc<CertStore>,
+    pub tls: TlsConfig,
     pub routes: RouteTable,
     /// Balancing state per route, indexed like `routes`; the server shares it across reloads.
     pub pools: Pools,
@@ -127,6 +146,13 @@ impl Config {
                 .map_err(|e| anyhow::anyhow!("generating a self-signed certificate: {e}"))?,
             false => CertStore::load(&settings.certs)?,
         };
+        let client_cas = match settings.client_cas.is_empty() {
+            true => None,
+            false => Some(ClientCas::load(
+                &settings.client_cas,
+                settings.client_auth_optional,
+            )?),
+        };
         let max_connections = match settings.max_connections {
             Some(0) => anyhow::bail!("--max-connections must be at least 1"),
             Some(n) if n > MAX_CONNECTIONS => {
@@ -154,8 +180,13 @@ impl Config {
             .filter(|p| !p.is_empty())
             .collect();
         Ok(Config {
+            settings: settings.clone(),
             listen: settings.listen.clone(),
-            certs: Arc::new(certs),
+            tls: TlsConfig {
+                certs: Arc::new(certs),
+                client_cas,
+                strict_sni: settings.strict_sni,
+            },
             pools: Pools::new(&routes),
             routes,
             timeouts: settings.timeouts,

@@ -20,6 +20,8 @@ pub mod config;
 pub mod conn;
 pub mod connect;
 pub mod http;
+pub mod redirect;
+pub mod reload;
 pub mod respond;
 pub mod route;
 pub mod server;
@@ -31,22 +33,28 @@ pub mod tls;
 use std::future::Future;
 
 pub use config::{Config, Settings};
-pub use server::Server;
+pub use server::{Listeners, Server};
 
 /// Runs `config` on already-bound `listeners` until `shutdown` resolves.
 pub async fn run(
-    listeners: Vec<std::net::TcpListener>,
+    listeners: impl Into<Listeners>,
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     Server::new(config)?.run(listeners, shutdown).await
 }
 
-/// Logs the listeners and routes, one line each, as the server starts.
-pub fn log_startup(config: &Config, listeners: &[std::net::TcpListener]) {
-    for l in listeners {
+/// Logs the listeners, routes and certificates, one line each, as the server starts, and
+/// warns of certificates near their expiry.
+pub fn log_startup(config: &Config, listeners: &Listeners) {
+    for (l, what) in listeners.tls.iter().map(|l| (l, "listening")).chain(
+        listeners
+            .redirect
+            .iter()
+            .map(|l| (l, "redirecting plain HTTP to https")),
+    ) {
         match l.local_addr() {
-            Ok(addr) => tracing::info!(%addr, "listening"),
+            Ok(addr) => tracing::info!(%addr, "{what}"),
             Err(e) => tracing::warn!("listener without address: {e}"),
         }
     }
@@ -64,7 +72,9 @@ pub fn log_startup(config: &Config, listeners: &[std::net::TcpListener]) {
             .collect();
         tracing::info!(route = %route, backends = %backends.join(","), "route");
     }
-    if let Some(sha256) = &config.certs.ephemeral {
+    reload::log_certificates(config);
+    reload::check_expiry(config, std::time::SystemTime::now());
+    if let Some(sha256) = &config.tls.certs.ephemeral {
         tracing::warn!(
             sha256 = %sha256,
             "no --cert/--key given: serving an ephemeral self-signed certificate for localhost; \

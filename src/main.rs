@@ -15,7 +15,10 @@ fn main() -> ExitCode {
     let args = Args::parse();
     init_logging(&args);
     wssbridge::config::raise_fd_limit();
-    let config = match wssbridge::Config::build(&args.into_settings()) {
+    let config = match args
+        .into_settings()
+        .and_then(|settings| wssbridge::Config::build(&settings))
+    {
         Ok(c) => c,
         Err(e) => {
             eprintln!("wssbridge: error: {e:#}");
@@ -36,13 +39,26 @@ fn serve(config: wssbridge::Config) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let listeners = config
-            .listen
-            .iter()
-            .map(|addr| wssbridge::accept::bind(*addr))
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        // Signals are listened for before anything else: a SIGTERM during start-up drains
+        // like any other, and SIGHUP (systemctl reload, certbot's deploy hooks) never ends
+        // the process.
+        let shutdown = wssbridge::signals::shutdown();
+        let hangups = wssbridge::signals::hangups()?;
+        let bind = |addrs: &[std::net::SocketAddr]| {
+            addrs
+                .iter()
+                .map(|addr| wssbridge::accept::bind(*addr))
+                .collect::<anyhow::Result<Vec<_>>>()
+        };
+        let listeners = wssbridge::Listeners {
+            tls: bind(&config.listen)?,
+            redirect: bind(&config.settings.redirect_http)?,
+        };
         wssbridge::log_startup(&config, &listeners);
-        wssbridge::run(listeners, config, wssbridge::signals::shutdown()).await
+        let server = wssbridge::Server::new(config)?;
+        let reloader = server.clone();
+        tokio::spawn(hangups.for_each(move || reloader.reload_on_signal()));
+        server.run(listeners, shutdown).await
     })
 }
 

@@ -96,8 +96,16 @@ pub async fn send<S>(stream: &mut S, status: Status)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    send_bytes(stream, status.response().as_bytes()).await;
+}
+
+/// Sends a whole `response` and closes as [`send`] does.
+pub async fn send_bytes<S>(stream: &mut S, response: &[u8])
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let answer = async {
-        stream.write_all(status.response().as_bytes()).await?;
+        stream.write_all(response).await?;
         stream.shutdown().await?;
         let mut sink = [0u8; 4096];
         let mut drained = 0;

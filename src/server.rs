@@ -10,9 +10,29 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
-use crate::accept;
+use crate::accept::{self, Service};
 use crate::config::Config;
+use crate::reload::{self, Trigger};
 use crate::state::State;
+
+/// The sockets a server serves on, all bound before it starts (so a port in use fails
+/// start-up, not a task).
+#[derive(Debug, Default)]
+pub struct Listeners {
+    /// TLS listeners (`--listen`); the first one's port goes into redirects.
+    pub tls: Vec<std::net::TcpListener>,
+    /// Plain-HTTP redirect listeners (`--redirect-http`).
+    pub redirect: Vec<std::net::TcpListener>,
+}
+
+impl From<Vec<std::net::TcpListener>> for Listeners {
+    fn from(tls: Vec<std::net::TcpListener>) -> Self {
+        Listeners {
+            tls,
+            ..Listeners::default()
+        }
+    }
+}
 
 /// A running or ready server; cheap to clone, so a test can keep a handle while `run` goes
 /// on, and a signal handler can reload it.
@@ -42,23 +62,51 @@ impl Server {
     /// before keeps the configuration it started with (its routes, its backends) to its end:
     /// nothing live is dropped. Balancing state of routes both share carries over;
     /// listeners and limits stay as they were at start.
-    pub fn reload(&self, config: Config) {
-        self.state.reload(config);
+    pub fn reload(&self, config: Config) -> anyhow::Result<()> {
+        self.state.reload(config)
+    }
+
+    /// Reads every certificate, key and client CA file again and, if all load, serves them
+    /// to new handshakes (SIGHUP does this). On failure nothing changes; either way the
+    /// outcome is logged.
+    pub fn reload_files(&self) -> anyhow::Result<()> {
+        reload::from_files(&self.state, Trigger::Call)
+    }
+
+    /// As [`Server::reload_files`], logged as caused by a signal.
+    pub fn reload_on_signal(&self) {
+        let _ = reload::from_files(&self.state, Trigger::Signal);
     }
 
     /// Serves on `listeners` (made by `accept::bind`, which sets the socket options accepted
-    /// sockets inherit) until `shutdown` resolves, then drains.
+    /// sockets inherit) until `shutdown` resolves, then drains. Background work (polling
+    /// certificate files, the daily expiry check) runs beside the accept loops and stops
+    /// with them.
     pub async fn run(
         self,
-        listeners: Vec<std::net::TcpListener>,
+        listeners: impl Into<Listeners>,
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
+        let listeners = listeners.into();
         let state = self.state;
+        let https_port = match listeners.tls.first() {
+            Some(l) => l.local_addr()?.port(),
+            None => 443,
+        };
         let mut loops = JoinSet::new();
-        for listener in listeners {
+        for listener in listeners.tls {
             let listener = TcpListener::from_std(listener)?;
-            loops.spawn(accept::accept_loop(listener, state.clone()));
+            loops.spawn(accept::accept_loop(listener, state.clone(), Service::Tls));
         }
+        for listener in listeners.redirect {
+            let listener = TcpListener::from_std(listener)?;
+            let service = Service::Redirect { https_port };
+            loops.spawn(accept::accept_loop(listener, state.clone(), service));
+        }
+        if let Some(interval) = state.config.load().settings.cert_poll {
+            loops.spawn(reload::poll_files(state.clone(), interval));
+        }
+        loops.spawn(reload::expiry_daily(state.clone()));
 
         shutdown.await;
         state.stopping.cancel();

@@ -1,27 +1,57 @@
-//! Signals → the shutdown future that `run` is given.
+//! Signals: SIGTERM and SIGINT → the shutdown future that `run` is given; SIGHUP → reload.
 //!
 //! The first SIGTERM or SIGINT starts a graceful shutdown; a second SIGINT (an impatient
-//! Ctrl-C) exits at once.
+//! Ctrl-C) exits at once. SIGHUP never ends the process (its default action would): it asks
+//! for the configuration files to be read again.
 
-use tokio::signal::unix::{SignalKind, signal};
+use std::future::Future;
 
-/// Resolves on the first SIGTERM or SIGINT.
-pub async fn shutdown() {
-    let (Ok(mut term), Ok(mut int)) = (
+use tokio::signal::unix::{Signal, SignalKind, signal};
+
+/// Starts listening for SIGTERM and SIGINT at once (from then on they no longer end the
+/// process on their own), and resolves on the first of them.
+pub fn shutdown() -> impl Future<Output = ()> {
+    let signals = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
+    );
+    async move { shutdown_on(signals).await }
+}
+
+async fn shutdown_on(signals: (std::io::Result<Signal>, std::io::Result<Signal>)) {
+    let (Ok(mut term), Ok(mut int)) = signals else {
         tracing::warn!("cannot listen for signals; shutdown needs SIGKILL");
         return std::future::pending().await;
     };
-    let name = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    };
-    tracing::info!("{name} received: shutting down (a second SIGINT exits at once)");
-    tokio::spawn(async move {
-        int.recv().await;
-        tracing::warn!("second SIGINT: exiting now");
-        std::process::exit(130);
-    });
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received: shutting down"),
+        _ = int.recv() => {
+            tracing::info!("SIGINT received: shutting down (a second SIGINT exits at once)");
+            tokio::spawn(async move {
+                int.recv().await;
+                tracing::warn!("second SIGINT: exiting now");
+                std::process::exit(130);
+            });
+        }
+    }
+}
+
+/// SIGHUPs, listened for from the moment this returns.
+pub struct Hangups(Signal);
+
+/// Starts listening for SIGHUP, which from then on no longer ends the process.
+pub fn hangups() -> anyhow::Result<Hangups> {
+    let hup = signal(SignalKind::hangup())
+        .map_err(|e| anyhow::anyhow!("cannot listen for SIGHUP: {e}"))?;
+    Ok(Hangups(hup))
+}
+
+impl Hangups {
+    /// Calls `reload` at every SIGHUP, for as long as the process runs.
+    pub async fn for_each(mut self, reload: impl Fn()) {
+        while self.0.recv().await.is_some() {
+            tracing::info!("SIGHUP received: reloading certificates");
+            reload();
+        }
+    }
 }

@@ -49,7 +49,7 @@ pub struct State {
 impl State {
     pub fn new(mut config: Config) -> anyhow::Result<State> {
         let limits = config.limits;
-        let tls = Tls::new(config.certs.clone())?;
+        let tls = Tls::new(&config.tls)?;
         let balance = Registry::default();
         balance.adopt(&mut config.pools);
         Ok(State {
@@ -69,10 +69,11 @@ impl State {
 
     /// Makes `config` the one new connections get, keeping the balancing state of the routes
     /// it shares with the old one. The limits stay as they were at start.
-    pub fn reload(&self, mut config: Config) {
+    pub fn reload(&self, mut config: Config) -> anyhow::Result<()> {
+        self.tls.set(&config.tls)?;
         self.balance.adopt(&mut config.pools);
-        self.tls.set_certs(config.certs.clone());
         self.config.store(Arc::new(config));
+        Ok(())
     }
 }
 

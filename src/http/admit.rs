@@ -65,15 +65,22 @@ pub fn admit(
     }
 }
 
-/// 421 when the TLS SNI names one host and the request's Host names another that a host
-/// route serves: domain fronting, a request sent on a connection set up for someone else.
+/// 421 when the TLS SNI names one host and the request's Host another that the certificate
+/// served for the SNI does not cover, but that a host route or another certificate names:
+/// domain fronting, a request sent on a connection set up for someone else (RFC 9110
+/// §15.5.20). A client that sent no SNI is not checked: it cannot ask for another name.
 fn misdirected(config: &Config, head: &Head, sni: Option<&str>) -> bool {
     let (Some(sni), Some(host)) = (sni, head.host.as_deref()) else {
         return false;
     };
-    config.security.sni_host_check
-        && normalize_host(sni) != normalize_host(host)
-        && config.routes.has_host(host)
+    if !config.security.sni_host_check {
+        return false;
+    }
+    let host = normalize_host(host);
+    let certs = &config.tls.certs;
+    host != normalize_host(sni)
+        && !certs.served_covers(Some(sni), &host)
+        && (config.routes.has_host(&host) || certs.knows(&host))
 }
 
 /// Classifies a request's `Upgrade` (RFC 9110 §7.8). `Ok(None)`: not an upgrade request. Only

@@ -1,16 +1,26 @@
-//! Certificates: loading PEM files into keys rustls can serve, and choosing one per handshake.
+//! Certificates: loading PEM files into keys rustls can serve, choosing one per handshake by
+//! SNI, and the client CAs of `--client-ca`.
 //!
 //! A [`CertStore`] is built whole from its files or not at all: a key that does not match its
 //! certificate, a file that cannot be read or holds no PEM fails the build, naming the file.
 //! It is part of the configuration, so a reload builds a new one and swaps it in only once it
 //! is complete.
+//!
+//! Choosing (as nginx and Caddy users expect): the certificate whose SAN DNS names contain
+//! the SNI exactly, then one whose wildcard (`*.example.com`, exactly one label) matches it,
+//! else the first pair given, which also serves clients that send no SNI.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
+use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::ClientCertVerifier;
 use rustls::sign::CertifiedKey;
 
 /// One `--cert` file and the `--key` that goes with it.
@@ -20,28 +30,60 @@ pub struct CertPaths {
     pub key: PathBuf,
 }
 
+/// What the logs and metrics say of a certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertInfo {
+    /// The file it came from (`ephemeral` for a generated one).
+    pub file: String,
+    /// SAN DNS names (and IP addresses, for reading only: SNI never carries one).
+    pub names: Vec<String>,
+    pub issuer: String,
+    /// The end of its validity, as Unix seconds.
+    pub not_after: i64,
+}
+
+impl CertInfo {
+    /// The expiry as an RFC 3339 date and time (UTC).
+    pub fn expires(&self) -> String {
+        rfc3339(self.not_after)
+    }
+
+    /// Seconds left until expiry (negative once expired).
+    pub fn seconds_left(&self, now: SystemTime) -> i64 {
+        let now = now
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        self.not_after - now
+    }
+}
+
 /// The certificates this configuration serves.
 #[derive(Debug)]
 pub struct CertStore {
     certs: Vec<Arc<CertifiedKey>>,
+    infos: Vec<CertInfo>,
+    /// Lower-case DNS name → the first certificate naming it.
+    exact: HashMap<String, usize>,
+    /// `example.com` for `*.example.com` → the first certificate with that wildcard.
+    wildcard: HashMap<String, usize>,
     /// For a development certificate made at start: its SHA-256 fingerprint, to log.
     pub ephemeral: Option<String>,
 }
 
 impl CertStore {
-    /// Loads every pair, checking that each key belongs to its certificate.
+    /// Loads every pair, checking that each key belongs to its certificate. The first pair is
+    /// the default. A name claimed by two certificates goes to the first, with a warning.
     pub fn load(pairs: &[CertPaths]) -> anyhow::Result<CertStore> {
-        let certs = pairs
-            .iter()
-            .map(|p| load_pair(p).map(Arc::new))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        if certs.is_empty() {
+        if pairs.is_empty() {
             bail!("no certificate given");
         }
-        Ok(CertStore {
-            certs,
-            ephemeral: None,
-        })
+        let mut store = CertStore::empty();
+        for paths in pairs {
+            let key = load_pair(paths)?;
+            let info = read_info(&key.cert[0], &paths.cert.display().to_string())?;
+            store.add(key, info);
+        }
+        Ok(store)
     }
 
     /// A self-signed certificate for `localhost`, made at start for development.
@@ -55,16 +97,144 @@ impl CertStore {
         let der = certified.cert.der().clone();
         let key = PrivateKeyDer::try_from(certified.signing_key.serialize_der())
             .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let info = read_info(&der, "ephemeral")?;
         let key = CertifiedKey::from_der(vec![der.clone()], key, &provider())?;
-        Ok(CertStore {
-            certs: vec![Arc::new(key)],
-            ephemeral: Some(fingerprint(&der)),
-        })
+        let mut store = CertStore::empty();
+        store.add(key, info);
+        store.ephemeral = Some(fingerprint(&der));
+        Ok(store)
     }
 
-    /// The certificate to serve a client that asked for `sni`.
-    pub fn choose(&self, _sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
-        self.certs.first().cloned()
+    fn empty() -> CertStore {
+        CertStore {
+            certs: Vec::new(),
+            infos: Vec::new(),
+            exact: HashMap::new(),
+            wildcard: HashMap::new(),
+            ephemeral: None,
+        }
+    }
+
+    fn add(&mut self, key: CertifiedKey, info: CertInfo) {
+        let index = self.certs.len();
+        for name in &info.names {
+            let name = name.to_ascii_lowercase();
+            let (map, key) = match name.strip_prefix("*.") {
+                Some(parent) => (&mut self.wildcard, parent.to_string()),
+                None => (&mut self.exact, name.clone()),
+            };
+            match map.get(&key) {
+                Some(&first) if first != index => tracing::warn!(
+                    name = %name,
+                    serving = %self.infos[first].file,
+                    ignored = %info.file,
+                    "two certificates claim {name}: the first given serves it"
+                ),
+                Some(_) => {}
+                None => {
+                    map.insert(key, index);
+                }
+            }
+        }
+        self.certs.push(Arc::new(key));
+        self.infos.push(info);
+    }
+
+    /// The certificate for a client that asked for `sni` (`None`: no SNI, or an unknown name
+    /// that `strict` refuses).
+    pub fn choose(&self, sni: Option<&str>, strict: bool) -> Option<Arc<CertifiedKey>> {
+        let index = match sni {
+            None => 0,
+            Some(name) => match self.find(name) {
+                Some(i) => i,
+                None if strict => return None,
+                None => 0,
+            },
+        };
+        self.certs.get(index).cloned()
+    }
+
+    /// Whether some certificate names `sni` (exactly or by wildcard).
+    pub fn knows(&self, sni: &str) -> bool {
+        self.find(sni).is_some()
+    }
+
+    /// Whether the certificate served for `sni` covers `host` (lower-case, without port).
+    pub fn served_covers(&self, sni: Option<&str>, host: &str) -> bool {
+        let served = sni.and_then(|s| self.find(s)).unwrap_or(0);
+        self.infos
+            .get(served)
+            .is_some_and(|info| info.names.iter().any(|n| name_matches(n, host)))
+    }
+
+    /// Every certificate, in the order given (the first is the default).
+    pub fn infos(&self) -> &[CertInfo] {
+        &self.infos
+    }
+
+    fn find(&self, sni: &str) -> Option<usize> {
+        let name = sni.trim_end_matches('.').to_ascii_lowercase();
+        if let Some(&i) = self.exact.get(&name) {
+            return Some(i);
+        }
+        let (_, parent) = name.split_once('.')?;
+        self.wildcard.get(parent).copied()
+    }
+}
+
+/// A SAN name against a lower-case host: exact, or `*.parent` for exactly one more label.
+fn name_matches(name: &str, host: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    match name.strip_prefix("*.") {
+        Some(parent) => host
+            .split_once('.')
+            .is_some_and(|(label, rest)| !label.is_empty() && rest == parent),
+        None => name == host,
+    }
+}
+
+/// The client certificates `--client-ca` accepts.
+#[derive(Debug)]
+pub struct ClientCas {
+    /// The CA files, for logs.
+    pub files: Vec<PathBuf>,
+    pub verifier: Arc<dyn ClientCertVerifier>,
+}
+
+impl ClientCas {
+    /// Loads the CA certificates of `files`; with `optional`, clients without a certificate
+    /// are let through (a bad one is still refused).
+    pub fn load(files: &[PathBuf], optional: bool) -> anyhow::Result<ClientCas> {
+        let mut roots = RootCertStore::empty();
+        for file in files {
+            let shown = file.display();
+            let pem =
+                std::fs::read(file).with_context(|| format!("--client-ca {shown}: cannot read"))?;
+            let certs = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .with_context(|| format!("--client-ca {shown}: bad PEM"))?;
+            if certs.is_empty() {
+                bail!("--client-ca {shown}: no CERTIFICATE in the file");
+            }
+            for cert in certs {
+                roots
+                    .add(cert)
+                    .with_context(|| format!("--client-ca {shown}: not a usable CA certificate"))?;
+            }
+        }
+        let builder =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::new(provider()));
+        let builder = match optional {
+            true => builder.allow_unauthenticated(),
+            false => builder,
+        };
+        let verifier = builder
+            .build()
+            .context("--client-ca: cannot build a client verifier")?;
+        Ok(ClientCas {
+            files: files.to_vec(),
+            verifier,
+        })
     }
 }
 
@@ -113,4 +283,84 @@ fn read_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
         ),
         e => anyhow::anyhow!("--key {shown}: bad PEM: {e}"),
     })
+}
+
+/// Names, issuer and expiry of the end-entity certificate.
+fn read_info(der: &CertificateDer<'_>, file: &str) -> anyhow::Result<CertInfo> {
+    use x509_parser::extensions::GeneralName;
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| anyhow::anyhow!("--cert {file}: cannot parse the certificate: {e}"))?;
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            match name {
+                GeneralName::DNSName(n) => names.push(n.to_string()),
+                GeneralName::IPAddress(bytes) => {
+                    if let Some(ip) = ip_from(bytes) {
+                        names.push(ip.to_string());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(CertInfo {
+        file: file.to_string(),
+        names,
+        issuer: cert.issuer().to_string(),
+        not_after: cert.validity().not_after.timestamp(),
+    })
+}
+
+fn ip_from(bytes: &[u8]) -> Option<std::net::IpAddr> {
+    match bytes.len() {
+        4 => <[u8; 4]>::try_from(bytes).ok().map(std::net::IpAddr::from),
+        16 => <[u8; 16]>::try_from(bytes).ok().map(std::net::IpAddr::from),
+        _ => None,
+    }
+}
+
+/// Unix seconds as `YYYY-MM-DDTHH:MM:SSZ` (proleptic Gregorian, UTC).
+fn rfc3339(unix: i64) -> String {
+    let days = unix.div_euclid(86_400);
+    let secs = unix.rem_euclid(86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+/// How long before expiry the daily check starts warning.
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards_match_exactly_one_label() {
+        assert!(name_matches("*.example.com", "a.example.com"));
+        assert!(!name_matches("*.example.com", "a.b.example.com"));
+        assert!(!name_matches("*.example.com", "example.com"));
+        assert!(name_matches("Example.COM", "example.com"));
+    }
+
+    #[test]
+    fn dates_print_as_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(4_102_444_799), "2099-12-31T23:59:59Z");
+    }
 }

@@ -85,6 +85,13 @@ impl<T: AsyncWrite + Unpin> Coalesce<T> {
     pub async fn release(mut self) {
         let _ = std::future::poll_fn(|cx| self.poll_release(cx)).await;
     }
+
+    /// Sends `alert` after whatever is held, then drops the socket: a handshake refused
+    /// before rustls took it on.
+    pub async fn refuse(mut self, alert: &[u8]) {
+        self.held.extend_from_slice(alert);
+        self.release().await;
+    }
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for Coalesce<T> {

@@ -4,9 +4,10 @@
 //! only, because a browser that negotiates h2 cannot send a WebSocket upgrade over it.
 //! Session resumption is on, by stateful cache and by tickets.
 //!
-//! One rustls `ServerConfig` lives as long as the process: its ticket keys and session cache
-//! survive every reload. The certificates are chosen per handshake from the current
-//! [`CertStore`], which a reload swaps ([`Tls::set_certs`]).
+//! The ticket keys and the session cache live as long as the process. Each configuration
+//! (its certificates, its client CAs) gets a rustls `ServerConfig` of its own that shares
+//! them, so a reload swaps certificates for new handshakes while sessions from before it
+//! still resume, and live connections are not touched.
 //!
 //! Under rustls sit two adapters of the client's socket: [`readahead`] (large reads while a
 //! client sends in bulk) and [`coalesce`] (the handshake's last writes leave with the first
@@ -22,15 +23,15 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use rustls::ServerConfig;
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::{ClientHello, ProducesTickets, ResolvesServerCert, StoresServerSessions};
 use rustls::sign::CertifiedKey;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
-use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
+use tokio_rustls::{LazyConfigAcceptor, TlsAcceptor};
 
-pub use certs::{CertPaths, CertStore};
+pub use certs::{CertInfo, CertPaths, CertStore, ClientCas};
 use coalesce::Coalesce;
 use readahead::ReadAhead;
 
@@ -41,34 +42,54 @@ pub type Client = TlsStream<Coalesce<ReadAhead<TcpStream>>>;
 /// Sessions remembered for stateful resumption; each is a few hundred bytes.
 const SESSION_CACHE: usize = 4096;
 
+/// A TLS `unrecognized_name` alert (RFC 6066 §3), fatal, in a TLS 1.2 record as every version
+/// sends alerts before the handshake is encrypted.
+const UNRECOGNIZED_NAME: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70];
+
+/// What a configuration asks of TLS.
+#[derive(Debug)]
+pub struct TlsConfig {
+    pub certs: Arc<CertStore>,
+    /// `--client-ca`: clients must (or, if optional, may) present a certificate.
+    pub client_cas: Option<ClientCas>,
+    /// `--strict-sni`: a name no certificate has is refused with `unrecognized_name`.
+    pub strict_sni: bool,
+}
+
 /// The TLS server of the process.
 pub struct Tls {
+    ticketer: Arc<dyn ProducesTickets>,
+    sessions: Arc<dyn StoresServerSessions + Send + Sync>,
+    current: ArcSwap<Server>,
+}
+
+/// One configuration's rustls server.
+struct Server {
+    config: Arc<ServerConfig>,
     acceptor: TlsAcceptor,
-    resolver: Arc<Resolver>,
+    certs: Arc<CertStore>,
+    strict_sni: bool,
 }
 
 impl Tls {
-    pub fn new(certs: Arc<CertStore>) -> anyhow::Result<Tls> {
-        let resolver = Arc::new(Resolver {
-            store: ArcSwap::new(certs),
-        });
-        let mut config = ServerConfig::builder_with_provider(Arc::new(certs::provider()))
-            .with_safe_default_protocol_versions()?
-            .with_no_client_auth()
-            .with_cert_resolver(resolver.clone());
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        config.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE);
-        config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
+    pub fn new(config: &TlsConfig) -> anyhow::Result<Tls> {
+        let ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
+        let sessions: Arc<dyn StoresServerSessions + Send + Sync> =
+            rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE);
+        let server = build(config, &ticketer, &sessions)?;
         Ok(Tls {
-            acceptor: TlsAcceptor::from(Arc::new(config)),
-            resolver,
+            ticketer,
+            sessions,
+            current: ArcSwap::from_pointee(server),
         })
     }
 
-    /// Serves `certs` to every handshake from now on; handshakes in progress and live
-    /// connections are not touched.
-    pub fn set_certs(&self, certs: Arc<CertStore>) {
-        self.resolver.store.store(certs);
+    /// Serves `config` to every handshake from now on; handshakes in progress and live
+    /// connections are not touched, and sessions from before resume.
+    pub fn set(&self, config: &TlsConfig) -> anyhow::Result<()> {
+        let server = build(config, &self.ticketer, &self.sessions)?;
+        self.current.store(Arc::new(server));
+        Ok(())
     }
 
     /// Completes the handshake on `stream`, taking one of `slots` first, all before
@@ -80,10 +101,29 @@ impl Tls {
         deadline: Option<Instant>,
         started: Instant,
     ) -> Result<Client, HandshakeError> {
+        let server = self.current.load_full();
         let handshake = async {
             let _slot = slots.acquire().await;
             let io = Coalesce::new(ReadAhead::new(stream));
-            match self.acceptor.accept(io).into_fallible().await {
+            let accepted = match server.strict_sni {
+                false => server.acceptor.accept(io).into_fallible().await,
+                true => {
+                    let hello = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
+                    let start = hello.await.map_err(HandshakeError::Failed)?;
+                    if let Some(name) = start.client_hello().server_name()
+                        && !server.certs.knows(name)
+                    {
+                        let name = name.to_string();
+                        start.io.refuse(&UNRECOGNIZED_NAME).await;
+                        return Err(HandshakeError::UnknownName(name));
+                    }
+                    start
+                        .into_stream(server.config.clone())
+                        .into_fallible()
+                        .await
+                }
+            };
+            match accepted {
                 Ok(client) => Ok(client),
                 Err((e, io)) => {
                     // The alert that says why.
@@ -110,10 +150,39 @@ impl Tls {
     }
 }
 
+fn build(
+    config: &TlsConfig,
+    ticketer: &Arc<dyn ProducesTickets>,
+    sessions: &Arc<dyn StoresServerSessions + Send + Sync>,
+) -> anyhow::Result<Server> {
+    let resolver = Arc::new(Resolver {
+        certs: config.certs.clone(),
+    });
+    let builder = ServerConfig::builder_with_provider(Arc::new(certs::provider()))
+        .with_safe_default_protocol_versions()?;
+    let builder = match &config.client_cas {
+        Some(cas) => builder.with_client_cert_verifier(cas.verifier.clone()),
+        None => builder.with_no_client_auth(),
+    };
+    let mut server = builder.with_cert_resolver(resolver);
+    server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    server.session_storage = sessions.clone();
+    server.ticketer = ticketer.clone();
+    let server = Arc::new(server);
+    Ok(Server {
+        acceptor: TlsAcceptor::from(server.clone()),
+        config: server,
+        certs: config.certs.clone(),
+        strict_sni: config.strict_sni,
+    })
+}
+
 /// Why a handshake did not complete.
 #[derive(Debug)]
 pub enum HandshakeError {
     TimedOut(Duration),
+    /// `--strict-sni` refused a name no certificate has.
+    UnknownName(String),
     Failed(std::io::Error),
 }
 
@@ -121,19 +190,22 @@ impl fmt::Display for HandshakeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             HandshakeError::TimedOut(after) => write!(f, "handshake timed out after {after:?}"),
+            HandshakeError::UnknownName(name) => {
+                write!(f, "refused unknown name {:?} (--strict-sni)", name)
+            }
             HandshakeError::Failed(e) => write!(f, "handshake failed: {e}"),
         }
     }
 }
 
-/// Chooses each handshake's certificate from the current store.
+/// Chooses each handshake's certificate by its SNI.
 #[derive(Debug)]
 struct Resolver {
-    store: ArcSwap<CertStore>,
+    certs: Arc<CertStore>,
 }
 
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.store.load().choose(hello.server_name())
+        self.certs.choose(hello.server_name(), false)
     }
 }

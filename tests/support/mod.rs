@@ -3,6 +3,7 @@
 //! recording, refusing, silent). Everything listens on 127.0.0.1.
 #![allow(dead_code)]
 
+pub mod binary;
 pub mod insecure;
 pub mod pki;
 
@@ -211,12 +212,14 @@ impl RawTls {
 /// binary builds it: the tests speak the flags users write.
 pub fn config_from_flags(argv: &[String]) -> Config {
     let args = <Args as clap::Parser>::try_parse_from(argv).expect("flags parse");
-    Config::build(&args.into_settings()).expect("config")
+    Config::build(&args.into_settings().expect("settings")).expect("config")
 }
 
 /// wssbridge running in-process on 127.0.0.1 port 0.
 pub struct Tunnel {
     pub addr: SocketAddr,
+    /// The `--redirect-http` listeners, bound like the TLS one.
+    pub redirect_addrs: Vec<SocketAddr>,
     pub server: Server,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
@@ -230,26 +233,39 @@ impl Tunnel {
 
     /// Starts with the given certificate chain and key files and `flags`.
     pub async fn start_with_cert(cert: &Path, key: &Path, flags: &[&str]) -> Tunnel {
-        let mut argv: Vec<String> = vec![
-            "wssbridge".into(),
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-            "--cert".into(),
-            cert.display().to_string(),
-            "--key".into(),
-            key.display().to_string(),
-        ];
+        let (cert, key) = (cert.display().to_string(), key.display().to_string());
+        let mut all = vec!["--cert", &cert, "--key", &key];
+        all.extend_from_slice(flags);
+        Tunnel::start_with_flags(&all).await
+    }
+
+    /// Starts with exactly `flags` (and `--listen 127.0.0.1:0`): certificates included.
+    pub async fn start_with_flags(flags: &[&str]) -> Tunnel {
+        let mut argv: Vec<String> =
+            vec!["wssbridge".into(), "--listen".into(), "127.0.0.1:0".into()];
         argv.extend(flags.iter().map(|f| f.to_string()));
         let config = config_from_flags(&argv);
         let listener = wssbridge::accept::bind(config.listen[0]).expect("bind");
         let addr = listener.local_addr().expect("local addr");
+        let redirect: Vec<_> = config
+            .settings
+            .redirect_http
+            .iter()
+            .map(|a| wssbridge::accept::bind(*a).expect("bind"))
+            .collect();
+        let redirect_addrs = redirect.iter().map(|l| l.local_addr().unwrap()).collect();
+        let listeners = wssbridge::Listeners {
+            tls: vec![listener],
+            redirect,
+        };
         let server = Server::new(config).expect("server");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(server.clone().run(vec![listener], async {
+        let task = tokio::spawn(server.clone().run(listeners, async {
             let _ = stopped.await;
         }));
         Tunnel {
             addr,
+            redirect_addrs,
             server,
             stop: Some(stop),
             task: Some(task),
@@ -267,7 +283,9 @@ impl Tunnel {
         argv.push("--key".into());
         argv.push(pki().key.display().to_string());
         argv.extend(flags.iter().map(|f| f.to_string()));
-        self.server.reload(config_from_flags(&argv));
+        self.server
+            .reload(config_from_flags(&argv))
+            .expect("reload");
     }
 
     /// Fires the shutdown future, as SIGTERM would.

@@ -1,0 +1,135 @@
+//! Reloading the configuration from its files, and the background work that keeps
+//! certificates fresh: polling their content, and the daily expiry check.
+//!
+//! A reload builds the configuration again from the settings it was built from, so every
+//! certificate, key and client CA file is read again and validated. Only a complete build is
+//! swapped in; a failed one changes nothing, is logged once as an error naming the file and
+//! the reason, and the old certificates go on serving. Live connections never notice either.
+//!
+//! Polling compares the files' content, not their paths' metadata: certbot renews by
+//! pointing `live/NAME/*.pem` symlinks at new files in `archive/`, which a watch on the path
+//! would not see.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::config::Config;
+use crate::state::State;
+use crate::tls::certs::EXPIRY_WARNING;
+
+/// Why a reload happened, for its log lines.
+#[derive(Debug, Clone, Copy)]
+pub enum Trigger {
+    Signal,
+    Poll,
+    Call,
+}
+
+/// Builds the configuration again from its files and swaps it in; logs the outcome.
+pub fn from_files(state: &State, trigger: Trigger) -> anyhow::Result<()> {
+    let result = rebuild(state);
+    match &result {
+        Ok(config) => {
+            tracing::info!(?trigger, "configuration reloaded");
+            log_certificates(config);
+        }
+        Err(e) => tracing::error!(
+            ?trigger,
+            "reload failed, still serving the previous configuration: {e:#}"
+        ),
+    }
+    result.map(drop)
+}
+
+fn rebuild(state: &State) -> anyhow::Result<Arc<Config>> {
+    let current = state.config.load_full();
+    let mut config = Config::build(&current.settings)?;
+    if current.settings.certs.is_empty() {
+        // The development certificate stays the one browsers were told to accept.
+        config.tls.certs = current.tls.certs.clone();
+    }
+    state.reload(config)?;
+    Ok(state.config.load_full())
+}
+
+/// One line per certificate: its file, names, issuer and expiry.
+pub fn log_certificates(config: &Config) {
+    for cert in config.tls.certs.infos() {
+        tracing::info!(
+            file = %cert.file,
+            names = %cert.names.join(","),
+            issuer = %cert.issuer,
+            expires = %cert.expires(),
+            "certificate"
+        );
+    }
+}
+
+/// A warning for each certificate that expires within 14 days, an error for each expired.
+pub fn check_expiry(config: &Config, now: SystemTime) {
+    for cert in config.tls.certs.infos() {
+        let left = cert.seconds_left(now);
+        let names = cert.names.join(",");
+        if left <= 0 {
+            tracing::error!(file = %cert.file, names = %names, expired = %cert.expires(),
+                "certificate has expired: clients refuse it");
+        } else if left < EXPIRY_WARNING.as_secs() as i64 {
+            tracing::warn!(file = %cert.file, names = %names, expires = %cert.expires(),
+                "certificate expires in {} days", left / 86_400);
+        }
+    }
+}
+
+/// Checks expiry once a day until `state` stops.
+pub async fn expiry_daily(state: Arc<State>) {
+    const DAY: Duration = Duration::from_secs(24 * 3600);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + DAY, DAY);
+    loop {
+        tokio::select! {
+            _ = state.stopping.cancelled() => return,
+            _ = ticks.tick() => check_expiry(&state.config.load(), SystemTime::now()),
+        }
+    }
+}
+
+/// Reloads when the content of a certificate, key or client CA file changes, checking every
+/// `interval` until `state` stops. A change that does not load is logged once, not at every
+/// check; the next change is tried again.
+pub async fn poll_files(state: Arc<State>, interval: Duration) {
+    let mut seen = digest(&state.config.load());
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    loop {
+        tokio::select! {
+            _ = state.stopping.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let now = digest(&state.config.load());
+        if now != seen {
+            seen = now;
+            // Logged inside; after a failure, the next change is tried again.
+            let _ = from_files(&state, Trigger::Poll);
+        }
+    }
+}
+
+/// A digest of the content of every file the configuration was loaded from; a file that
+/// cannot be read counts as its error, so its return is a change too.
+fn digest(config: &Config) -> Vec<u8> {
+    let settings = &config.settings;
+    let files = settings
+        .certs
+        .iter()
+        .flat_map(|p| [&p.cert, &p.key])
+        .chain(&settings.client_cas);
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for file in files {
+        match std::fs::read(file) {
+            Ok(bytes) => {
+                ctx.update(&(bytes.len() as u64).to_le_bytes());
+                ctx.update(&bytes);
+            }
+            Err(e) => ctx.update(format!("unreadable: {e}").as_bytes()),
+        }
+    }
+    ctx.finish().as_ref().to_vec()
+}
