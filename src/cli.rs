@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use clap::{ArgAction, Parser, ValueEnum};
 
+use crate::balance::{Balancing, Check, PerRoute, Policy};
 use crate::config::{Security, Settings, Timeouts};
 use crate::route::{Backend, RouteSpec};
 use crate::tls::CertPaths;
@@ -83,6 +84,48 @@ pub struct Args {
     /// Shorthand for --route /=BACKEND[,BACKEND...].
     #[arg(long, env = "WSSBRIDGE_TO", value_name = "BACKEND", value_parser = parse_backends)]
     pub to: Option<Backends>,
+
+    /// How a route spreads connections over its backends: round-robin, least-conn (fewest
+    /// live connections) or ip-hash (sticky by client address); POLICY for every route or
+    /// [HOST]PATH=POLICY for one, named as its --route names it; repeatable.
+    #[arg(long = "balance", env = "WSSBRIDGE_BALANCE", value_name = "[[HOST]PATH=]POLICY",
+          value_delimiter = ' ', action = ArgAction::Append)]
+    pub balance: Vec<PerRoute<Policy>>,
+
+    /// A failed connect marks that backend down this long: connections try the others first
+    /// (0 = off). When every backend of a route is down, all are tried anyway.
+    #[arg(
+        long,
+        env = "WSSBRIDGE_FAIL_TIMEOUT",
+        value_name = "DURATION",
+        default_value = "10s"
+    )]
+    pub fail_timeout: Timeout,
+
+    /// Active health check: tcp (a connect) or a path such as /healthz (GET, 2xx or 3xx
+    /// passes); CHECK for every route or [HOST]PATH=CHECK for one; repeatable. Down after 3
+    /// failures in a row, up after 2 passes.
+    #[arg(long = "health-check", env = "WSSBRIDGE_HEALTH_CHECK", value_name = "[[HOST]PATH=]CHECK",
+          value_delimiter = ' ', action = ArgAction::Append)]
+    pub health_checks: Vec<PerRoute<Check>>,
+
+    /// Time between two health checks of one backend.
+    #[arg(
+        long,
+        env = "WSSBRIDGE_HEALTH_INTERVAL",
+        value_name = "DURATION",
+        default_value = "5s"
+    )]
+    pub health_interval: Timeout,
+
+    /// Time one health check may take.
+    #[arg(
+        long,
+        env = "WSSBRIDGE_HEALTH_TIMEOUT",
+        value_name = "DURATION",
+        default_value = "2s"
+    )]
+    pub health_timeout: Timeout,
 
     /// Time allowed for the TLS handshake (0 = off).
     #[arg(
@@ -260,6 +303,13 @@ impl Args {
             cert_poll: self.cert_poll.0,
             redirect_http: self.redirect_http,
             routes,
+            balancing: Balancing {
+                policies: self.balance,
+                checks: self.health_checks,
+            },
+            fail_timeout: self.fail_timeout.0,
+            health_interval: self.health_interval.0,
+            health_timeout: self.health_timeout.0,
             timeouts: Timeouts {
                 handshake: self.handshake_timeout.0,
                 header: self.header_timeout.0,

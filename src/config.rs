@@ -11,7 +11,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::balance::Pools;
+use crate::balance::health::Timing;
+use crate::balance::{Balancing, Pools};
 use crate::route::{RouteSpec, RouteTable};
 use crate::tls::{CertPaths, CertStore, ClientCas, TlsConfig};
 
@@ -34,6 +35,13 @@ pub struct Settings {
     pub redirect_http: Vec<SocketAddr>,
     /// Every route, `--to` included (as `/`).
     pub routes: Vec<RouteSpec>,
+    /// Policies and active checks, per route or for all.
+    pub balancing: Balancing,
+    /// A failed connect marks a backend down this long (`None`: never).
+    pub fail_timeout: Option<Duration>,
+    /// Active checks' interval (`None`: rejected, an interval must be given) and timeout.
+    pub health_interval: Option<Duration>,
+    pub health_timeout: Option<Duration>,
     pub timeouts: Timeouts,
     pub max_header_bytes: usize,
     /// `None`: from the file-descriptor limit.
@@ -56,6 +64,10 @@ impl Default for Settings {
             cert_poll: Some(Duration::from_secs(60)),
             redirect_http: Vec::new(),
             routes: Vec::new(),
+            balancing: Balancing::default(),
+            fail_timeout: Some(Duration::from_secs(10)),
+            health_interval: Some(Duration::from_secs(5)),
+            health_timeout: Some(Duration::from_secs(2)),
             timeouts: Timeouts::default(),
             max_header_bytes: 16 * 1024,
             max_connections: None,
@@ -79,6 +91,8 @@ pub struct Config {
     pub routes: RouteTable,
     /// Balancing state per route, indexed like `routes`; the server shares it across reloads.
     pub pools: Pools,
+    pub fail_timeout: Option<Duration>,
+    pub health: Timing,
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub security: Security,
@@ -141,6 +155,12 @@ impl Config {
         }
         let routes = RouteTable::new(settings.routes.clone())
             .map_err(|e| anyhow::anyhow!("--route: {e}"))?;
+        let pools = Pools::new(&routes, &settings.balancing).map_err(|e| anyhow::anyhow!(e))?;
+        let health = match (settings.health_interval, settings.health_timeout) {
+            (Some(interval), Some(timeout)) => Timing { interval, timeout },
+            (None, _) => anyhow::bail!("--health-interval must be more than 0"),
+            (_, None) => anyhow::bail!("--health-timeout must be more than 0"),
+        };
         let certs = match settings.certs.is_empty() {
             true => CertStore::ephemeral()
                 .map_err(|e| anyhow::anyhow!("generating a self-signed certificate: {e}"))?,
@@ -187,8 +207,10 @@ impl Config {
                 client_cas,
                 strict_sni: settings.strict_sni,
             },
-            pools: Pools::new(&routes),
+            pools,
             routes,
+            fail_timeout: settings.fail_timeout,
+            health,
             timeouts: settings.timeouts,
             limits: Limits {
                 max_header_bytes: settings.max_header_bytes,

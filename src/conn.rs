@@ -6,7 +6,7 @@
 //! was spoken, or the way the tunnel ended. The connection keeps the configuration snapshot
 //! it was accepted with to its end.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::config::{Config, Timeouts};
+use crate::connect::Connected;
 use crate::http::{self, Exchange, Head, ReadError, Refusal, Stop};
 use crate::respond::{self, Status};
 use crate::splice::{self, End, Op, Preread, Side, Transfer};
@@ -26,8 +27,9 @@ pub async fn serve(state: &State, stream: TcpStream, peer: SocketAddr, admitted:
     let started = Instant::now();
     let config = state.config.load_full();
     let mut summary = Summary::default();
+    let client = peer.ip();
     let outcome = tokio::select! {
-        outcome = pipeline(state, &config, stream, started, admitted, &mut summary) => outcome,
+        outcome = pipeline(state, &config, stream, client, started, admitted, &mut summary) => outcome,
         _ = state.force.cancelled() => Outcome::Forced,
     };
     summary.log(peer, &outcome, started);
@@ -37,6 +39,7 @@ async fn pipeline(
     state: &State,
     config: &Arc<Config>,
     stream: TcpStream,
+    client_ip: IpAddr,
     started: Instant,
     admitted: bool,
     summary: &mut Summary,
@@ -73,13 +76,20 @@ async fn pipeline(
     };
     summary.route = Some(config.routes.get(admitted.route).to_string());
 
-    // connect
+    // connect: in the route's balancing order, failing over
     let pool = config.pools.get(admitted.route);
-    let Some((mut backend, addr)) = crate::connect::connect(pool, config.timeouts.connect).await
+    let (timeout, fail_timeout) = (config.timeouts.connect, config.fail_timeout);
+    let connected = crate::connect::connect(pool, client_ip, timeout, fail_timeout).await;
+    let Some(Connected {
+        stream: mut backend,
+        backend: to,
+        lease: _lease,
+    }) = connected
     else {
         return answer(&mut client, Status::BadGateway).await;
     };
-    summary.backend = Some(addr.to_string());
+    summary.backend = Some(to.name().to_string());
+    drop(to);
 
     // splice: the first head as it came, then the two-way copy, under the HTTP rules of the
     // exchange until an upgrade opens the tunnel.

@@ -11,7 +11,9 @@ use std::time::Duration;
 use socket2::{SockRef, TcpKeepalive};
 use tokio::net::TcpStream;
 
-use crate::balance::Pool;
+use std::sync::Arc;
+
+use crate::balance::{BackendState, Lease, Pool};
 use crate::route::Backend;
 
 /// Keepalive finds peers that vanished without a FIN (a laptop closed, a NAT entry dropped)
@@ -20,16 +22,41 @@ const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_RETRIES: u32 = 6;
 
-/// Connects to the first backend of `pool` that accepts, in the pool's order.
-pub async fn connect(pool: &Pool, timeout: Option<Duration>) -> Option<(TcpStream, &Backend)> {
-    for backend in pool.order() {
-        match dial(backend, timeout).await {
+/// A connection to a backend, and its place in the backend's live count.
+pub struct Connected {
+    pub stream: TcpStream,
+    pub backend: Arc<BackendState>,
+    pub lease: Lease,
+}
+
+/// Connects to the first backend of `pool` that accepts, in the order the pool gives for a
+/// client at `client`. A failed connect marks its backend down for `fail_timeout` and moves
+/// on at once (nothing was sent yet).
+pub async fn connect(
+    pool: &Pool,
+    client: IpAddr,
+    timeout: Option<Duration>,
+    fail_timeout: Option<Duration>,
+) -> Option<Connected> {
+    for state in pool.order(client) {
+        match dial(&state.backend, timeout).await {
             Ok(stream) => {
                 tune(SockRef::from(&stream));
-                return Some((stream, backend));
+                let lease = state.connected();
+                return Some(Connected {
+                    stream,
+                    backend: state.clone(),
+                    lease,
+                });
             }
             Err(e) => {
-                tracing::warn!(%backend, route = %pool.route(), "backend connect failed: {e}")
+                let (backend, route) = (&state.backend, pool.route());
+                match fail_timeout {
+                    // Marking down logs the change, once.
+                    Some(_) => tracing::debug!(%backend, %route, "backend connect failed: {e}"),
+                    None => tracing::warn!(%backend, %route, "backend connect failed: {e}"),
+                }
+                state.connect_failed(&e, fail_timeout);
             }
         }
     }

@@ -63,14 +63,19 @@ pub fn log_startup(config: &Config, listeners: &Listeners) {
         max_header_bytes = config.limits.max_header_bytes,
         "limits"
     );
-    for route in config.routes.iter() {
-        let backends: Vec<String> = route
-            .spec
-            .backends
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        tracing::info!(route = %route, backends = %backends.join(","), "route");
+    for pool in config.pools.iter() {
+        let backends: Vec<&str> = pool.backends().iter().map(|b| b.name()).collect();
+        let check = pool
+            .check
+            .as_ref()
+            .map_or("off".to_string(), ToString::to_string);
+        tracing::info!(
+            route = %pool.route(),
+            backends = %backends.join(","),
+            balance = %pool.policy,
+            health_check = %check,
+            "route"
+        );
     }
     reload::log_certificates(config);
     reload::check_expiry(config, std::time::SystemTime::now());

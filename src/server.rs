@@ -103,6 +103,7 @@ impl Server {
             let service = Service::Redirect { https_port };
             loops.spawn(accept::accept_loop(listener, state.clone(), service));
         }
+        state.start_background();
         if let Some(interval) = state.config.load().settings.cert_poll {
             loops.spawn(reload::poll_files(state.clone(), interval));
         }

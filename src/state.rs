@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -44,6 +45,8 @@ pub struct State {
     pub overflow: Arc<Semaphore>,
     /// Connections per client address (`--max-connections-per-ip`).
     pub per_ip: Option<PerIp>,
+    /// Set once `run` started: background work follows reloads from then on.
+    running: AtomicBool,
 }
 
 impl State {
@@ -64,7 +67,22 @@ impl State {
             permits: Arc::new(Semaphore::new(limits.max_connections)),
             overflow: Arc::new(Semaphore::new(OVERFLOW_ANSWERS)),
             per_ip: limits.max_connections_per_ip.map(PerIp::new),
+            running: AtomicBool::new(false),
         })
+    }
+
+    /// Starts what runs beside the accept loops for the current configuration (health
+    /// checks); from now on reloads restart what they change.
+    pub fn start_background(&self) {
+        self.running.store(true, Ordering::Relaxed);
+        self.follow(&self.config.load());
+    }
+
+    fn follow(&self, config: &Config) {
+        if self.running.load(Ordering::Relaxed) {
+            let health = &self.balance.health;
+            health.reconcile(&config.pools, config.health, &self.stopping);
+        }
     }
 
     /// Makes `config` the one new connections get, keeping the balancing state of the routes
@@ -72,6 +90,7 @@ impl State {
     pub fn reload(&self, mut config: Config) -> anyhow::Result<()> {
         self.tls.set(&config.tls)?;
         self.balance.adopt(&mut config.pools);
+        self.follow(&config);
         self.config.store(Arc::new(config));
         Ok(())
     }

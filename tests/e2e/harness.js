@@ -39,10 +39,11 @@ class Wssbridge {
     this.waiters = [];
   }
 
-  static start(routes) {
+  static start(routes, extra = []) {
     const c = certs();
     const args = ['--listen', '127.0.0.1:0', '--cert', c.cert, '--key', c.key, '--log-format', 'json'];
     for (const r of routes) args.push('--route', r);
+    args.push(...extra);
     const child = spawn(BIN, args, { stdio: ['ignore', 'ignore', 'pipe'] });
     const bridge = new Wssbridge(child);
     readline.createInterface({ input: child.stderr }).on('line', (line) => {

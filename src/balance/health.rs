@@ -1,0 +1,177 @@
+//! Active health checks (`--health-check`): one loop per checked backend, one check at a time,
+//! every `--health-interval`, each bounded by `--health-timeout`.
+//!
+//! `tcp` passes when a connection opens; a path such as `/healthz` sends
+//! `GET /healthz HTTP/1.1` with the backend's `host:port` as `Host` and passes on a 2xx or 3xx
+//! status line. Three failures in a row mark the backend down, two passes bring it back
+//! (see `BackendState::checked`). The loops follow the configuration: a reload starts loops
+//! for newly checked backends and stops those no longer checked. All stop at shutdown.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use super::{BackendState, Pools};
+use crate::route::Backend;
+
+/// What one check does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Check {
+    /// A TCP connect.
+    Tcp,
+    /// `GET PATH` over HTTP/1.1; 2xx or 3xx passes.
+    Http(String),
+}
+
+impl FromStr for Check {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "tcp" => Ok(Check::Tcp),
+            path if path.starts_with('/') && path.bytes().all(|b| b.is_ascii_graphic()) => {
+                Ok(Check::Http(path.to_string()))
+            }
+            other => Err(format!(
+                "unknown check '{other}' (use tcp, or an absolute path such as /healthz)"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Check {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Check::Tcp => f.write_str("tcp"),
+            Check::Http(path) => f.write_str(path),
+        }
+    }
+}
+
+/// How often, and how long each check may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+/// The running check loops, by backend.
+#[derive(Debug, Default)]
+pub struct Checks {
+    running: Mutex<HashMap<Backend, Running>>,
+}
+
+#[derive(Debug)]
+struct Running {
+    check: Check,
+    timing: Timing,
+    stop: CancellationToken,
+}
+
+impl Checks {
+    /// Makes the running loops those `pools` ask for: starts the missing ones, restarts those
+    /// whose check changed, stops those no longer asked for. A backend named by several
+    /// routes with different checks gets the first route's. `shutdown` ends them all.
+    pub fn reconcile(&self, pools: &Pools, timing: Timing, shutdown: &CancellationToken) {
+        let mut wanted: HashMap<Backend, (Check, Arc<BackendState>)> = HashMap::new();
+        for pool in pools.iter() {
+            let Some(check) = &pool.check else { continue };
+            for state in pool.backends() {
+                match wanted.get(&state.backend) {
+                    Some((first, _)) if first != check => tracing::warn!(
+                        backend = %state.backend,
+                        "two health checks for one backend: {first} is used, {check} is not"
+                    ),
+                    Some(_) => {}
+                    None => {
+                        wanted.insert(state.backend.clone(), (check.clone(), state.clone()));
+                    }
+                }
+            }
+        }
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        running.retain(|backend, r| {
+            let keep = wanted
+                .get(backend)
+                .is_some_and(|(check, _)| *check == r.check && timing == r.timing);
+            if !keep {
+                r.stop.cancel();
+            }
+            keep
+        });
+        for (backend, (check, state)) in wanted {
+            if running.contains_key(&backend) {
+                continue;
+            }
+            let stop = shutdown.child_token();
+            tokio::spawn(run(state, check.clone(), timing, stop.clone()));
+            running.insert(
+                backend,
+                Running {
+                    check,
+                    timing,
+                    stop,
+                },
+            );
+        }
+    }
+}
+
+/// Checks `state`'s backend until `stop`: at once, then every interval.
+async fn run(state: Arc<BackendState>, check: Check, timing: Timing, stop: CancellationToken) {
+    let mut ticks = tokio::time::interval(timing.interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let outcome = tokio::select! {
+            _ = stop.cancelled() => return,
+            outcome = tokio::time::timeout(timing.timeout, probe(&state.backend, &check)) => {
+                outcome.unwrap_or_else(|_| Err(format!("no answer within {:?}", timing.timeout)))
+            }
+        };
+        tracing::trace!(backend = %state.backend, ?outcome, "health check");
+        state.checked(outcome);
+    }
+}
+
+/// One check against `backend`.
+async fn probe(backend: &Backend, check: &Check) -> Result<(), String> {
+    let mut stream = TcpStream::connect((backend.host(), backend.port()))
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let Check::Http(path) = check else {
+        return Ok(());
+    };
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {backend}\r\nUser-Agent: wssbridge-health\r\n\
+         Connection: close\r\n\r\n"
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    // The status line is all a check needs: "HTTP/1.1 200".
+    let mut line = [0u8; 12];
+    stream
+        .read_exact(&mut line)
+        .await
+        .map_err(|e| format!("read: {e}"))?;
+    let status = std::str::from_utf8(&line)
+        .ok()
+        .filter(|l| l.starts_with("HTTP/1."))
+        .and_then(|l| l[9..12].parse::<u16>().ok())
+        .ok_or_else(|| format!("not an HTTP answer: {:?}", String::from_utf8_lossy(&line)))?;
+    match status {
+        200..=399 => Ok(()),
+        other => Err(format!("status {other}")),
+    }
+}

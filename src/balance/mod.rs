@@ -1,0 +1,621 @@
+//! Balancing: the order in which a connection tries its route's backends, and the state
+//! behind that order (live connections, passive and active health), which outlives any one
+//! configuration.
+//!
+//! Policies (`--balance`): `round-robin` (the default), `least-conn` (fewest live connections
+//! through this process, ties round-robin) and `ip-hash` (rendezvous hashing of the client
+//! address, see [`hash`]). Whatever the policy, backends that are up come first, in the
+//! policy's order, then those marked down, in the same order: a connection still tries every
+//! backend before it is answered 502, so a route never ejects its only backend into a 502 loop.
+//!
+//! A backend is down while a failed connect's mark lasts (`--fail-timeout`), or after three
+//! failed active checks in a row until two pass (`--health-check`, see [`health`]). Marking
+//! never touches live tunnels.
+//!
+//! A [`Pools`] is built beside each configuration with fresh state; [`Registry::adopt`] then
+//! swaps in the state that already exists for the same backend or route, so a reload resets
+//! no counter, no health and no round-robin position. The registry holds that state weakly:
+//! a backend no configuration names any more is forgotten.
+
+pub mod hash;
+pub mod health;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::Hash;
+use std::net::IpAddr;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use crate::route::{Backend, RouteSpec, RouteTable};
+
+pub use health::Check;
+
+/// How a route spreads connections over its backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Policy {
+    #[default]
+    RoundRobin,
+    LeastConn,
+    IpHash,
+}
+
+impl FromStr for Policy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "round-robin" => Ok(Policy::RoundRobin),
+            "least-conn" => Ok(Policy::LeastConn),
+            "ip-hash" => Ok(Policy::IpHash),
+            other => Err(format!(
+                "unknown policy '{other}' (use round-robin, least-conn or ip-hash)"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Policy::RoundRobin => "round-robin",
+            Policy::LeastConn => "least-conn",
+            Policy::IpHash => "ip-hash",
+        })
+    }
+}
+
+/// A route named as its `--route` names it: `[HOST]PATH`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RouteName {
+    pub host: Option<String>,
+    pub path: String,
+}
+
+impl RouteName {
+    fn of(spec: &RouteSpec) -> RouteName {
+        RouteName {
+            host: spec.host.clone(),
+            path: spec.path.clone(),
+        }
+    }
+}
+
+impl FromStr for RouteName {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        // The same parser as --route, so a name matches its route exactly as written.
+        let spec: RouteSpec = format!("{s}=0.0.0.0:1").parse()?;
+        Ok(RouteName::of(&spec))
+    }
+}
+
+impl fmt::Display for RouteName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{}", self.host.as_deref().unwrap_or(""), self.path)
+    }
+}
+
+/// `VALUE` for every route, or `[HOST]PATH=VALUE` for one: the shape of `--balance`,
+/// `--health-check` and `--send-proxy`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PerRoute<T> {
+    pub route: Option<RouteName>,
+    pub value: T,
+}
+
+impl<T: FromStr<Err = String>> FromStr for PerRoute<T> {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.rsplit_once('=') {
+            Some((route, value)) => Ok(PerRoute {
+                route: Some(route.parse()?),
+                value: value.parse()?,
+            }),
+            None => Ok(PerRoute {
+                route: None,
+                value: s.parse()?,
+            }),
+        }
+    }
+}
+
+/// The value `rules` give the route `spec`: its own rule, else the one for every route.
+/// Every rule must name a route that exists, and no route (or "every route") may have two.
+pub fn per_route<'a, T>(
+    rules: &'a [PerRoute<T>],
+    routes: &RouteTable,
+    flag: &str,
+) -> Result<Vec<Option<&'a T>>, String> {
+    let mut seen = Vec::new();
+    for rule in rules {
+        if let Some(name) = &rule.route
+            && !routes.iter().any(|r| RouteName::of(&r.spec) == *name)
+        {
+            return Err(format!(
+                "{flag} {name}=…: no --route {name}=… to apply it to"
+            ));
+        }
+        if seen.contains(&&rule.route) {
+            let what = rule
+                .route
+                .as_ref()
+                .map_or("every route".into(), |n| n.to_string());
+            return Err(format!("{flag} given twice for {what}"));
+        }
+        seen.push(&rule.route);
+    }
+    Ok(routes
+        .iter()
+        .map(|r| {
+            let name = RouteName::of(&r.spec);
+            let own = rules.iter().find(|rule| rule.route.as_ref() == Some(&name));
+            own.or_else(|| rules.iter().find(|rule| rule.route.is_none()))
+                .map(|rule| &rule.value)
+        })
+        .collect())
+}
+
+/// Milliseconds since the first call, for deadlines kept in atomics.
+fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+/// What this process knows of one backend, shared by every route that names it.
+#[derive(Debug)]
+pub struct BackendState {
+    pub backend: Backend,
+    /// `backend` as written: the `ip-hash` key and the log field.
+    name: String,
+    /// Connections through this process to it right now.
+    active: AtomicUsize,
+    /// Failed connects, ever.
+    connect_failures: AtomicU64,
+    /// A failed connect marks it down until then (`now_ms`; 0: not marked).
+    down_until: AtomicU64,
+    /// The active check says down (three failures in a row, until two passes).
+    checked_down: AtomicBool,
+    /// Checks failed / passed in a row.
+    fails: AtomicU32,
+    passes: AtomicU32,
+    /// Whether the last line logged of it said down: one line per change.
+    logged_down: AtomicBool,
+}
+
+/// Failed active checks in a row that mark a backend down, and passes that bring it back
+/// (HAProxy's default `fall 3 rise 2`).
+const FALL: u32 = 3;
+const RISE: u32 = 2;
+
+impl BackendState {
+    fn new(backend: Backend) -> BackendState {
+        BackendState {
+            name: backend.to_string(),
+            backend,
+            active: AtomicUsize::new(0),
+            connect_failures: AtomicU64::new(0),
+            down_until: AtomicU64::new(0),
+            checked_down: AtomicBool::new(false),
+            fails: AtomicU32::new(0),
+            passes: AtomicU32::new(0),
+            logged_down: AtomicBool::new(false),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Up: no active check says down and no failed connect's mark is running.
+    pub fn is_up(&self) -> bool {
+        !self.checked_down.load(Ordering::Relaxed)
+            && self.down_until.load(Ordering::Relaxed) <= now_ms()
+    }
+
+    /// Connections through this process to it right now.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    pub fn connect_failures(&self) -> u64 {
+        self.connect_failures.load(Ordering::Relaxed)
+    }
+
+    /// A connect failed: marked down for `fail_timeout` (`None`: passive health off), or
+    /// until an active check has passed twice since.
+    pub fn connect_failed(&self, error: &std::io::Error, fail_timeout: Option<Duration>) {
+        self.connect_failures.fetch_add(1, Ordering::Relaxed);
+        let Some(timeout) = fail_timeout else {
+            return;
+        };
+        self.passes.store(0, Ordering::Relaxed);
+        self.down_until
+            .store(now_ms() + timeout.as_millis() as u64, Ordering::Relaxed);
+        if !self.logged_down.swap(true, Ordering::Relaxed) {
+            tracing::warn!(backend = %self.name, "backend down: connect failed: {error}; \
+                tried again after {timeout:?}, or when every backend of its route is down");
+        }
+    }
+
+    /// A connect succeeded: a failed connect's mark is over.
+    pub fn connected(self: &Arc<Self>) -> Lease {
+        self.down_until.store(0, Ordering::Relaxed);
+        if !self.checked_down.load(Ordering::Relaxed)
+            && self.logged_down.swap(false, Ordering::Relaxed)
+        {
+            tracing::info!(backend = %self.name, "backend up: connect succeeded");
+        }
+        self.active.fetch_add(1, Ordering::Relaxed);
+        Lease(self.clone())
+    }
+
+    /// The outcome of one active check (`Err`: why it failed). Passing twice in a row brings
+    /// a backend back, whether checks or a failed connect had marked it down.
+    pub fn checked(&self, outcome: Result<(), String>) {
+        match outcome {
+            Ok(()) => {
+                self.fails.store(0, Ordering::Relaxed);
+                let passes = self.passes.fetch_add(1, Ordering::Relaxed) + 1;
+                if passes >= RISE {
+                    self.checked_down.store(false, Ordering::Relaxed);
+                    self.down_until.store(0, Ordering::Relaxed);
+                    if self.logged_down.swap(false, Ordering::Relaxed) {
+                        tracing::info!(backend = %self.name,
+                            "backend up: {RISE} health checks passed");
+                    }
+                }
+            }
+            Err(why) => {
+                self.passes.store(0, Ordering::Relaxed);
+                let fails = self.fails.fetch_add(1, Ordering::Relaxed) + 1;
+                if fails >= FALL
+                    && !self.checked_down.swap(true, Ordering::Relaxed)
+                    && !self.logged_down.swap(true, Ordering::Relaxed)
+                {
+                    tracing::warn!(backend = %self.name,
+                        "backend down: {FALL} health checks failed in a row, the last: {why}");
+                }
+            }
+        }
+    }
+}
+
+/// One connection's place in its backend's live count, given back on drop.
+#[derive(Debug)]
+pub struct Lease(Arc<BackendState>);
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The backends of one route, in the order of its `--route` rule, with their state.
+#[derive(Debug)]
+pub struct Pool {
+    /// The route as written (`[HOST]PATH`).
+    name: RouteName,
+    backends: Vec<Arc<BackendState>>,
+    pub policy: Policy,
+    /// The active check of this route's backends, if any.
+    pub check: Option<Check>,
+    /// Where the next round-robin turn starts (also least-conn's tie-break).
+    next: Arc<AtomicUsize>,
+}
+
+impl Pool {
+    /// The route as written (`[HOST]PATH`).
+    pub fn route(&self) -> String {
+        self.name.to_string()
+    }
+
+    pub fn backends(&self) -> &[Arc<BackendState>] {
+        &self.backends
+    }
+
+    /// The backends in the order a connection from `client` should try them: those up in the
+    /// policy's order, then those down in the same order.
+    pub fn order(&self, client: IpAddr) -> Vec<&Arc<BackendState>> {
+        let n = self.backends.len();
+        let turn = || self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let ranked: Vec<usize> = match self.policy {
+            Policy::RoundRobin => {
+                let start = turn();
+                (0..n).map(|i| (start + i) % n).collect()
+            }
+            Policy::LeastConn => {
+                let start = turn();
+                let mut order: Vec<usize> = (0..n).map(|i| (start + i) % n).collect();
+                // Stable: equal counts keep the round-robin order.
+                order.sort_by_key(|&i| self.backends[i].active());
+                order
+            }
+            Policy::IpHash => {
+                let names: Vec<&str> = self.backends.iter().map(|b| b.name()).collect();
+                hash::rank(&names, client)
+            }
+        };
+        let (up, down): (Vec<usize>, Vec<usize>) =
+            ranked.into_iter().partition(|&i| self.backends[i].is_up());
+        up.into_iter()
+            .chain(down)
+            .map(|i| &self.backends[i])
+            .collect()
+    }
+}
+
+/// How each route balances and checks, as the settings ask.
+#[derive(Debug, Clone, Default)]
+pub struct Balancing {
+    pub policies: Vec<PerRoute<Policy>>,
+    pub checks: Vec<PerRoute<Check>>,
+}
+
+/// One pool per route, indexed like the route table.
+#[derive(Debug, Default)]
+pub struct Pools {
+    pools: Vec<Pool>,
+}
+
+impl Pools {
+    /// Pools for `routes`, with fresh state, balanced and checked as `balancing` says.
+    pub fn new(routes: &RouteTable, balancing: &Balancing) -> Result<Pools, String> {
+        let policies = per_route(&balancing.policies, routes, "--balance")?;
+        let checks = per_route(&balancing.checks, routes, "--health-check")?;
+        let mut states: HashMap<Backend, Arc<BackendState>> = HashMap::new();
+        let pools = routes
+            .iter()
+            .zip(policies.into_iter().zip(checks))
+            .map(|(route, (policy, check))| Pool {
+                name: RouteName::of(&route.spec),
+                backends: route
+                    .spec
+                    .backends
+                    .iter()
+                    .map(|b| {
+                        states
+                            .entry(b.clone())
+                            .or_insert_with(|| Arc::new(BackendState::new(b.clone())))
+                            .clone()
+                    })
+                    .collect(),
+                policy: policy.copied().unwrap_or_default(),
+                check: check.cloned(),
+                next: Arc::default(),
+            })
+            .collect();
+        Ok(Pools { pools })
+    }
+
+    /// The pool of the route at `index` in the route table.
+    pub fn get(&self, index: usize) -> &Pool {
+        &self.pools[index]
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Pool> {
+        self.pools.iter()
+    }
+}
+
+/// The balancing state that lives as long as the process, keyed by backend (and, for
+/// round-robin positions, by route), and the health checks that run on it.
+#[derive(Debug, Default)]
+pub struct Registry {
+    backends: Mutex<WeakMap<Backend, BackendState>>,
+    turns: Mutex<WeakMap<RouteName, AtomicUsize>>,
+    pub health: health::Checks,
+}
+
+impl Registry {
+    /// Gives `pools` the state already kept for their backends and routes, and keeps theirs
+    /// for the rest.
+    pub fn adopt(&self, pools: &mut Pools) {
+        let mut backends = self.backends.lock().unwrap_or_else(|e| e.into_inner());
+        let mut turns = self.turns.lock().unwrap_or_else(|e| e.into_inner());
+        for pool in &mut pools.pools {
+            pool.next = turns.share(&pool.name, &pool.next);
+            for state in &mut pool.backends {
+                *state = backends.share(&state.backend, state);
+            }
+        }
+        backends.forget_dead();
+        turns.forget_dead();
+    }
+}
+
+/// Shared values by key, held weakly.
+#[derive(Debug)]
+struct WeakMap<K, V> {
+    map: HashMap<K, Weak<V>>,
+}
+
+impl<K, V> Default for WeakMap<K, V> {
+    fn default() -> Self {
+        WeakMap {
+            map: HashMap::new(),
+        }
+    }
+}
+
+impl<K: Hash + Eq + Clone, V> WeakMap<K, V> {
+    /// The value kept under `key` if it is still alive, else `fresh`, now kept.
+    fn share(&mut self, key: &K, fresh: &Arc<V>) -> Arc<V> {
+        if let Some(alive) = self.map.get(key).and_then(Weak::upgrade) {
+            return alive;
+        }
+        self.map.insert(key.clone(), Arc::downgrade(fresh));
+        fresh.clone()
+    }
+
+    fn forget_dead(&mut self) {
+        self.map.retain(|_, v| v.strong_count() > 0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pools_with(rules: &[&str], balancing: &Balancing) -> Pools {
+        let specs = rules.iter().map(|r| r.parse().expect("rule")).collect();
+        Pools::new(&RouteTable::new(specs).expect("table"), balancing).expect("pools")
+    }
+
+    fn pools(rules: &[&str]) -> Pools {
+        pools_with(rules, &Balancing::default())
+    }
+
+    const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    fn order(pool: &Pool) -> String {
+        pool.order(CLIENT)
+            .iter()
+            .map(|b| b.backend.host().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn round_robin_then_failover_order() {
+        let p = pools(&["/=a:1,b:1,c:1"]);
+        let r = p.get(0);
+        assert_eq!(order(r), "abc");
+        assert_eq!(order(r), "bca");
+        assert_eq!(order(r), "cab");
+    }
+
+    #[test]
+    fn adopted_pools_keep_their_turn_and_backend_state_across_a_reload() {
+        let registry = Registry::default();
+        let mut old = pools(&["/=a:1,b:1,c:1", "/x=d:1,e:1"]);
+        registry.adopt(&mut old);
+        assert_eq!(order(old.get(0)), "abc");
+        let lease = old.get(0).backends()[1].connected();
+        let mut new = pools(&["/y=f:1", "/=a:1,b:1,c:1"]);
+        registry.adopt(&mut new);
+        assert_eq!(
+            order(new.get(1)),
+            "bca",
+            "the same route goes on where it was"
+        );
+        assert_eq!(order(old.get(0)), "cab", "old and new share one counter");
+        assert_eq!(
+            new.get(1).backends()[1].active(),
+            1,
+            "and one count per backend"
+        );
+        drop(lease);
+        drop(old);
+        let mut newer = pools(&["/x=d:1,e:1"]);
+        registry.adopt(&mut newer);
+        assert_eq!(
+            order(newer.get(0)),
+            "de",
+            "a route no config held starts afresh"
+        );
+    }
+
+    #[test]
+    fn down_backends_go_last_and_are_still_tried() {
+        let p = pools(&["/=a:1,b:1,c:1"]);
+        let r = p.get(0);
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        r.backends()[0].connect_failed(&refused, Some(Duration::from_secs(10)));
+        assert_eq!(order(r), "bca");
+        assert_eq!(order(r), "bca");
+        assert_eq!(order(r), "cba");
+        for b in r.backends() {
+            b.connect_failed(&refused, Some(Duration::from_secs(10)));
+        }
+        // All down: every one is tried, in the policy's order.
+        assert_eq!(order(r).len(), 3);
+        drop(r.backends()[1].connected());
+        assert_eq!(&order(r)[..1], "b", "the one that answered comes first");
+    }
+
+    #[test]
+    fn least_conn_takes_the_fewest_and_breaks_ties_in_turn() {
+        let balancing = Balancing {
+            policies: vec!["least-conn".parse().unwrap()],
+            ..Balancing::default()
+        };
+        let p = pools_with(&["/=a:1,b:1,c:1"], &balancing);
+        let r = p.get(0);
+        let mut leases = Vec::new();
+        let mut counts = HashMap::new();
+        for _ in 0..30 {
+            let first = r.order(CLIENT)[0].clone();
+            *counts.entry(first.backend.host().to_string()).or_insert(0) += 1;
+            leases.push(first.connected());
+        }
+        assert_eq!(
+            counts.values().copied().collect::<Vec<_>>(),
+            vec![10, 10, 10]
+        );
+        leases.retain(|l| l.0.backend.host() != "b");
+        assert_eq!(&order(r)[..1], "b", "the emptied backend is next");
+    }
+
+    #[test]
+    fn two_passing_checks_end_a_failed_connects_mark() {
+        let p = pools(&["/=a:1"]);
+        let a = &p.get(0).backends()[0];
+        a.checked(Ok(()));
+        a.checked(Ok(()));
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        a.connect_failed(&refused, Some(Duration::from_secs(3600)));
+        assert!(!a.is_up());
+        a.checked(Ok(()));
+        assert!(!a.is_up(), "passes from before the failure do not count");
+        a.checked(Ok(()));
+        assert!(a.is_up());
+    }
+
+    #[test]
+    fn active_checks_fall_after_three_and_rise_after_two() {
+        let p = pools(&["/=a:1,b:1"]);
+        let a = &p.get(0).backends()[0];
+        a.checked(Err("503".into()));
+        a.checked(Err("503".into()));
+        assert!(a.is_up());
+        a.checked(Err("503".into()));
+        assert!(!a.is_up());
+        a.checked(Ok(()));
+        assert!(!a.is_up());
+        a.checked(Ok(()));
+        assert!(a.is_up());
+    }
+
+    #[test]
+    fn rules_name_routes_as_written() {
+        let table = RouteTable::new(vec![
+            "/socket.io/=a:1".parse().unwrap(),
+            "Chat.Example/=b:1".parse().unwrap(),
+        ])
+        .unwrap();
+        let rules: Vec<PerRoute<Policy>> = vec![
+            "round-robin".parse().unwrap(),
+            "/socket.io/=ip-hash".parse().unwrap(),
+        ];
+        let got = per_route(&rules, &table, "--balance").unwrap();
+        assert_eq!(got, vec![Some(&Policy::IpHash), Some(&Policy::RoundRobin)]);
+        let chat: Vec<PerRoute<Policy>> = vec!["chat.example/=least-conn".parse().unwrap()];
+        assert_eq!(
+            per_route(&chat, &table, "--balance").unwrap(),
+            vec![None, Some(&Policy::LeastConn)]
+        );
+        let unknown: Vec<PerRoute<Policy>> = vec!["/nope/=ip-hash".parse().unwrap()];
+        let e = per_route(&unknown, &table, "--balance").unwrap_err();
+        assert!(e.contains("no --route /nope/"), "{e}");
+        assert!(
+            "/x=sticky"
+                .parse::<PerRoute<Policy>>()
+                .unwrap_err()
+                .contains("unknown policy")
+        );
+    }
+}
