@@ -7,7 +7,7 @@ DEMO_BACKEND ?= 127.0.0.1:3000
 E2E_CERTS := target/e2e-certs
 
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := head route exchange
+FUZZ_TARGETS := head route exchange proxy
 # What cargo-fuzz passes for libFuzzer, without needing a nightly toolchain.
 FUZZ_RUSTFLAGS := --cfg fuzzing -Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
   -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \

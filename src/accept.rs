@@ -15,7 +15,11 @@ use anyhow::Context;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 
-use crate::state::State;
+use crate::cidr::Cidr;
+use crate::conn::Accepted;
+use crate::metrics::Outcome;
+use crate::proxy::{self, Header};
+use crate::state::{IpSlot, State};
 use crate::{conn, redirect};
 
 /// Pending connections the kernel queues per listener (nginx's default is 511).
@@ -29,6 +33,11 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// them to every accepted socket (five system calls fewer per connection), and setting them
 /// before `listen` covers connections queued before the accept loop starts.
 pub fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
+    bind_for("--listen", addr)
+}
+
+/// [`bind`], for the listener of `flag` (named in the error).
+pub fn bind_for(flag: &str, addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
     let attempt = || -> io::Result<std::net::TcpListener> {
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
         socket.set_reuse_address(true)?;
@@ -41,7 +50,7 @@ pub fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
         socket.set_nonblocking(true)?;
         Ok(socket.into())
     };
-    attempt().with_context(|| format!("--listen {addr}: cannot listen"))
+    attempt().with_context(|| format!("{flag} {addr}: cannot listen"))
 }
 
 /// What a listener serves.
@@ -84,14 +93,14 @@ pub async fn accept_loop(listener: TcpListener, state: Arc<State>, service: Serv
                 continue;
             }
         };
-        let ip_slot = match &state.per_ip {
-            None => None,
-            Some(per_ip) => match per_ip.enter(peer.ip()) {
-                Some(slot) => Some(slot),
-                None => {
-                    tracing::debug!(%peer, "at --max-connections-per-ip: closing");
-                    continue;
-                }
+        // A load balancer's connection starts with a PROXY header naming the client: its
+        // per-address count waits for that. Anyone else is counted now, before a task exists.
+        let proxied = Cidr::any(&state.config.load().accept_proxy_from, peer.ip());
+        let ip_slot = match proxied {
+            true => None,
+            false => match enter(&state, peer) {
+                Ok(slot) => slot,
+                Err(()) => continue,
             },
         };
         let (permit, admitted) = match state.permits.clone().try_acquire_owned() {
@@ -100,23 +109,95 @@ pub async fn accept_loop(listener: TcpListener, state: Arc<State>, service: Serv
                 Ok(p) => (p, false),
                 Err(_) => {
                     tracing::debug!(%peer, "over capacity and over the 503 budget: closing");
+                    state.metrics.counted(Outcome::Refused);
                     continue;
                 }
             },
         };
         let conn_state = state.clone();
         state.tracker.spawn(async move {
+            let state = conn_state;
+            let (accepted, ip_slot) = match proxied {
+                false => (Accepted::direct(stream, peer), ip_slot),
+                true => match arrive(&state, stream, peer).await {
+                    Some(arrived) => arrived,
+                    None => return,
+                },
+            };
             match service {
-                Service::Tls => conn::serve(&conn_state, stream, peer, admitted).await,
+                Service::Tls => conn::serve(&state, accepted, admitted).await,
                 Service::Redirect { https_port } => {
-                    let config = conn_state.config.load_full();
-                    let status = redirect::serve(stream, &config, https_port).await;
+                    let config = state.config.load_full();
+                    let status = redirect::serve(accepted.stream, &config, https_port).await;
+                    if let Some(code) = status {
+                        state.metrics.responded(code);
+                    }
                     tracing::debug!(%peer, ?status, "plain HTTP redirected");
                 }
             }
             drop((permit, ip_slot));
         });
     }
+}
+
+/// Counts a connection from `client` under `--max-connections-per-ip`; `Err` when that
+/// address is at its limit (the connection is then closed).
+fn enter(state: &State, client: SocketAddr) -> Result<Option<IpSlot>, ()> {
+    let Some(per_ip) = &state.per_ip else {
+        return Ok(None);
+    };
+    match per_ip.enter(client.ip()) {
+        Some(slot) => Ok(Some(slot)),
+        None => {
+            tracing::debug!(%client, "at --max-connections-per-ip: closing");
+            state.metrics.counted(Outcome::Refused);
+            Err(())
+        }
+    }
+}
+
+/// Reads the PROXY header a trusted balancer must send first, within the header timeout
+/// (counted from accept); the client it names is the connection's client from then on. A
+/// v2 `LOCAL` (the balancer's own health check) is a connection of the balancer's own.
+/// Without a valid header the connection is closed, logged at debug.
+async fn arrive(
+    state: &State,
+    mut stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+) -> Option<(Accepted, Option<IpSlot>)> {
+    let timeout = state.config.load().timeouts.header;
+    let read = proxy::read(&mut stream);
+    let read = match timeout {
+        Some(t) => tokio::time::timeout(t, read)
+            .await
+            .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "timed out"))),
+        None => read.await,
+    };
+    let (client, local, early) = match read {
+        Ok((
+            Header::Proxied {
+                source,
+                destination,
+                ..
+            },
+            early,
+        )) => (source, Some(destination), early),
+        Ok((Header::Local, early)) => (peer, None, early),
+        Err(e) => {
+            tracing::debug!(%peer, "no valid PROXY header from a --accept-proxy-from peer, closing: {e}");
+            state.metrics.counted(Outcome::Refused);
+            return None;
+        }
+    };
+    let slot = enter(state, client).ok()?;
+    let accepted = Accepted {
+        stream,
+        peer,
+        client,
+        local,
+        early,
+    };
+    Some((accepted, slot))
 }
 
 /// Errors that concern one connection only (it was reset before we took it).

@@ -13,7 +13,9 @@ use std::time::Duration;
 use clap::{ArgAction, Parser, ValueEnum};
 
 use crate::balance::{Balancing, Check, PerRoute, Policy};
+use crate::cidr::Cidr;
 use crate::config::{Security, Settings, Timeouts};
+use crate::proxy;
 use crate::route::{Backend, RouteSpec};
 use crate::tls::CertPaths;
 
@@ -127,6 +129,34 @@ pub struct Args {
     )]
     pub health_timeout: Timeout,
 
+    /// Add X-Forwarded-For, X-Forwarded-Proto, X-Real-IP and Forwarded (the client's address)
+    /// to every request head forwarded; the client's own are removed first.
+    #[arg(long, env = "WSSBRIDGE_ADD_FORWARDED")]
+    pub add_forwarded: bool,
+
+    /// A proxy in front whose X-Forwarded-For and Forwarded are kept and extended, not
+    /// removed (address or CIDR range); repeatable.
+    #[arg(long = "trust-forwarded", env = "WSSBRIDGE_TRUST_FORWARDED", value_name = "CIDR",
+          value_delimiter = ' ', action = ArgAction::Append)]
+    pub trust_forwarded: Vec<Cidr>,
+
+    /// Write a PROXY protocol header (v1 or v2) to backends before any byte; for every route
+    /// or [HOST]PATH=v1|v2 for one; repeatable.
+    #[arg(long = "send-proxy", env = "WSSBRIDGE_SEND_PROXY", value_name = "[[HOST]PATH=]v1|v2",
+          value_delimiter = ' ', action = ArgAction::Append)]
+    pub send_proxy: Vec<PerRoute<proxy::Version>>,
+
+    /// Connections from this address or range (a load balancer) must begin with a PROXY v1
+    /// or v2 header, whose client address is then used for everything; repeatable.
+    #[arg(long = "accept-proxy-from", env = "WSSBRIDGE_ACCEPT_PROXY_FROM", value_name = "CIDR",
+          value_delimiter = ' ', action = ArgAction::Append)]
+    pub accept_proxy_from: Vec<Cidr>,
+
+    /// Plain-HTTP address for /metrics (Prometheus), /livez, /healthz and /readyz, e.g.
+    /// 127.0.0.1:9090 (keep it private).
+    #[arg(long, env = "WSSBRIDGE_ADMIN", value_name = "ADDR")]
+    pub admin: Option<SocketAddr>,
+
     /// Time allowed for the TLS handshake (0 = off).
     #[arg(
         long,
@@ -173,6 +203,16 @@ pub struct Args {
         default_value = "60s"
     )]
     pub close_timeout: Timeout,
+
+    /// On SIGTERM/SIGINT, how long /readyz answers 503 while the listeners still accept, so
+    /// a balancer in front stops sending first (0 = close the listeners at once).
+    #[arg(
+        long,
+        env = "WSSBRIDGE_SHUTDOWN_DELAY",
+        value_name = "DURATION",
+        default_value = "0"
+    )]
+    pub shutdown_delay: Timeout,
 
     /// On SIGTERM/SIGINT, how long live tunnels may go on before they are closed.
     #[arg(
@@ -306,7 +346,13 @@ impl Args {
             balancing: Balancing {
                 policies: self.balance,
                 checks: self.health_checks,
+                send_proxy: self.send_proxy,
             },
+            add_forwarded: self.add_forwarded,
+            trust_forwarded: self.trust_forwarded,
+            accept_proxy_from: self.accept_proxy_from,
+            admin: self.admin,
+            shutdown_delay: self.shutdown_delay.0.unwrap_or(Duration::ZERO),
             fail_timeout: self.fail_timeout.0,
             health_interval: self.health_interval.0,
             health_timeout: self.health_timeout.0,

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use crate::balance::health::Timing;
 use crate::balance::{Balancing, Pools};
+use crate::cidr::Cidr;
 use crate::route::{RouteSpec, RouteTable};
 use crate::tls::{CertPaths, CertStore, ClientCas, TlsConfig};
 
@@ -33,6 +34,16 @@ pub struct Settings {
     pub cert_poll: Option<Duration>,
     /// Plain-HTTP listeners that redirect every request to https.
     pub redirect_http: Vec<SocketAddr>,
+    /// Add X-Forwarded-For, X-Forwarded-Proto, X-Real-IP and Forwarded to every request.
+    pub add_forwarded: bool,
+    /// Clients whose own X-Forwarded-For and Forwarded are kept (and extended).
+    pub trust_forwarded: Vec<Cidr>,
+    /// Peers that must begin every connection with a PROXY header.
+    pub accept_proxy_from: Vec<Cidr>,
+    /// The plain-HTTP admin listener (/metrics, /livez, /healthz, /readyz).
+    pub admin: Option<SocketAddr>,
+    /// Between readiness turning 503 at shutdown and the listeners closing.
+    pub shutdown_delay: Duration,
     /// Every route, `--to` included (as `/`).
     pub routes: Vec<RouteSpec>,
     /// Policies and active checks, per route or for all.
@@ -63,6 +74,11 @@ impl Default for Settings {
             client_auth_optional: false,
             cert_poll: Some(Duration::from_secs(60)),
             redirect_http: Vec::new(),
+            add_forwarded: false,
+            trust_forwarded: Vec::new(),
+            accept_proxy_from: Vec::new(),
+            admin: None,
+            shutdown_delay: Duration::ZERO,
             routes: Vec::new(),
             balancing: Balancing::default(),
             fail_timeout: Some(Duration::from_secs(10)),
@@ -93,6 +109,10 @@ pub struct Config {
     pub pools: Pools,
     pub fail_timeout: Option<Duration>,
     pub health: Timing,
+    /// `--add-forwarded`, and the clients trusted to say who they forward for.
+    pub add_forwarded: bool,
+    pub trust_forwarded: Vec<Cidr>,
+    pub accept_proxy_from: Vec<Cidr>,
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub security: Security,
@@ -211,6 +231,9 @@ impl Config {
             routes,
             fail_timeout: settings.fail_timeout,
             health,
+            add_forwarded: settings.add_forwarded,
+            trust_forwarded: settings.trust_forwarded.clone(),
+            accept_proxy_from: settings.accept_proxy_from.clone(),
             timeouts: settings.timeouts,
             limits: Limits {
                 max_header_bytes: settings.max_header_bytes,

@@ -14,12 +14,16 @@
 #![forbid(unsafe_code)]
 
 pub mod accept;
+pub mod admin;
 pub mod balance;
+pub mod cidr;
 pub mod cli;
 pub mod config;
 pub mod conn;
 pub mod connect;
 pub mod http;
+pub mod metrics;
+pub mod proxy;
 pub mod redirect;
 pub mod reload;
 pub mod respond;
@@ -47,12 +51,16 @@ pub async fn run(
 /// Logs the listeners, routes and certificates, one line each, as the server starts, and
 /// warns of certificates near their expiry.
 pub fn log_startup(config: &Config, listeners: &Listeners) {
-    for (l, what) in listeners.tls.iter().map(|l| (l, "listening")).chain(
-        listeners
-            .redirect
-            .iter()
-            .map(|l| (l, "redirecting plain HTTP to https")),
-    ) {
+    let tls = listeners.tls.iter().map(|l| (l, "listening"));
+    let redirect = listeners
+        .redirect
+        .iter()
+        .map(|l| (l, "redirecting plain HTTP to https"));
+    let admin = listeners
+        .admin
+        .iter()
+        .map(|l| (l, "admin: /metrics /livez /healthz /readyz"));
+    for (l, what) in tls.chain(redirect).chain(admin) {
         match l.local_addr() {
             Ok(addr) => tracing::info!(%addr, "{what}"),
             Err(e) => tracing::warn!("listener without address: {e}"),

@@ -44,15 +44,16 @@ fn serve(config: wssbridge::Config) -> anyhow::Result<()> {
         // the process.
         let shutdown = wssbridge::signals::shutdown();
         let hangups = wssbridge::signals::hangups()?;
-        let bind = |addrs: &[std::net::SocketAddr]| {
+        let bind = |flag: &str, addrs: &[std::net::SocketAddr]| {
             addrs
                 .iter()
-                .map(|addr| wssbridge::accept::bind(*addr))
+                .map(|addr| wssbridge::accept::bind_for(flag, *addr))
                 .collect::<anyhow::Result<Vec<_>>>()
         };
         let listeners = wssbridge::Listeners {
-            tls: bind(&config.listen)?,
-            redirect: bind(&config.settings.redirect_http)?,
+            tls: bind("--listen", &config.listen)?,
+            redirect: bind("--redirect-http", &config.settings.redirect_http)?,
+            admin: bind("--admin", config.settings.admin.as_slice())?.pop(),
         };
         wssbridge::log_startup(&config, &listeners);
         let server = wssbridge::Server::new(config)?;

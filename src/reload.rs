@@ -28,6 +28,7 @@ pub enum Trigger {
 /// Builds the configuration again from its files and swaps it in; logs the outcome.
 pub fn from_files(state: &State, trigger: Trigger) -> anyhow::Result<()> {
     let result = rebuild(state);
+    state.metrics.reloaded(result.is_ok());
     match &result {
         Ok(config) => {
             tracing::info!(?trigger, "configuration reloaded");

@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 use crate::accept::{self, Service};
+use crate::admin;
 use crate::config::Config;
 use crate::reload::{self, Trigger};
 use crate::state::State;
@@ -23,6 +24,8 @@ pub struct Listeners {
     pub tls: Vec<std::net::TcpListener>,
     /// Plain-HTTP redirect listeners (`--redirect-http`).
     pub redirect: Vec<std::net::TcpListener>,
+    /// The admin listener (`--admin`): metrics and health, up until the process exits.
+    pub admin: Option<std::net::TcpListener>,
 }
 
 impl From<Vec<std::net::TcpListener>> for Listeners {
@@ -89,6 +92,15 @@ impl Server {
     ) -> anyhow::Result<()> {
         let listeners = listeners.into();
         let state = self.state;
+        let admin_stop = tokio_util::sync::CancellationToken::new();
+        let admin = match listeners.admin {
+            Some(listener) => {
+                let listener = TcpListener::from_std(listener)?;
+                let stop = admin_stop.clone();
+                Some(tokio::spawn(admin::serve(listener, state.clone(), stop)))
+            }
+            None => None,
+        };
         let https_port = match listeners.tls.first() {
             Some(l) => l.local_addr()?.port(),
             None => 443,
@@ -110,6 +122,14 @@ impl Server {
         loops.spawn(reload::expiry_daily(state.clone()));
 
         shutdown.await;
+        // Not ready from now on; the listeners go on accepting for --shutdown-delay, so a
+        // balancer in front sees /readyz fail and stops sending before they close.
+        state.draining.cancel();
+        let delay = state.config.load().settings.shutdown_delay;
+        if !delay.is_zero() {
+            tracing::info!("not ready: closing the listeners in {delay:?}");
+            tokio::time::sleep(delay).await;
+        }
         state.stopping.cancel();
         while loops.join_next().await.is_some() {}
         let grace = state.config.load().timeouts.shutdown_grace;
@@ -129,6 +149,10 @@ impl Server {
                 closed = left,
                 "shutdown grace over: closed the connections left"
             );
+        }
+        admin_stop.cancel();
+        if let Some(admin) = admin {
+            let _ = admin.await;
         }
         Ok(())
     }

@@ -38,6 +38,8 @@ use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
+use crate::metrics::Traffic;
+
 /// Four TLS records' worth of plaintext: one read from the backend becomes four records that
 /// rustls writes out together, so a bulk transfer makes a quarter of the system calls it
 /// would with one record per read (measured: ~30% more MB per CPU-second than 16 KiB). It
@@ -163,19 +165,23 @@ pub enum End<S> {
     Stopped(S),
 }
 
-/// What was read from the client before the splice: `passed` goes to the backend as it is
-/// (the first request head, already admitted); `held` (what came after it) goes through the
-/// gate.
+/// What goes to the backend before the copy: `header` (a PROXY header: not the client's
+/// bytes, so not counted), then what was read from the client before the splice: `passed`
+/// as it is (the first request head, already admitted), `held` (what came after it) through
+/// the gate.
 #[derive(Debug, Default)]
 pub struct Preread {
+    pub header: Vec<u8>,
     pub passed: Vec<u8>,
     pub held: Vec<u8>,
 }
 
 /// Copies until both directions end, a timeout fires, or an error tears the tunnel down.
 /// `gate`, when given, says what may pass until it opens. `timeouts` are (idle, close).
-/// The counts are written to `transfer` as bytes move, so they are right even if the caller
-/// drops this future (e.g. when the shutdown grace runs out).
+/// The counts are written to `transfer` (this connection's) and `traffic` (the process's)
+/// as bytes move, so they are right even if the caller drops this future (e.g. when the
+/// shutdown grace runs out). When the gate opens (or with no gate), `transfer.opened` is set
+/// and `traffic` told: the caller tells it when the tunnel ends.
 pub async fn splice<C, G>(
     client: &mut C,
     backend: &mut TcpStream,
@@ -183,12 +189,19 @@ pub async fn splice<C, G>(
     gate: Option<Box<G>>,
     timeouts: (Option<Duration>, Option<Duration>),
     transfer: &mut Transfer,
+    traffic: &Traffic,
 ) -> End<G::Stop>
 where
     C: Client,
     G: Gate,
 {
-    transfer.opened = gate.is_none();
+    if gate.is_none() {
+        transfer.opened = true;
+        traffic.opened();
+    }
+    let uncounted = preread.header.len();
+    let mut first = preread.header;
+    first.extend_from_slice(&preread.passed);
     let mut state = Splice {
         client,
         backend,
@@ -205,7 +218,9 @@ where
         up_error: None,
         initial: Pending::new(preread.held),
         gate,
-        up_out: Pending::new(preread.passed),
+        up_out: Pending::new(first),
+        uncounted,
+        traffic,
         down_out: Pending::default(),
         down_burst: false,
         stopped: None,
@@ -239,6 +254,10 @@ struct Splice<'a, C, G: Gate> {
     gate: Option<Box<G>>,
     /// Bytes the gate approved, on their way to the backend / the client.
     up_out: Pending,
+    /// Bytes at the start of `up_out` that are not the client's (a PROXY header).
+    uncounted: usize,
+    /// The process's counts.
+    traffic: &'a Traffic,
     down_out: Pending,
     /// The last backend read filled the buffer: more is probably coming.
     down_burst: bool,
@@ -380,8 +399,7 @@ where
                 self.up_out
                     .advance(n)
                     .map_err(fail(Side::Backend, Op::Write))?;
-                self.transfer.up += n as u64;
-                self.touch();
+                self.sent_up(n);
                 continue;
             }
             if self.up == Dir::Closing {
@@ -434,8 +452,7 @@ where
                         let zero = io::ErrorKind::WriteZero.into();
                         return Poll::Ready(Err(fail(Side::Backend, Op::Write)(zero)));
                     }
-                    self.transfer.up += n as u64;
-                    self.touch();
+                    self.sent_up(n);
                     n
                 }
             };
@@ -482,8 +499,7 @@ where
                 _ => return Err(fail(Side::Backend, Op::Write)(e)),
             },
         };
-        self.transfer.up += n as u64;
-        self.touch();
+        self.sent_up(n);
         Ok(())
     }
 
@@ -503,8 +519,7 @@ where
                     continue;
                 }
                 let _ = self.down_out.advance(n);
-                self.transfer.down += n as u64;
-                self.touch();
+                self.sent_down(n);
                 continue;
             }
             if self.down_burst {
@@ -558,6 +573,7 @@ where
                             // followed the opening is tunnel data.
                             self.gate = None;
                             self.transfer.opened = true;
+                            self.traffic.opened();
                             self.down_out.bytes.extend_from_slice(&data[n..]);
                         } else {
                             debug_assert_eq!(n, data.len(), "the gate takes all until it opens");
@@ -580,9 +596,25 @@ where
             if n < data.len() {
                 self.down_out = Pending::new(data[n..].to_vec());
             }
-            self.transfer.down += n as u64;
-            self.touch();
+            self.sent_down(n);
         }
+    }
+
+    /// `n` bytes went to the backend.
+    fn sent_up(&mut self, n: usize) {
+        let header = n.min(self.uncounted);
+        self.uncounted -= header;
+        let n = n - header;
+        self.transfer.up += n as u64;
+        self.traffic.up(n);
+        self.touch();
+    }
+
+    /// `n` bytes went (into rustls) to the client.
+    fn sent_down(&mut self, n: usize) {
+        self.transfer.down += n as u64;
+        self.traffic.down(n);
+        self.touch();
     }
 
     fn flush_client(&mut self, cx: &mut Context<'_>) -> Poll<Step> {

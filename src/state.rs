@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::balance::Registry;
 use crate::config::{Config, Limits};
+use crate::metrics::Metrics;
 use crate::tls::Tls;
 
 /// Connections over `--max-connections` that may be answered 503 at the same time.
@@ -31,7 +32,11 @@ pub struct State {
     pub limits: Limits,
     pub tls: Tls,
     pub balance: Registry,
-    /// Set when shutdown starts: heads still arriving are answered 503.
+    pub metrics: Metrics,
+    /// Set when shutdown starts: /readyz answers 503 from then on.
+    pub draining: CancellationToken,
+    /// Set when the listeners close (`--shutdown-delay` after `draining`): heads still
+    /// arriving are answered 503.
     pub stopping: CancellationToken,
     /// Set when the shutdown grace is over: every connection is closed.
     pub force: CancellationToken,
@@ -60,6 +65,8 @@ impl State {
             limits,
             tls,
             balance,
+            metrics: Metrics::default(),
+            draining: CancellationToken::new(),
             stopping: CancellationToken::new(),
             force: CancellationToken::new(),
             tracker: TaskTracker::new(),
@@ -69,6 +76,11 @@ impl State {
             per_ip: limits.max_connections_per_ip.map(PerIp::new),
             running: AtomicBool::new(false),
         })
+    }
+
+    /// Whether `run` started (the listeners accept).
+    pub fn running(&self) -> bool {
+        self.running.load(Ordering::Relaxed)
     }
 
     /// Starts what runs beside the accept loops for the current configuration (health

@@ -12,31 +12,16 @@ use std::time::{Duration, Instant};
 
 use support::{Backend, Tunnel, echo, ws_connect};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 fn accepted(backend: &Backend) -> usize {
     backend.received.lock().unwrap().len()
 }
 
-/// A TLS connection to `addr` from the local address `from`.
-async fn connect_from(
-    from: IpAddr,
-    addr: SocketAddr,
-) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.bind(SocketAddr::new(from, 0)).unwrap();
-    let tcp = socket.connect(addr).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    tokio_rustls::TlsConnector::from(support::client_config())
-        .connect(name, tcp)
-        .await
-        .unwrap()
-}
-
 /// Sends one request that closes and returns the body (the backend's name).
 async fn ask_from(from: IpAddr, addr: SocketAddr) -> String {
-    let mut tls = connect_from(from, addr).await;
+    let mut tls = support::tls_connect_from(from, addr).await;
     tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();

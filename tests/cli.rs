@@ -159,8 +159,8 @@ async fn one_log_line_per_connection_with_its_fields() {
         field(&line, "bytes_down").is_some_and(|b| b.parse::<u64>().unwrap() > 30),
         "{line}"
     );
-    assert!(line.contains("tunnel closed"), "{line}");
-    assert!(field(&line, "ms").is_some(), "{line}");
+    assert!(line.contains("outcome=http closed "), "{line}");
+    assert!(field(&line, "duration_ms").is_some(), "{line}");
     // Start-up logged one line per listener and per route.
     running
         .wait_for_line(&["route", "/api", &backend.address()])

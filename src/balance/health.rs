@@ -18,9 +18,11 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::{BackendState, Pools};
+use crate::proxy;
 use crate::route::Backend;
 
-/// What one check does.
+/// What one check does. To a backend that gets PROXY headers (`--send-proxy`), a check first
+/// sends the header of a connection of wssbridge's own (v2 `LOCAL`, v1 `UNKNOWN`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Check {
     /// A TCP connect.
@@ -69,7 +71,7 @@ pub struct Checks {
 
 #[derive(Debug)]
 struct Running {
-    check: Check,
+    check: (Check, Option<proxy::Version>),
     timing: Timing,
     stop: CancellationToken,
 }
@@ -79,14 +81,18 @@ impl Checks {
     /// whose check changed, stops those no longer asked for. A backend named by several
     /// routes with different checks gets the first route's. `shutdown` ends them all.
     pub fn reconcile(&self, pools: &Pools, timing: Timing, shutdown: &CancellationToken) {
-        let mut wanted: HashMap<Backend, (Check, Arc<BackendState>)> = HashMap::new();
+        type Wanted = ((Check, Option<proxy::Version>), Arc<BackendState>);
+        let mut wanted: HashMap<Backend, Wanted> = HashMap::new();
         for pool in pools.iter() {
             let Some(check) = &pool.check else { continue };
+            let check = (check.clone(), pool.send_proxy);
             for state in pool.backends() {
                 match wanted.get(&state.backend) {
-                    Some((first, _)) if first != check => tracing::warn!(
+                    Some((first, _)) if *first != check => tracing::warn!(
                         backend = %state.backend,
-                        "two health checks for one backend: {first} is used, {check} is not"
+                        "two health checks for one backend: {} is used, {} is not",
+                        first.0,
+                        check.0
                     ),
                     Some(_) => {}
                     None => {
@@ -124,7 +130,12 @@ impl Checks {
 }
 
 /// Checks `state`'s backend until `stop`: at once, then every interval.
-async fn run(state: Arc<BackendState>, check: Check, timing: Timing, stop: CancellationToken) {
+async fn run(
+    state: Arc<BackendState>,
+    check: (Check, Option<proxy::Version>),
+    timing: Timing,
+    stop: CancellationToken,
+) {
     let mut ticks = tokio::time::interval(timing.interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -134,7 +145,7 @@ async fn run(state: Arc<BackendState>, check: Check, timing: Timing, stop: Cance
         }
         let outcome = tokio::select! {
             _ = stop.cancelled() => return,
-            outcome = tokio::time::timeout(timing.timeout, probe(&state.backend, &check)) => {
+            outcome = tokio::time::timeout(timing.timeout, probe(&state.backend, &check.0, check.1)) => {
                 outcome.unwrap_or_else(|_| Err(format!("no answer within {:?}", timing.timeout)))
             }
         };
@@ -144,10 +155,20 @@ async fn run(state: Arc<BackendState>, check: Check, timing: Timing, stop: Cance
 }
 
 /// One check against `backend`.
-async fn probe(backend: &Backend, check: &Check) -> Result<(), String> {
+async fn probe(
+    backend: &Backend,
+    check: &Check,
+    send_proxy: Option<proxy::Version>,
+) -> Result<(), String> {
     let mut stream = TcpStream::connect((backend.host(), backend.port()))
         .await
         .map_err(|e| format!("connect: {e}"))?;
+    if let Some(version) = send_proxy {
+        stream
+            .write_all(&proxy::local(version))
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+    }
     let Check::Http(path) = check else {
         return Ok(());
     };

@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
+use crate::proxy;
 use crate::route::{Backend, RouteSpec, RouteTable};
 
 pub use health::Check;
@@ -304,6 +305,8 @@ pub struct Pool {
     pub policy: Policy,
     /// The active check of this route's backends, if any.
     pub check: Option<Check>,
+    /// The PROXY header written to this route's backends before any byte (`--send-proxy`).
+    pub send_proxy: Option<proxy::Version>,
     /// Where the next round-robin turn starts (also least-conn's tie-break).
     next: Arc<AtomicUsize>,
 }
@@ -349,11 +352,12 @@ impl Pool {
     }
 }
 
-/// How each route balances and checks, as the settings ask.
+/// How each route balances, checks and greets its backends, as the settings ask.
 #[derive(Debug, Clone, Default)]
 pub struct Balancing {
     pub policies: Vec<PerRoute<Policy>>,
     pub checks: Vec<PerRoute<Check>>,
+    pub send_proxy: Vec<PerRoute<proxy::Version>>,
 }
 
 /// One pool per route, indexed like the route table.
@@ -367,11 +371,12 @@ impl Pools {
     pub fn new(routes: &RouteTable, balancing: &Balancing) -> Result<Pools, String> {
         let policies = per_route(&balancing.policies, routes, "--balance")?;
         let checks = per_route(&balancing.checks, routes, "--health-check")?;
+        let send_proxy = per_route(&balancing.send_proxy, routes, "--send-proxy")?;
         let mut states: HashMap<Backend, Arc<BackendState>> = HashMap::new();
         let pools = routes
             .iter()
-            .zip(policies.into_iter().zip(checks))
-            .map(|(route, (policy, check))| Pool {
+            .zip(policies.into_iter().zip(checks).zip(send_proxy))
+            .map(|(route, ((policy, check), send_proxy))| Pool {
                 name: RouteName::of(&route.spec),
                 backends: route
                     .spec
@@ -386,6 +391,7 @@ impl Pools {
                     .collect(),
                 policy: policy.copied().unwrap_or_default(),
                 check: check.cloned(),
+                send_proxy: send_proxy.copied(),
                 next: Arc::default(),
             })
             .collect();
@@ -399,6 +405,11 @@ impl Pools {
 
     pub fn iter(&self) -> impl Iterator<Item = &Pool> {
         self.pools.iter()
+    }
+
+    /// Whether some route sends PROXY headers to its backends.
+    pub fn any_send_proxy(&self) -> bool {
+        self.pools.iter().any(|p| p.send_proxy.is_some())
     }
 }
 

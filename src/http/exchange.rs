@@ -23,6 +23,7 @@ use crate::respond::Status;
 use crate::splice::{Gate, Halt};
 
 use super::admit::{Refusal, Upgrade, admit};
+use super::forwarded::{self, Forwarding};
 use super::framing::Body;
 use super::head::{self, Fed, Head};
 
@@ -61,6 +62,8 @@ pub struct Exchange {
     upgraded: bool,
     /// Set when a backend event may let held client bytes move.
     changed: bool,
+    /// `--add-forwarded`: every later request head gets the client's address.
+    forwarding: Option<Forwarding>,
 }
 
 enum Up {
@@ -96,7 +99,14 @@ impl Exchange {
             stop: None,
             upgraded: false,
             changed: false,
+            forwarding: None,
         }
+    }
+
+    /// Adds the client's address to every later request head (`--add-forwarded`).
+    pub fn forwarding(mut self, forwarding: Option<Forwarding>) -> Self {
+        self.forwarding = forwarding;
+        self
     }
 
     /// The exchange after the connection's first request, which [`admit`] let through with
@@ -179,7 +189,10 @@ impl Exchange {
             Fed::Head(head) => {
                 match admit(&self.config, &head, self.sni.as_deref(), Some(self.route)) {
                     Ok(admitted) => {
-                        out.append(&mut self.up_head);
+                        match &self.forwarding {
+                            Some(fwd) => forwarded::rewrite(&self.up_head, fwd, out),
+                            None => out.extend_from_slice(&self.up_head),
+                        }
                         self.up_head = Vec::new();
                         self.forwarded(&head, admitted.upgrade);
                     }

@@ -6,12 +6,14 @@
 //! - [`admit`]: the one admission decision for every request (421, upgrade rules, route,
 //!   confinement);
 //! - [`exchange`]: follows requests and responses on a connection until a `101`; the splice
-//!   asks it, as its gate, what may pass.
+//!   asks it, as its gate, what may pass;
+//! - [`forwarded`]: the client's address in every request head (`--add-forwarded`).
 //!
 //! Pure: no I/O beyond [`head::read`], the thin async reader of the first head.
 
 pub mod admit;
 pub mod exchange;
+pub mod forwarded;
 pub mod framing;
 pub mod head;
 

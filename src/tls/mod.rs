@@ -92,11 +92,13 @@ impl Tls {
         Ok(())
     }
 
-    /// Completes the handshake on `stream`, taking one of `slots` first, all before
-    /// `deadline` (`started` is when the connection was accepted, for the error).
+    /// Completes the handshake on `stream` (whose first bytes, `early`, were already read),
+    /// taking one of `slots` first, all before `deadline` (`started` is when the connection
+    /// was accepted, for the error).
     pub async fn handshake(
         &self,
         stream: TcpStream,
+        early: Vec<u8>,
         slots: &Semaphore,
         deadline: Option<Instant>,
         started: Instant,
@@ -104,7 +106,7 @@ impl Tls {
         let server = self.current.load_full();
         let handshake = async {
             let _slot = slots.acquire().await;
-            let io = Coalesce::new(ReadAhead::new(stream));
+            let io = Coalesce::new(ReadAhead::with_early(stream, early));
             let accepted = match server.strict_sni {
                 false => server.acceptor.accept(io).into_fallible().await,
                 true => {
@@ -184,6 +186,17 @@ pub enum HandshakeError {
     /// `--strict-sni` refused a name no certificate has.
     UnknownName(String),
     Failed(std::io::Error),
+}
+
+impl HandshakeError {
+    /// The `result` label of `wssbridge_tls_handshakes_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            HandshakeError::TimedOut(_) => "timeout",
+            HandshakeError::UnknownName(_) => "unknown_name",
+            HandshakeError::Failed(_) => "failed",
+        }
+    }
 }
 
 impl fmt::Display for HandshakeError {

@@ -35,9 +35,15 @@ pub struct ReadAhead<T> {
 
 impl<T> ReadAhead<T> {
     pub fn new(inner: T) -> Self {
+        ReadAhead::with_early(inner, Vec::new())
+    }
+
+    /// A stream whose first bytes were already read (after a PROXY header): they are handed
+    /// on first.
+    pub fn with_early(inner: T, early: Vec<u8>) -> Self {
         ReadAhead {
             inner,
-            buf: Vec::new(),
+            buf: early,
             pos: 0,
             bulk: false,
         }

@@ -102,6 +102,6 @@ test('two tabs chat through wssbridge over wss, and DevTools shows 101 over TLS 
   await two.page.close();
   // Closing a tab resets its sockets: wssbridge logs that as the client aborting the tunnel.
   await bridge.waitFor((e) => e.message === 'connection' && e.path.includes('transport=websocket')
-    && /^tunnel (closed|aborted by client)/.test(e.outcome) && e.bytes_down > 0,
+    && /^websocket (closed|aborted by client)/.test(e.outcome) && e.bytes_down > 0,
   'a browser websocket tunnel');
 });

@@ -123,5 +123,5 @@ test('every resource of a page comes from the backend its route names, and none 
   await page.close();
   // The browser did reuse connections across routes, and wssbridge closed them in time.
   await bridge.waitFor((e) => e.message === 'connection'
-    && e.outcome === 'closed before a request for another route', 'a confinement close');
+    && e.outcome === 'http closed before a request for another route', 'a confinement close');
 });

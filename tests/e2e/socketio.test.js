@@ -55,7 +55,7 @@ for (const version of [4, 2]) {
         && e.path.startsWith(`/socket.io/?${EIO[version]}`)
         && e.path.includes('transport=websocket')
         && e.route === '/socket.io/'
-        && e.outcome === 'tunnel closed'
+        && e.outcome === 'websocket closed'
         && e.bytes_down > 0, `a ${EIO[version]} websocket tunnel`);
     }
 

@@ -5,7 +5,14 @@
 
 pub mod binary;
 pub mod insecure;
+pub mod peers;
 pub mod pki;
+
+/// A number unique within this test process, for directory names.
+pub fn peers_serial() -> usize {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -86,6 +93,23 @@ pub async fn tls_connect_with(
     tcp.set_nodelay(true)?;
     let name = ServerName::try_from("localhost").expect("server name");
     TlsConnector::from(config).connect(name, tcp).await
+}
+
+/// A TLS connection to `addr` from the local address `from` (any of 127/8 on Linux), so a
+/// test can be several clients.
+pub async fn tls_connect_from(from: std::net::IpAddr, addr: SocketAddr) -> TlsStream<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind(SocketAddr::new(from, 0)).expect("bind client");
+    let tcp = tokio::time::timeout(WAIT, socket.connect(addr))
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    tcp.set_nodelay(true).expect("nodelay");
+    let name = ServerName::try_from("localhost").expect("server name");
+    tokio::time::timeout(WAIT, TlsConnector::from(client_config()).connect(name, tcp))
+        .await
+        .expect("TLS connect timed out")
+        .expect("TLS connect")
 }
 
 pub async fn tls_connect(addr: SocketAddr) -> TlsStream<TcpStream> {
@@ -220,6 +244,8 @@ pub struct Tunnel {
     pub addr: SocketAddr,
     /// The `--redirect-http` listeners, bound like the TLS one.
     pub redirect_addrs: Vec<SocketAddr>,
+    /// The `--admin` listener, if asked for.
+    pub admin_addr: Option<SocketAddr>,
     pub server: Server,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
@@ -254,9 +280,15 @@ impl Tunnel {
             .map(|a| wssbridge::accept::bind(*a).expect("bind"))
             .collect();
         let redirect_addrs = redirect.iter().map(|l| l.local_addr().unwrap()).collect();
+        let admin = config
+            .settings
+            .admin
+            .map(|a| wssbridge::accept::bind(a).expect("bind"));
+        let admin_addr = admin.as_ref().map(|l| l.local_addr().unwrap());
         let listeners = wssbridge::Listeners {
             tls: vec![listener],
             redirect,
+            admin,
         };
         let server = Server::new(config).expect("server");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -266,6 +298,7 @@ impl Tunnel {
         Tunnel {
             addr,
             redirect_addrs,
+            admin_addr,
             server,
             stop: Some(stop),
             task: Some(task),

@@ -1,61 +1,117 @@
 //! One connection, top to bottom: tls → http (first head, admission) → connect → splice,
-//! then one summary log line.
+//! then one summary log line and its counts.
 //!
 //! Each step either hands an owned value to the next or ends the connection with an
 //! [`Outcome`]: an HTTP error status sent before the tunnel starts, a quiet close when no HTTP
 //! was spoken, or the way the tunnel ended. The connection keeps the configuration snapshot
 //! it was accepted with to its end.
 
-use std::net::{IpAddr, SocketAddr};
+mod summary;
+
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::cidr::Cidr;
 use crate::config::{Config, Timeouts};
 use crate::connect::Connected;
-use crate::http::{self, Exchange, Head, ReadError, Refusal, Stop};
+use crate::http::forwarded::{self, Forwarding};
+use crate::http::{self, Exchange, Head, ReadError, Refusal};
+use crate::proxy::{self, Origin};
 use crate::respond::{self, Status};
-use crate::splice::{self, End, Op, Preread, Side, Transfer};
+use crate::splice::{self, Preread};
 use crate::state::State;
-use crate::tls::{Client, HandshakeError};
+use crate::tls::Client;
+use summary::{Outcome, Summary};
+
+/// A connection as `accept` hands it on.
+pub struct Accepted {
+    pub stream: TcpStream,
+    /// The socket's peer.
+    pub peer: SocketAddr,
+    /// The client: the peer, or the address a trusted PROXY header named.
+    pub client: SocketAddr,
+    /// The address the client connected to, when a PROXY header said (else the socket's).
+    pub local: Option<SocketAddr>,
+    /// Bytes read after the PROXY header: the start of the TLS handshake.
+    pub early: Vec<u8>,
+}
+
+impl Accepted {
+    /// A connection with no PROXY header: its peer is its client.
+    pub fn direct(stream: TcpStream, peer: SocketAddr) -> Accepted {
+        Accepted {
+            stream,
+            peer,
+            client: peer,
+            local: None,
+            early: Vec::new(),
+        }
+    }
+}
 
 /// Serves one accepted connection. `admitted` is false when the connection limit is reached:
 /// the client is then answered 503 once its head has arrived.
-pub async fn serve(state: &State, stream: TcpStream, peer: SocketAddr, admitted: bool) {
+pub async fn serve(state: &State, accepted: Accepted, admitted: bool) {
     let started = Instant::now();
+    state.metrics.accepted();
     let config = state.config.load_full();
     let mut summary = Summary::default();
-    let client = peer.ip();
+    let (peer, client) = (accepted.peer, accepted.client);
     let outcome = tokio::select! {
-        outcome = pipeline(state, &config, stream, client, started, admitted, &mut summary) => outcome,
+        outcome = pipeline(state, &config, accepted, started, admitted, &mut summary) => outcome,
         _ = state.force.cancelled() => Outcome::Forced,
     };
-    summary.log(peer, &outcome, started);
+    summary.finish(&outcome, peer, client, started, &state.metrics);
 }
 
 async fn pipeline(
     state: &State,
     config: &Arc<Config>,
-    stream: TcpStream,
-    client_ip: IpAddr,
+    accepted: Accepted,
     started: Instant,
     admitted: bool,
     summary: &mut Summary,
 ) -> Outcome {
     let deadlines = Deadlines::new(&config.timeouts, started);
+    let Accepted {
+        stream,
+        client: client_addr,
+        local,
+        early,
+        ..
+    } = accepted;
     // Linux hands accepted sockets the listener's TCP_NODELAY and keepalive settings.
     #[cfg(not(target_os = "linux"))]
     crate::connect::tune(socket2::SockRef::from(&stream));
+    // The address the client connected to, for PROXY headers to backends.
+    let local = local.or_else(|| {
+        config
+            .pools
+            .any_send_proxy()
+            .then(|| stream.local_addr().ok())
+            .flatten()
+    });
 
     // tls
+    let slots = &state.handshakes;
     let handshake = state
         .tls
-        .handshake(stream, &state.handshakes, deadlines.handshake(), started);
+        .handshake(stream, early, slots, deadlines.handshake(), started);
     let mut client = match handshake.await {
-        Ok(client) => client,
-        Err(e) => return Outcome::TlsFailed(e),
+        Ok(client) => {
+            state
+                .metrics
+                .handshake("ok", Some(started.elapsed().as_secs_f64()));
+            client
+        }
+        Err(e) => {
+            state.metrics.handshake(e.label(), None);
+            return Outcome::TlsFailed(e);
+        }
     };
     summary.sni = client.get_ref().1.server_name().map(str::to_string);
 
@@ -79,7 +135,7 @@ async fn pipeline(
     // connect: in the route's balancing order, failing over
     let pool = config.pools.get(admitted.route);
     let (timeout, fail_timeout) = (config.timeouts.connect, config.fail_timeout);
-    let connected = crate::connect::connect(pool, client_ip, timeout, fail_timeout).await;
+    let connected = crate::connect::connect(pool, client_addr.ip(), timeout, fail_timeout).await;
     let Some(Connected {
         stream: mut backend,
         backend: to,
@@ -91,20 +147,57 @@ async fn pipeline(
     summary.backend = Some(to.name().to_string());
     drop(to);
 
-    // splice: the first head as it came, then the two-way copy, under the HTTP rules of the
+    // splice: a PROXY header if the route asks, the first head as it came (with the
+    // client's address if asked), then the two-way copy, under the HTTP rules of the
     // exchange until an upgrade opens the tunnel.
+    let header = match (pool.send_proxy, local) {
+        (Some(version), Some(local)) => {
+            let tls = client.get_ref().1;
+            let origin = Origin {
+                client: client_addr,
+                local,
+                sni: summary.sni.as_deref(),
+                tls_version: tls.protocol_version().map(proxy::tls_version),
+            };
+            proxy::encode(version, &origin)
+        }
+        _ => Vec::new(),
+    };
+    let forwarding = config.add_forwarded.then(|| Forwarding {
+        client: client_addr.ip(),
+        trusted: Cidr::any(&config.trust_forwarded, client_addr.ip()),
+    });
+    let held = buf.split_off(head.len);
+    let passed = match &forwarding {
+        Some(fwd) => {
+            let mut rewritten = Vec::new();
+            forwarded::rewrite(&buf, fwd, &mut rewritten);
+            rewritten
+        }
+        None => buf,
+    };
     let preread = Preread {
-        held: buf.split_off(head.len),
-        passed: buf,
+        header,
+        passed,
+        held,
     };
     let (route, sni) = (admitted.route, summary.sni.clone());
-    let gate = Exchange::after_first(config.clone(), route, sni, &head, admitted.upgrade);
+    let gate = Exchange::after_first(config.clone(), route, sni, &head, admitted.upgrade)
+        .forwarding(forwarding);
     drop(head); // not kept for the tunnel's life
     let timeouts = (config.timeouts.idle, config.timeouts.close);
-    let transfer = &mut summary.transfer;
+    let (transfer, traffic) = (&mut summary.transfer, &state.metrics.traffic);
     let gate = Some(Box::new(gate));
-    let end = splice::splice(&mut client, &mut backend, preread, gate, timeouts, transfer).await;
-    Outcome::Tunnel(end)
+    let end = splice::splice(
+        &mut client,
+        &mut backend,
+        preread,
+        gate,
+        timeouts,
+        transfer,
+        traffic,
+    );
+    Outcome::Tunnel(end.await)
 }
 
 /// Reads the first request head under the header deadline, which counts from accept so
@@ -167,98 +260,4 @@ async fn within<F: std::future::Future>(deadline: Option<Instant>, future: F) ->
 async fn answer(client: &mut Client, status: Status) -> Outcome {
     respond::send(client, status).await;
     Outcome::Status(status)
-}
-
-/// How a connection ended, for its log line.
-enum Outcome {
-    TlsFailed(HandshakeError),
-    /// TLS was set up but the client closed before sending a request.
-    NoRequest,
-    Status(Status),
-    Tunnel(End<Stop>),
-    /// Reading the request head failed at the socket or TLS level.
-    ReadFailed(std::io::Error),
-    /// Closed when the shutdown grace ran out.
-    Forced,
-}
-
-/// The fields of the one log line a connection writes when it ends.
-#[derive(Default)]
-struct Summary {
-    sni: Option<String>,
-    method: Option<String>,
-    path: Option<String>,
-    route: Option<String>,
-    backend: Option<String>,
-    transfer: Transfer,
-}
-
-/// Request targets are peer-controlled: log at most this much of one. Method and path are
-/// logged quoted (Debug), which escapes control characters a peer might send.
-const MAX_LOGGED_PATH: usize = 256;
-
-impl Summary {
-    fn log(&self, peer: SocketAddr, outcome: &Outcome, started: Instant) {
-        let outcome_text = match outcome {
-            Outcome::TlsFailed(why) => format!("tls: {why}"),
-            Outcome::NoRequest => "no request".to_string(),
-            Outcome::Status(s) => format!("status {}", s.code()),
-            Outcome::Tunnel(End::Closed) => "tunnel closed".to_string(),
-            Outcome::Tunnel(End::CloseTimeout) => "tunnel close-timeout".to_string(),
-            Outcome::Tunnel(End::IdleTimeout) => "tunnel idle-timeout".to_string(),
-            Outcome::Tunnel(End::Stopped(Stop::Confined)) => {
-                "closed before a request for another route".to_string()
-            }
-            Outcome::Tunnel(End::Stopped(Stop::Refused(s))) => {
-                format!("closed after answering a later request {}", s.code())
-            }
-            Outcome::Tunnel(End::Failed(f)) => {
-                let side = match f.side {
-                    Side::Client => "client",
-                    Side::Backend => "backend",
-                };
-                let op = match f.op {
-                    Op::Read => "read",
-                    Op::Write => "write",
-                };
-                match f.peer_went_away() {
-                    true => format!("tunnel aborted by {side} ({op}: {})", f.error),
-                    false => format!("tunnel failed: {side} {op}: {}", f.error),
-                }
-            }
-            Outcome::ReadFailed(e) => format!("client read error: {e}"),
-            Outcome::Forced => "closed at shutdown".to_string(),
-        };
-        let path = self
-            .path
-            .as_deref()
-            .map(|p| match p.char_indices().nth(MAX_LOGGED_PATH) {
-                Some((i, _)) => &p[..i],
-                None => p,
-            });
-        let quiet = matches!(outcome, Outcome::TlsFailed(_) | Outcome::NoRequest);
-        macro_rules! line {
-            ($level:expr) => {
-                tracing::event!(
-                    $level,
-                    peer = %peer,
-                    sni = %self.sni.as_deref().unwrap_or("-"),
-                    method = self.method.as_deref().unwrap_or("-"),
-                    path = path.unwrap_or("-"),
-                    route = %self.route.as_deref().unwrap_or("-"),
-                    backend = %self.backend.as_deref().unwrap_or("-"),
-                    outcome = %outcome_text,
-                    bytes_up = self.transfer.up,
-                    bytes_down = self.transfer.down,
-                    ms = started.elapsed().as_millis() as u64,
-                    "connection"
-                )
-            };
-        }
-        if quiet {
-            line!(tracing::Level::DEBUG);
-        } else {
-            line!(tracing::Level::INFO);
-        }
-    }
 }
