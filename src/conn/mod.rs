@@ -10,7 +10,6 @@ mod summary;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -98,9 +97,14 @@ async fn pipeline(
 
     // tls
     let slots = &state.handshakes;
-    let handshake = state
-        .tls
-        .handshake(stream, early, slots, deadlines.handshake(), started);
+    let handshake = state.tls.handshake(
+        stream,
+        early,
+        slots,
+        config.timeouts.handshake,
+        deadlines.header,
+        started,
+    );
     let mut client = match handshake.await {
         Ok(client) => {
             state
@@ -224,27 +228,17 @@ async fn first_head(
     }
 }
 
-/// The deadlines of the stages before the splice, from when the connection was accepted.
+/// The deadline of the stages before the splice, from when the connection was accepted.
 struct Deadlines {
-    handshake: Option<Duration>,
-    /// The end of the first request head: `--header-timeout` after accept.
+    /// The end of the first request head: `--header-timeout` after accept. The handshake
+    /// (`--handshake-timeout`, see `tls`) ends by then too.
     header: Option<Instant>,
 }
 
 impl Deadlines {
     fn new(timeouts: &Timeouts, started: Instant) -> Deadlines {
         Deadlines {
-            handshake: timeouts.handshake,
             header: timeouts.header.map(|t| started + t),
-        }
-    }
-
-    /// `--handshake-timeout` from now, and never past the header deadline.
-    fn handshake(&self) -> Option<Instant> {
-        let handshake = self.handshake.map(|t| Instant::now() + t);
-        match (handshake, self.header) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
         }
     }
 }

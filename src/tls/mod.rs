@@ -29,7 +29,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
-use tokio_rustls::{LazyConfigAcceptor, TlsAcceptor};
+use tokio_rustls::LazyConfigAcceptor;
 
 pub use certs::{CertInfo, CertPaths, CertStore, ClientCas};
 use coalesce::Coalesce;
@@ -66,7 +66,6 @@ pub struct Tls {
 /// One configuration's rustls server.
 struct Server {
     config: Arc<ServerConfig>,
-    acceptor: TlsAcceptor,
     certs: Arc<CertStore>,
     strict_sni: bool,
 }
@@ -93,38 +92,45 @@ impl Tls {
     }
 
     /// Completes the handshake on `stream` (whose first bytes, `early`, were already read),
-    /// taking one of `slots` first, all before `deadline` (`started` is when the connection
-    /// was accepted, for the error).
+    /// within `timeout` and by `outer` (the header deadline) at the latest; `started` is when
+    /// the connection was accepted, for the error.
+    ///
+    /// The ClientHello is read first, holding nothing. Only then does the handshake take one
+    /// of `slots` (`--max-handshakes`) for its costly part (key exchange, signature): a
+    /// client that sends half a ClientHello and stalls costs a socket, not a slot, so a flood
+    /// of them delays no one.
     pub async fn handshake(
         &self,
         stream: TcpStream,
         early: Vec<u8>,
         slots: &Semaphore,
-        deadline: Option<Instant>,
+        timeout: Option<Duration>,
+        outer: Option<Instant>,
         started: Instant,
     ) -> Result<Client, HandshakeError> {
         let server = self.current.load_full();
+        let deadline = match (timeout.map(|t| Instant::now() + t), outer) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let handshake = async {
-            let _slot = slots.acquire().await;
             let io = Coalesce::new(ReadAhead::with_early(stream, early));
-            let accepted = match server.strict_sni {
-                false => server.acceptor.accept(io).into_fallible().await,
-                true => {
-                    let hello = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
-                    let start = hello.await.map_err(HandshakeError::Failed)?;
-                    if let Some(name) = start.client_hello().server_name()
-                        && !server.certs.knows(name)
-                    {
-                        let name = name.to_string();
-                        start.io.refuse(&UNRECOGNIZED_NAME).await;
-                        return Err(HandshakeError::UnknownName(name));
-                    }
-                    start
-                        .into_stream(server.config.clone())
-                        .into_fallible()
-                        .await
-                }
-            };
+            let hello = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
+            // A ClientHello rustls refuses gets its alert from the acceptor itself.
+            let start = hello.await.map_err(HandshakeError::Failed)?;
+            if server.strict_sni
+                && let Some(name) = start.client_hello().server_name()
+                && !server.certs.knows(name)
+            {
+                let name = name.to_string();
+                start.io.refuse(&UNRECOGNIZED_NAME).await;
+                return Err(HandshakeError::UnknownName(name));
+            }
+            let _slot = slots.acquire().await;
+            let accepted = start
+                .into_stream(server.config.clone())
+                .into_fallible()
+                .await;
             match accepted {
                 Ok(client) => Ok(client),
                 Err((e, io)) => {
@@ -172,7 +178,6 @@ fn build(
     server.ticketer = ticketer.clone();
     let server = Arc::new(server);
     Ok(Server {
-        acceptor: TlsAcceptor::from(server.clone()),
         config: server,
         certs: config.certs.clone(),
         strict_sni: config.strict_sni,
