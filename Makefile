@@ -17,7 +17,7 @@ TLS_AUDIT_PORT ?= 9443
 
 BENCH_ARGS ?=
 
-.PHONY: all build release test unit e2e lint check certs demo fuzz tls-audit bench bench-quick micro clean
+.PHONY: all build release test unit e2e lint check certs demo demo-check fuzz tls-audit bench bench-quick micro clean
 
 all: build
 
@@ -29,7 +29,7 @@ release:
 
 ## The whole test suite: Rust tests (unit, integration on real sockets, the real binary),
 ## then the end-to-end suite (socket.io clients and Chromium).
-test: unit e2e
+test: unit e2e demo-check
 
 ## cargo-nextest runs each test in its own process; plain cargo test when it is missing.
 unit:
@@ -106,24 +106,23 @@ lint:
 
 check: lint test
 
-## A development CA and a localhost certificate in certs/ (see certs/README.md).
+## A development CA and a certificate in certs/ (see certs/README.md) for CERT_NAMES: add
+## a machine's name to open the demo from elsewhere (rm certs/server.pem first to redo it).
+CERT_NAMES ?= localhost 127.0.0.1 ::1
 certs: certs/server.pem
 
 certs/server.pem:
-	$(CARGO) run --quiet --example gencerts -- certs
+	$(CARGO) run --quiet --example gencerts -- certs $(CERT_NAMES)
 
-## The chat demo behind wssbridge: open the printed URL in two tabs.
+## The chat demo behind wssbridge: open the printed URL in two tabs. Every demo process stops
+## when make stops (Ctrl-C, or any signal to make's PID).
 demo: certs
-	$(CARGO) build --quiet --bin wssbridge --example chat
-	@echo
-	@echo "  Open https://localhost:$(lastword $(subst :, ,$(DEMO_LISTEN)))/ in two browser tabs."
-	@echo "  Trust certs/ca.pem in the browser to avoid the warning, or accept it once."
-	@echo "  Ctrl-C stops both."
-	@echo
-	@target/debug/examples/chat $(DEMO_BACKEND) & chat=$$!; \
-	  trap 'kill $$chat 2>/dev/null' EXIT INT TERM; \
-	  target/debug/wssbridge --listen $(DEMO_LISTEN) --cert certs/server.pem --key certs/server.key \
-	    --to $(DEMO_BACKEND)
+	$(CARGO) build --bin wssbridge --example chat
+	@examples/demo.sh $$PPID "$(DEMO_LISTEN)" "$(DEMO_BACKEND)"
+
+## Checks that `make demo` starts, stops with make, and refuses a taken backend port.
+demo-check:
+	tests/demo.sh
 
 clean:
 	$(CARGO) clean

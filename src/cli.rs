@@ -24,10 +24,12 @@ use crate::tls::CertPaths;
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None)]
 pub struct Args {
-    /// Address to listen on; repeat for several ([::]:443 for IPv6).
+    /// Address to listen on: ADDR:PORT (0.0.0.0:443, [::]:443, 127.0.0.1:8443,
+    /// localhost:8443), or :PORT / PORT for every address (IPv4, and IPv6 where the machine
+    /// has it); repeatable.
     #[arg(long, env = "WSSBRIDGE_LISTEN", value_name = "ADDR", default_value = "0.0.0.0:8443",
           value_delimiter = ' ', action = ArgAction::Append)]
-    pub listen: Vec<SocketAddr>,
+    pub listen: Vec<ListenArg>,
 
     /// PEM certificate chain: the server certificate first, then intermediates. Repeat with
     /// --key for several names: the n-th --cert goes with the n-th --key; the one whose SAN
@@ -335,7 +337,8 @@ impl Args {
             .map(|(cert, key)| CertPaths { cert, key })
             .collect();
         Ok(Settings {
-            listen: self.listen,
+            listen: self.listen.iter().map(|l| l.addr).collect(),
+            listen_if_possible: self.listen.iter().filter_map(|l| l.also).collect(),
             certs,
             strict_sni: self.strict_sni,
             client_cas: self.client_cas,
@@ -373,6 +376,46 @@ impl Args {
                 check_websocket_accept: self.check_websocket_accept,
                 sni_host_check: !self.allow_sni_mismatch,
             },
+        })
+    }
+}
+
+/// One `--listen` value: an address, and for `:PORT`, `PORT` and `localhost:PORT` the IPv6
+/// twin, bound when the machine has IPv6.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenArg {
+    pub addr: SocketAddr,
+    pub also: Option<SocketAddr>,
+}
+
+impl FromStr for ListenArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if let Ok(addr) = s.parse::<SocketAddr>() {
+            return Ok(ListenArg { addr, also: None });
+        }
+        let port = |p: &str| p.parse::<u16>().ok();
+        let (v4, v6): ([u8; 4], [u16; 8]) = match s.rsplit_once(':') {
+            None | Some(("" | "*", _)) => ([0; 4], [0; 8]),
+            Some((host, _)) if host.eq_ignore_ascii_case("localhost") => {
+                ([127, 0, 0, 1], [0, 0, 0, 0, 0, 0, 0, 1])
+            }
+            Some(_) => {
+                return Err(format!(
+                    "'{s}' is not an address to listen on: write ADDR:PORT (0.0.0.0:443, \
+                     [::]:443, 127.0.0.1:8443, localhost:8443), or :443 or 443 for every address"
+                ));
+            }
+        };
+        let number = s.rsplit(':').next().unwrap_or(s);
+        let Some(port) = port(number) else {
+            return Err(format!("'{s}': bad port '{number}' (expected 0 to 65535)"));
+        };
+        Ok(ListenArg {
+            addr: SocketAddr::from((v4, port)),
+            also: Some(SocketAddr::from((v6, port))),
         })
     }
 }
@@ -468,6 +511,21 @@ mod tests {
         assert!(t("10x").unwrap_err().contains("unknown unit"));
         assert!(t("s").is_err());
         assert!(t("9999999999h").unwrap_err().contains("out of range"));
+    }
+
+    #[test]
+    fn listen_takes_a_port_alone_and_localhost() {
+        let l = |s: &str| s.parse::<ListenArg>();
+        let every = l(":443").unwrap();
+        assert_eq!(every.addr.to_string(), "0.0.0.0:443");
+        assert_eq!(every.also.unwrap().to_string(), "[::]:443");
+        assert_eq!(l("443").unwrap(), every);
+        let local = l("localhost:8443").unwrap();
+        assert_eq!(local.addr.to_string(), "127.0.0.1:8443");
+        assert_eq!(local.also.unwrap().to_string(), "[::1]:8443");
+        assert_eq!(l("[::]:443").unwrap().also, None);
+        assert!(l("example.com:443").unwrap_err().contains(":443 or 443"));
+        assert!(l(":99999").unwrap_err().contains("bad port"));
     }
 
     #[test]

@@ -21,6 +21,8 @@ use crate::tls::{CertPaths, CertStore, ClientCas, TlsConfig};
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen: Vec<SocketAddr>,
+    /// Listened on too when the machine allows (the IPv6 twin of `:443`).
+    pub listen_if_possible: Vec<SocketAddr>,
     /// Certificate and key files, the first pair the default; none means an ephemeral
     /// self-signed certificate.
     pub certs: Vec<CertPaths>,
@@ -68,6 +70,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             listen: vec![SocketAddr::from(([0, 0, 0, 0], 8443))],
+            listen_if_possible: Vec::new(),
             certs: Vec::new(),
             strict_sni: false,
             client_cas: Vec::new(),

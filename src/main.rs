@@ -50,8 +50,16 @@ fn serve(config: wssbridge::Config) -> anyhow::Result<()> {
                 .map(|addr| wssbridge::accept::bind_for(flag, *addr))
                 .collect::<anyhow::Result<Vec<_>>>()
         };
+        let mut tls = bind("--listen", &config.listen)?;
+        for addr in &config.settings.listen_if_possible {
+            match wssbridge::accept::bind(*addr) {
+                Ok(listener) => tls.push(listener),
+                // `:443` means IPv6 too where the machine has it; without it, IPv4 alone.
+                Err(e) => tracing::info!("not listening on {addr}: {:#}", e),
+            }
+        }
         let listeners = wssbridge::Listeners {
-            tls: bind("--listen", &config.listen)?,
+            tls,
             redirect: bind("--redirect-http", &config.settings.redirect_http)?,
             admin: bind("--admin", config.settings.admin.as_slice())?.pop(),
         };

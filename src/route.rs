@@ -41,7 +41,38 @@ impl fmt::Display for Backend {
 impl FromStr for Backend {
     type Err = String;
 
+    /// `host:port`, `[v6]:port`, or the same as a plain `http://` or `ws://` URL (the
+    /// `proxy_pass http://127.0.0.1:3000` habit; port 80 when none is given).
     fn from_str(s: &str) -> Result<Self, String> {
+        let lower = s.to_ascii_lowercase();
+        if lower.starts_with("https://") || lower.starts_with("wss://") {
+            return Err(format!(
+                "backend '{s}': wssbridge speaks plain HTTP and ws:// to backends, not TLS; \
+                 write the backend's plain address, as in 127.0.0.1:3000"
+            ));
+        }
+        let url = ["http://", "ws://"]
+            .iter()
+            .find(|scheme| lower.starts_with(*scheme))
+            .map(|scheme| &s[scheme.len()..]);
+        let s = match url {
+            Some(rest) => {
+                let (authority, path) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+                if !path.is_empty() && path != "/" {
+                    return Err(format!(
+                        "backend '{s}': paths are not rewritten (the request's own path goes \
+                         to the backend as it is); write http://{authority} alone"
+                    ));
+                }
+                let bracketed_without_port = authority.starts_with('[') && authority.ends_with(']');
+                match authority.rsplit_once(':') {
+                    Some(_) if !bracketed_without_port => authority.to_string(),
+                    _ => format!("{authority}:80"),
+                }
+            }
+            None => s.to_string(),
+        };
+        let s = s.as_str();
         let (host, port) = s
             .rsplit_once(':')
             .ok_or_else(|| format!("backend '{s}' needs a port, as in 127.0.0.1:3000"))?;
@@ -96,8 +127,25 @@ impl FromStr for RouteSpec {
             None if target.is_empty() => {
                 return Err(format!("route '{s}' has no path before '='"));
             }
-            None => (Some(target), "/"),
+            None => {
+                let hint = match looks_like_a_host(target) {
+                    true => format!("{target}/={backends} for every path of {target}"),
+                    false => format!("/{target}={backends}"),
+                };
+                return Err(format!(
+                    "route '{s}': a route is [HOST]PATH=BACKEND and the path starts with '/': \
+                     write {hint}"
+                ));
+            }
         };
+        if let Some(h) = host
+            && !looks_like_a_host(h)
+        {
+            return Err(format!(
+                "route '{s}': the path must start with '/' (write /{target}={backends}); a \
+                 host route names a host before the path, as in chat.example.com/={backends}"
+            ));
+        }
         let host = match host {
             Some(h) => {
                 let h = normalize_host(h);
@@ -124,6 +172,20 @@ impl FromStr for RouteSpec {
             backends,
         })
     }
+}
+
+/// Whether a name before a route's path is meant as a host: a dotted name or address, a
+/// bracketed IPv6 address, or `localhost`. `socket.io` is dotted but is socket.io's path
+/// (`/socket.io/`), by far the most common route, so it never counts as a host.
+fn looks_like_a_host(name: &str) -> bool {
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    let (name, _) = match name.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(':') => {
+            (h.to_string(), p)
+        }
+        _ => (name.clone(), ""),
+    };
+    name != "socket.io" && (name == "localhost" || name.starts_with('[') || name.contains('.'))
 }
 
 /// A route with its backends. Which backend a connection tries first is `balance`'s
@@ -347,7 +409,33 @@ mod tests {
         assert!(err("/ws=127.0.0.1:0").contains("bad port"));
         assert!(err("/ws=::1:80").contains("brackets"));
         assert!(err("=a:1").contains("no path"));
+        assert!(err("socket.io/=127.0.0.1:3000").contains("write /socket.io/=127.0.0.1:3000"));
+        assert!(err("ws/=a:1").contains("write /ws/=a:1"));
+        assert!(err("ws=a:1").contains("write /ws=a:1"));
+        assert!(err("example.com=a:1").contains("write example.com/=a:1"));
+        assert!("localhost/=a:1".parse::<RouteSpec>().is_ok());
+        assert!("chat.example.com/=a:1".parse::<RouteSpec>().is_ok());
         assert!(RouteTable::new(vec![err_free("/a=x:1"), err_free("/a=y:1")]).is_err());
+    }
+
+    #[test]
+    fn backends_may_be_written_as_plain_urls() {
+        let b = |s: &str| s.parse::<Backend>().map(|b| b.to_string());
+        assert_eq!(b("http://127.0.0.1:3000").as_deref(), Ok("127.0.0.1:3000"));
+        assert_eq!(
+            b("ws://app.internal:3000/").as_deref(),
+            Ok("app.internal:3000")
+        );
+        assert_eq!(b("http://app.internal").as_deref(), Ok("app.internal:80"));
+        assert_eq!(b("HTTP://[::1]:8080").as_deref(), Ok("[::1]:8080"));
+        assert_eq!(b("http://[::1]").as_deref(), Ok("[::1]:80"));
+        assert!(
+            b("http://127.0.0.1:3000/api")
+                .unwrap_err()
+                .contains("not rewritten")
+        );
+        assert!(b("https://127.0.0.1:3000").unwrap_err().contains("not TLS"));
+        assert!(b("wss://127.0.0.1:3000").unwrap_err().contains("not TLS"));
     }
 
     fn err_free(s: &str) -> RouteSpec {

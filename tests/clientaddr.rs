@@ -659,7 +659,12 @@ async fn readyz_turns_503_at_sigterm_before_the_listeners_close_and_livez_stays_
         .unwrap()
         .parse()
         .unwrap();
-    assert_eq!(admin(admin_addr, "/readyz").await.0, 200);
+    // Ready once the listeners accept ("not ready: starting" until then).
+    let deadline = std::time::Instant::now() + WAIT;
+    while admin(admin_addr, "/readyz").await.0 != 200 {
+        assert!(std::time::Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let mut ws = ws_connect(running.addr).await;
     echo(&mut ws, "before").await;
 

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# `make demo`: the chat backend (examples/chat.rs) with wssbridge in front of it.
+#
+# Usage: examples/demo.sh MAKE_PID LISTEN BACKEND. Every process started here stops when make
+# stops, whatever the signal (a loop watches make's PID; Ctrl-C reaches them all anyway).
+# If the chat backend cannot listen on BACKEND (port 3000 is often taken on a Node
+# developer's machine), the demo stops with its message instead of fronting whatever holds
+# the port.
+set -u
+make_pid=$1 listen=$2 backend=$3
+dir=$(mktemp -d)
+chat= bridge=
+stop() {
+  [ -n "$bridge" ] && kill "$bridge" 2>/dev/null
+  [ -n "$chat" ] && kill "$chat" 2>/dev/null
+  wait 2>/dev/null
+  rm -rf "$dir"
+}
+trap stop EXIT
+trap 'exit 0' INT TERM HUP
+
+target/debug/examples/chat "$backend" > "$dir/chat.out" &
+chat=$!
+for _ in $(seq 100); do
+  grep -q "chat backend on" "$dir/chat.out" && break
+  if ! kill -0 "$chat" 2>/dev/null; then
+    wait "$chat"
+    echo "demo: the chat backend did not start (above); nothing else was started" >&2
+    chat=
+    exit 1
+  fi
+  sleep 0.1
+done
+
+target/debug/wssbridge --listen "$listen" --cert certs/server.pem --key certs/server.key \
+  --to "$backend" &
+bridge=$!
+port=${listen##*:}
+for _ in $(seq 100); do
+  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+  kill -0 "$bridge" 2>/dev/null || exit 1
+  sleep 0.1
+done
+echo
+echo "  Open https://localhost:$port/ in two browser tabs."
+echo "  Trust certs/ca.pem in the browser to avoid the warning, or accept it once."
+echo "  Ctrl-C stops both."
+echo
+while kill -0 "$make_pid" 2>/dev/null && kill -0 "$bridge" 2>/dev/null && kill -0 "$chat" 2>/dev/null; do
+  sleep 0.3
+done
