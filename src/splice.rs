@@ -28,7 +28,7 @@
 
 use std::fmt;
 use std::future::Future;
-use std::io::{self, Write};
+use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -49,8 +49,10 @@ const DOWN_BUFFER: usize = 64 * 1024;
 /// The same for client→backend: records are gathered into one write of up to 64 KiB
 /// (with `ReadAhead` reading the socket in pieces as large)...
 const UP_BUFFER: usize = 64 * 1024;
-/// ...once one record carries at least this much, a sign of a bulk transfer. Smaller messages
-/// (chat, pings) go straight from rustls's buffer to the backend without a copy.
+/// ...once one record carries at least this much, a sign of a bulk transfer (then the socket
+/// is read for more too). Smaller records are gathered when rustls already holds more than
+/// one (a burst of chat messages leaves in one write, not one each); a lone small message
+/// goes straight from rustls's buffer to the backend without a copy.
 const GATHER_FROM: usize = 8 * 1024;
 
 /// What may pass while the connection is not yet a blind tunnel.
@@ -97,12 +99,10 @@ pub trait Client: AsyncBufRead + AsyncWrite + Unpin {
     /// Encrypts as much of `data` as rustls's send buffer takes (none when it is full)
     /// without writing to the socket; `poll_flush` or `poll_shutdown` sends it.
     fn queue(&mut self, data: &[u8]) -> io::Result<usize>;
-}
 
-impl<IO: AsyncRead + AsyncWrite + Unpin> Client for tokio_rustls::server::TlsStream<IO> {
-    fn queue(&mut self, data: &[u8]) -> io::Result<usize> {
-        self.get_mut().1.writer().write(data)
-    }
+    /// About how much plaintext can be read now without a system call: what rustls has
+    /// decrypted, and what was read from the socket ahead of it.
+    fn buffered(&mut self) -> usize;
 }
 
 /// Bytes moved, client→backend (`up`) and backend→client (`down`), and whether the gate
@@ -412,6 +412,8 @@ where
                 }
             }
             let from_initial = self.initial.pos < self.initial.bytes.len();
+            // Plaintext rustls holds already (before this read adds to it), for gathering.
+            let mut held = 0;
             let chunk = if from_initial {
                 self.initial.rest()
             } else if let Some(e) = self.up_error.take() {
@@ -420,6 +422,9 @@ where
                 }
                 &[]
             } else {
+                if self.gate.is_none() {
+                    held = self.client.buffered();
+                }
                 match ready!(Pin::new(&mut *self.client).poll_fill_buf(cx)) {
                     Ok(chunk) => chunk,
                     Err(e) if is_eof(&e) => &[],
@@ -439,8 +444,15 @@ where
                     }
                     taken
                 }
-                None if chunk.len() >= GATHER_FROM && !from_initial => {
-                    if let Err(f) = self.gather(cx) {
+                None if !from_initial && chunk.len() >= GATHER_FROM => {
+                    if let Err(f) = self.gather(cx, UP_BUFFER) {
+                        return Poll::Ready(Err(f));
+                    }
+                    continue;
+                }
+                None if !from_initial && held > chunk.len() => {
+                    // Several records in hand: one write for all of them.
+                    if let Err(f) = self.gather(cx, held) {
                         return Poll::Ready(Err(f));
                     }
                     continue;
@@ -464,13 +476,14 @@ where
         }
     }
 
-    /// A client sending in bulk: gathers the plaintext of every TLS record rustls can give
-    /// without waiting (up to 64 KiB, on the stack) and writes it to the backend at once,
-    /// where it would take one write per record. What the backend cannot take now waits in
-    /// `up_out`. A read error met on the way is kept for after the bytes before it.
-    fn gather(&mut self, cx: &mut Context<'_>) -> Step {
+    /// Gathers up to `limit` bytes of the plaintext of every TLS record rustls can give
+    /// without waiting (on the stack) and writes it to the backend at once, where it would
+    /// take one write per record. What the backend cannot take now waits in `up_out`. A
+    /// read error met on the way is kept for after the bytes before it. With a limit of
+    /// what rustls already holds, the socket is not read (no read that finds it empty).
+    fn gather(&mut self, cx: &mut Context<'_>, limit: usize) -> Step {
         let mut space = [MaybeUninit::<u8>::uninit(); UP_BUFFER];
-        let mut gathered = ReadBuf::uninit(&mut space);
+        let mut gathered = ReadBuf::uninit(&mut space[..limit.min(UP_BUFFER)]);
         while gathered.remaining() > 0 {
             match Pin::new(&mut *self.client).poll_fill_buf(cx) {
                 Poll::Ready(Ok(chunk)) if !chunk.is_empty() => {

@@ -48,6 +48,10 @@ impl<T> Coalesce<T> {
         }
     }
 
+    pub fn inner(&self) -> &T {
+        &self.inner
+    }
+
     /// The handshake is over: later writes go straight through. With `request_in_hand`,
     /// what it left (the tickets) waits for the first of them, the answer.
     pub fn handshake_done(&mut self, request_in_hand: bool) {

@@ -28,8 +28,8 @@ use rustls::sign::CertifiedKey;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
-use tokio_rustls::server::TlsStream;
 use tokio_rustls::LazyConfigAcceptor;
+use tokio_rustls::server::TlsStream;
 
 pub use certs::{CertInfo, CertPaths, CertStore, ClientCas};
 use coalesce::Coalesce;
@@ -182,6 +182,23 @@ fn build(
         certs: config.certs.clone(),
         strict_sni: config.strict_sni,
     })
+}
+
+/// The splice's view of the client: rustls over our adapters.
+impl crate::splice::Client for Client {
+    fn queue(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        use std::io::Write;
+        self.get_mut().1.writer().write(data)
+    }
+
+    fn buffered(&mut self) -> usize {
+        let (io, tls) = self.get_mut();
+        // An error here is met again, and reported, by the next read.
+        let decrypted = tls
+            .process_new_packets()
+            .map_or(0, |state| state.plaintext_bytes_to_read());
+        decrypted + io.inner().pending()
+    }
 }
 
 /// Why a handshake did not complete.

@@ -49,6 +49,11 @@ impl<T> ReadAhead<T> {
         }
     }
 
+    /// Bytes read from the socket and not yet handed on.
+    pub fn pending(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
     /// Whether a read-ahead buffer is held (for tests of the idle-memory promise).
     #[cfg(test)]
     fn holds_buffer(&self) -> bool {

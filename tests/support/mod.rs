@@ -216,6 +216,19 @@ impl RawTls {
         }
     }
 
+    /// Sends each of `messages` as a TLS record of its own, all in one write to the socket.
+    pub fn send_records(&mut self, messages: &[&[u8]]) {
+        use std::io::Write;
+        for m in messages {
+            self.tls.writer().write_all(m).expect("buffer");
+        }
+        let mut wire = Vec::new();
+        while self.tls.wants_write() {
+            self.tls.write_tls(&mut wire).expect("encrypt");
+        }
+        self.sock.write_all(&wire).expect("write");
+    }
+
     /// One read from the socket, all of it through rustls; the state after it.
     pub fn read_once(&mut self) -> rustls::IoState {
         use std::io::Read;
