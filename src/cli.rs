@@ -206,6 +206,16 @@ pub struct Args {
     )]
     pub close_timeout: Timeout,
 
+    /// A write to a client or backend that makes no progress this long (the peer stopped
+    /// reading) ends the tunnel and frees what it held (0 = off).
+    #[arg(
+        long,
+        env = "WSSBRIDGE_SEND_TIMEOUT",
+        value_name = "DURATION",
+        default_value = "60s"
+    )]
+    pub send_timeout: Timeout,
+
     /// On SIGTERM/SIGINT, how long /readyz answers 503 while the listeners still accept, so
     /// a balancer in front stops sending first (0 = close the listeners at once).
     #[arg(
@@ -365,6 +375,7 @@ impl Args {
                 connect: self.connect_timeout.0,
                 idle: self.idle_timeout.0,
                 close: self.close_timeout.0,
+                send: self.send_timeout.0,
                 shutdown_grace: self.shutdown_grace.0.unwrap_or(Duration::ZERO),
             },
             max_header_bytes: self.max_header_bytes.0,

@@ -140,6 +140,8 @@ pub struct Timeouts {
     pub connect: Option<Duration>,
     pub idle: Option<Duration>,
     pub close: Option<Duration>,
+    /// A write to a peer that makes no progress this long ends the tunnel.
+    pub send: Option<Duration>,
     pub shutdown_grace: Duration,
 }
 
@@ -151,6 +153,7 @@ impl Default for Timeouts {
             connect: Some(Duration::from_secs(5)),
             idle: None,
             close: Some(Duration::from_secs(60)),
+            send: Some(Duration::from_secs(60)),
             shutdown_grace: Duration::from_secs(30),
         }
     }

@@ -103,6 +103,24 @@ pub trait Client: AsyncBufRead + AsyncWrite + Unpin {
     /// About how much plaintext can be read now without a system call: what rustls has
     /// decrypted, and what was read from the socket ahead of it.
     fn buffered(&mut self) -> usize;
+
+    /// Whether encrypted bytes wait to be written to the client's socket.
+    fn unsent(&self) -> bool;
+
+    /// Bytes written to the client's socket so far (any progress shows here).
+    fn written(&self) -> u64;
+}
+
+/// The splice's timeouts; `None` is off.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Timeouts {
+    /// No byte either way for this long ends the tunnel (`--idle-timeout`).
+    pub idle: Option<Duration>,
+    /// Once one direction closed, silence this long ends the tunnel (`--close-timeout`).
+    pub close: Option<Duration>,
+    /// A write that makes no progress this long ends the tunnel (`--send-timeout`): a
+    /// peer that stops reading holds its bounded buffers only this long.
+    pub send: Option<Duration>,
 }
 
 /// Bytes moved, client→backend (`up`) and backend→client (`down`), and whether the gate
@@ -159,6 +177,8 @@ pub enum End<S> {
     CloseTimeout,
     /// No byte either way for `--idle-timeout`.
     IdleTimeout,
+    /// Bytes waited for this side to read them, with no progress, for `--send-timeout`.
+    SendTimeout(Side),
     /// A read or write failed; the tunnel was torn down.
     Failed(Failure),
     /// The gate ended the connection.
@@ -177,7 +197,7 @@ pub struct Preread {
 }
 
 /// Copies until both directions end, a timeout fires, or an error tears the tunnel down.
-/// `gate`, when given, says what may pass until it opens. `timeouts` are (idle, close).
+/// `gate`, when given, says what may pass until it opens.
 /// The counts are written to `transfer` (this connection's) and `traffic` (the process's)
 /// as bytes move, so they are right even if the caller drops this future (e.g. when the
 /// shutdown grace runs out). When the gate opens (or with no gate), `transfer.opened` is set
@@ -187,7 +207,7 @@ pub async fn splice<C, G>(
     backend: &mut TcpStream,
     preread: Preread,
     gate: Option<Box<G>>,
-    timeouts: (Option<Duration>, Option<Duration>),
+    timeouts: Timeouts,
     transfer: &mut Transfer,
     traffic: &Traffic,
 ) -> End<G::Stop>
@@ -208,9 +228,12 @@ where
         up: Dir::Open,
         down: Dir::Open,
         transfer,
-        idle: timeouts.0.map(|d| (d, Box::pin(tokio::time::sleep(d)))),
+        idle: timeouts.idle.map(|d| (d, Box::pin(tokio::time::sleep(d)))),
         last_activity: Instant::now(),
-        close: timeouts.1,
+        close: timeouts.close,
+        send: timeouts.send,
+        send_timer: None,
+        stalled: [None, None],
         close_timer: None,
         half_closed_at: None,
         up_first: false,
@@ -246,6 +269,12 @@ struct Splice<'a, C, G: Gate> {
     last_activity: Instant,
     close: Option<Duration>,
     close_timer: Option<Pin<Box<Sleep>>>,
+    send: Option<Duration>,
+    /// Armed only while output waits: idle tunnels keep no timer.
+    send_timer: Option<Pin<Box<Sleep>>>,
+    /// For the backend [0] and the client [1]: since when output has waited for it, and how
+    /// much had been written then (a change means progress).
+    stalled: [Option<(Instant, u64)>; 2],
     half_closed_at: Option<Instant>,
     up_first: bool,
     /// Client bytes read before the splice that the gate has not seen yet.
@@ -357,7 +386,48 @@ where
                 timer.as_mut().reset(deadline);
             }
         }
+        if let Some(limit) = self.send
+            && let Some(side) = self.stalled_for(limit, cx)
+        {
+            return Poll::Ready(End::SendTimeout(side));
+        }
         Poll::Pending
+    }
+
+    /// The side whose output has waited `limit` without progress, if one has; otherwise
+    /// keeps a timer for the one waiting longest, or none when nothing waits.
+    fn stalled_for(&mut self, limit: Duration, cx: &mut Context<'_>) -> Option<Side> {
+        let waiting = [
+            self.up != Dir::Done && self.up_out.pos < self.up_out.bytes.len(),
+            self.down != Dir::Done
+                && (self.down_out.pos < self.down_out.bytes.len() || self.client.unsent()),
+        ];
+        let marks = [self.transfer.up, self.client.written()];
+        for i in 0..2 {
+            self.stalled[i] = match (waiting[i], self.stalled[i]) {
+                (false, _) => None,
+                (true, Some((since, mark))) if mark == marks[i] => Some((since, mark)),
+                (true, _) => Some((Instant::now(), marks[i])),
+            };
+        }
+        let oldest = (0..2)
+            .filter_map(|i| self.stalled[i].map(|(since, _)| (since, i)))
+            .min();
+        let Some((since, i)) = oldest else {
+            self.send_timer = None;
+            return None;
+        };
+        let deadline = since + limit;
+        let timer = self
+            .send_timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
+        match timer.as_mut().poll(cx).is_ready() {
+            true => Some([Side::Backend, Side::Client][i]),
+            false => None,
+        }
     }
 
     /// Polls one direction. A failed write ends only that direction (the other may still be

@@ -192,7 +192,11 @@ async fn pipeline(
     let gate = Exchange::after_first(config.clone(), route, sni, &head, admitted.upgrade)
         .forwarding(forwarding);
     drop(head); // not kept for the tunnel's life
-    let timeouts = (config.timeouts.idle, config.timeouts.close);
+    let timeouts = splice::Timeouts {
+        idle: config.timeouts.idle,
+        close: config.timeouts.close,
+        send: config.timeouts.send,
+    };
     let (transfer, traffic) = (&mut summary.transfer, &state.metrics.traffic);
     let gate = Some(Box::new(gate));
     let end = splice::splice(

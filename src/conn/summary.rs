@@ -77,6 +77,7 @@ impl Summary {
             Outcome::NoRequest => M::NoRequest,
             Outcome::Status(_) | Outcome::Tunnel(End::Stopped(Stop::Refused(_))) => M::HttpError,
             Outcome::Tunnel(End::Failed(f)) if !f.peer_went_away() => M::Aborted,
+            Outcome::Tunnel(End::SendTimeout(_)) => M::Aborted,
             Outcome::Tunnel(_) => exchanged,
             Outcome::ReadFailed(_) => M::Aborted,
             Outcome::Forced => M::Forced,
@@ -95,6 +96,12 @@ impl Summary {
             Outcome::Tunnel(End::Closed) => format!("{what} closed"),
             Outcome::Tunnel(End::CloseTimeout) => format!("{what} close-timeout"),
             Outcome::Tunnel(End::IdleTimeout) => format!("{what} idle-timeout"),
+            Outcome::Tunnel(End::SendTimeout(Side::Client)) => {
+                format!("{what} send-timeout (the client stopped reading)")
+            }
+            Outcome::Tunnel(End::SendTimeout(Side::Backend)) => {
+                format!("{what} send-timeout (the backend stopped reading)")
+            }
             Outcome::Tunnel(End::Stopped(Stop::Confined)) => {
                 "http closed before a request for another route".to_string()
             }

@@ -199,6 +199,15 @@ impl crate::splice::Client for Client {
             .map_or(0, |state| state.plaintext_bytes_to_read());
         decrypted + io.inner().pending()
     }
+
+    fn unsent(&self) -> bool {
+        let (io, tls) = self.get_ref();
+        tls.wants_write() || io.holding()
+    }
+
+    fn written(&self) -> u64 {
+        self.get_ref().0.inner().written()
+    }
 }
 
 /// Why a handshake did not complete.

@@ -31,6 +31,8 @@ pub struct ReadAhead<T> {
     pos: usize,
     /// The last read filled all the room it was given: more is probably waiting.
     bulk: bool,
+    /// Bytes written to the socket so far, for `--send-timeout` to see progress.
+    written: u64,
 }
 
 impl<T> ReadAhead<T> {
@@ -46,7 +48,13 @@ impl<T> ReadAhead<T> {
             buf: early,
             pos: 0,
             bulk: false,
+            written: 0,
         }
+    }
+
+    /// Bytes written to the socket so far.
+    pub fn written(&self) -> u64 {
+        self.written
     }
 
     /// Bytes read from the socket and not yet handed on.
@@ -121,7 +129,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ReadAhead<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let n = ready!(Pin::new(&mut this.inner).poll_write(cx, buf))?;
+        this.written += n as u64;
+        Poll::Ready(Ok(n))
     }
 
     /// rustls writes several records at once through this: without it they would go one
@@ -131,7 +142,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ReadAhead<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let n = ready!(Pin::new(&mut this.inner).poll_write_vectored(cx, bufs))?;
+        this.written += n as u64;
+        Poll::Ready(Ok(n))
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -1,0 +1,203 @@
+//! Peers that stop reading: what a stalled tunnel holds is bounded, and `--send-timeout`
+//! frees it; peers that vanish: the other side is told at once.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::binary::Running;
+use support::{Tunnel, UPGRADE_REQUEST, WAIT, accept_upgrade, pki, read_head, tls_connect};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// A client whose 101 has been read, and the backend side of its tunnel.
+async fn upgraded(
+    addr: std::net::SocketAddr,
+    listener: &TcpListener,
+) -> (
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    tokio::net::TcpStream,
+) {
+    let mut client = tls_connect(addr).await;
+    client.write_all(UPGRADE_REQUEST).await.unwrap();
+    client.flush().await.unwrap();
+    let backend = accept_upgrade(listener).await;
+    let head = read_head(&mut client).await.expect("101");
+    assert!(head.starts_with(b"HTTP/1.1 101"));
+    (client, backend)
+}
+
+/// Writes until the peer stops taking bytes for good; returns how many it took.
+async fn flood<W: AsyncWriteExt + Unpin>(w: &mut W, stall: Duration) -> u64 {
+    let chunk = vec![b'x'; 64 * 1024];
+    let mut sent = 0;
+    while let Ok(Ok(n)) = tokio::time::timeout(stall, w.write(&chunk)).await {
+        if n == 0 {
+            break;
+        }
+        sent += n as u64;
+    }
+    sent
+}
+
+async fn gone(tunnel: &Tunnel, within: Duration) -> Duration {
+    let started = Instant::now();
+    while tunnel.server.connections() > 0 {
+        assert!(
+            started.elapsed() < within,
+            "the stalled tunnel was not freed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_off_at_the_send_timeout() {
+    let logs = support::logs();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tunnel = Tunnel::start(&[
+        "--to",
+        &listener.local_addr().unwrap().to_string(),
+        "--send-timeout",
+        "500ms",
+    ])
+    .await;
+    let (client, mut backend) = upgraded(tunnel.addr, &listener).await;
+    // The backend keeps sending; the client reads nothing.
+    let pushed = tokio::spawn(async move { flood(&mut backend, Duration::from_secs(3)).await });
+    let took = gone(&tunnel, Duration::from_secs(10)).await;
+    assert!(
+        took >= Duration::from_millis(400),
+        "cut off too soon: {took:?}"
+    );
+    let line = logs
+        .wait_for(&["connection", "send-timeout (the client stopped reading)"])
+        .await;
+    assert!(line.contains("INFO"), "{line}");
+    assert!(pushed.await.unwrap() > 0);
+    drop(client);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_stops_reading_is_cut_off_at_the_send_timeout() {
+    let logs = support::logs();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tunnel = Tunnel::start(&[
+        "--to",
+        &listener.local_addr().unwrap().to_string(),
+        "--send-timeout",
+        "500ms",
+    ])
+    .await;
+    let (mut client, backend) = upgraded(tunnel.addr, &listener).await;
+    // The client keeps sending; the backend reads nothing.
+    let pushed = tokio::spawn(async move { flood(&mut client, Duration::from_secs(3)).await });
+    gone(&tunnel, Duration::from_secs(10)).await;
+    logs.wait_for(&["connection", "send-timeout (the backend stopped reading)"])
+        .await;
+    assert!(pushed.await.unwrap() > 0);
+    drop(backend);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_send_timeout_off_a_stalled_tunnel_waits_and_then_drains_whole() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tunnel = Tunnel::start(&[
+        "--to",
+        &listener.local_addr().unwrap().to_string(),
+        "--send-timeout",
+        "0",
+    ])
+    .await;
+    let (mut client, mut backend) = upgraded(tunnel.addr, &listener).await;
+    let total: u64 = 32 * 1024 * 1024;
+    let writer = tokio::spawn(async move {
+        let chunk = vec![b'y'; 64 * 1024];
+        let mut sent = 0;
+        while sent < total {
+            backend.write_all(&chunk).await.unwrap();
+            sent += chunk.len() as u64;
+        }
+        backend.shutdown().await.unwrap();
+        backend
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(tunnel.server.connections(), 1, "still there, stalled");
+    let mut got = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    let deadline = Instant::now() + WAIT;
+    while got < total {
+        let n = tokio::time::timeout_at(deadline.into(), client.read(&mut buf))
+            .await
+            .expect("drains in time")
+            .unwrap();
+        assert!(n > 0, "closed after {got} bytes");
+        got += n as u64;
+    }
+    drop(writer.await.unwrap());
+    drop(client);
+    tunnel.assert_idle().await;
+}
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_tunnel_holds_a_bounded_amount_of_memory() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (cert, key) = (
+        pki().cert.display().to_string(),
+        pki().key.display().to_string(),
+    );
+    let backend = listener.local_addr().unwrap().to_string();
+    let running = Running::start(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--cert",
+            &cert,
+            "--key",
+            &key,
+            "--to",
+            &backend,
+            "--send-timeout",
+            "0",
+        ],
+        &[],
+    );
+    let pid = running.child.id();
+    // Warm up the allocator with one tunnel that moves data, then measure.
+    let (mut warm, mut warm_backend) = upgraded(running.addr, &listener).await;
+    warm_backend
+        .write_all(&vec![b'w'; 256 * 1024])
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 256 * 1024];
+    warm.read_exact(&mut buf).await.unwrap();
+    let before = rss_kib(pid);
+    // Both directions stalled: the client reads nothing while its backend sends, and the
+    // backend reads nothing while its client sends.
+    let (client, mut to_client) = upgraded(running.addr, &listener).await;
+    let (mut from_client, stuck_backend) = upgraded(running.addr, &listener).await;
+    let down = tokio::spawn(async move { flood(&mut to_client, Duration::from_secs(2)).await });
+    let up = tokio::spawn(async move { flood(&mut from_client, Duration::from_secs(2)).await });
+    let (down, up) = (down.await.unwrap(), up.await.unwrap());
+    let after = rss_kib(pid);
+    let grew = after.saturating_sub(before);
+    // Beyond the kernel's socket buffers: ≤ 256 KiB per direction by design (64 KiB of
+    // rustls records, 64 KiB read from the peer, 64 KiB read ahead); allow the allocator's
+    // slack on top.
+    assert!(
+        grew < 1024,
+        "RSS grew {grew} KiB after {down} and {up} bytes were pushed"
+    );
+    drop((client, stuck_backend, warm, warm_backend));
+}
