@@ -201,3 +201,73 @@ async fn a_stalled_tunnel_holds_a_bounded_amount_of_memory() {
     );
     drop((client, stuck_backend, warm, warm_backend));
 }
+
+/// A backend process that answers the upgrade and then streams until it is killed.
+const STREAMING_BACKEND: &str = r#"
+import socket, sys, time
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", 0))
+s.listen()
+print(s.getsockname()[1], flush=True)
+c, _ = s.accept()
+head = b""
+while b"\r\n\r\n" not in head:
+    head += c.recv(4096)
+c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+while True:
+    c.sendall(b"z" * 1024)
+    time.sleep(0.005)
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_killed_mid_stream_closes_the_client_at_once() {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", STREAMING_BACKEND])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut port = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut port)
+        .unwrap();
+    let backend = format!("127.0.0.1:{}", port.trim());
+    let tunnel = Tunnel::start(&["--to", &backend]).await;
+    let mut client = tls_connect(tunnel.addr).await;
+    client.write_all(UPGRADE_REQUEST).await.unwrap();
+    client.flush().await.unwrap();
+    assert!(
+        read_head(&mut client)
+            .await
+            .unwrap()
+            .starts_with(b"HTTP/1.1 101")
+    );
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut streamed = 0;
+    while streamed < 20 * 1024 {
+        streamed += client.read(&mut buf).await.unwrap();
+    }
+    child.kill().unwrap(); // SIGKILL
+    let killed = Instant::now();
+    let end = loop {
+        match tokio::time::timeout(WAIT, client.read(&mut buf))
+            .await
+            .expect("closed")
+        {
+            Ok(0) => break Ok(()),
+            Ok(_) => continue,
+            Err(e) => break Err(e),
+        }
+    };
+    let took = killed.elapsed();
+    let _ = child.wait();
+    // Ok(0) from rustls means close_notify came before the FIN (a bare FIN is an error).
+    assert!(end.is_ok(), "no close_notify: {end:?}");
+    assert!(
+        took < Duration::from_secs(1),
+        "closed {took:?} after the kill"
+    );
+    drop(client);
+    tunnel.assert_idle().await;
+}
