@@ -86,8 +86,8 @@ tls-audit: certs
 ## Markdown, PNG). Installs nginx, haproxy and matplotlib when missing. About 15 minutes;
 ## `make bench-quick` about 1.
 bench:
-	@command -v nginx >/dev/null && command -v haproxy >/dev/null || \
-	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-light haproxy)
+	@command -v nginx >/dev/null && command -v haproxy >/dev/null && command -v wrk >/dev/null || \
+	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-light haproxy wrk)
 	@-service nginx stop >/dev/null 2>&1; service haproxy stop >/dev/null 2>&1
 	@python3 -c 'import matplotlib' 2>/dev/null || python3 -m pip install -q matplotlib
 	$(CARGO) build --release --bin wssbridge --example loadgen --example benchd

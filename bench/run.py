@@ -44,15 +44,17 @@ http {{
     uwsgi_temp_path {dir}/uwsgi;
     scgi_temp_path {dir}/scgi;
     ssl_session_cache shared:SSL:10m;
+    map $http_upgrade $connection_upgrade {{ default upgrade; '' ''; }}
+    upstream app {{ server 127.0.0.1:{backend}; keepalive 64; }}
     server {{
         listen 127.0.0.1:{port} ssl;
         ssl_certificate {cert};
         ssl_certificate_key {key};
         location / {{
-            proxy_pass http://127.0.0.1:{backend};
+            proxy_pass http://app;
             proxy_http_version 1.1;
             proxy_set_header Upgrade $http_upgrade;
-            proxy_set_header Connection "upgrade";
+            proxy_set_header Connection $connection_upgrade;
             proxy_set_header Host $host;
             proxy_read_timeout 1h;
             {buffers}
@@ -150,9 +152,13 @@ class Peer:
 
     def start(self, cert, key, backend):
         self.port = free_port()
-        if self.name == "wssbridge":
+        if self.name.startswith("wssbridge"):
             cmd = [WSSBRIDGE, "--listen", f"127.0.0.1:{self.port}", "--cert", cert, "--key", key,
                    "--to", f"127.0.0.1:{backend}", "-q"]
+            if self.name == "wssbridge-full":
+                # The features a production deployment turns on: forwarded headers on every
+                # request, and the admin endpoint (metrics are always counted).
+                cmd += ["--add-forwarded", "--admin", f"127.0.0.1:{free_port()}"]
         elif self.name.startswith("nginx"):
             for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
                 os.makedirs(os.path.join(self.dir, sub), exist_ok=True)
@@ -192,18 +198,45 @@ class Peer:
             self.proc = None
 
 
-def loadgen(mode, port, conns, seconds):
-    out = subprocess.run([LOADGEN, mode, f"127.0.0.1:{port}", "--conns", str(conns), "--seconds", str(seconds)],
-                         capture_output=True, text=True, timeout=seconds + 120)
+def loadgen(mode, port, conns, seconds, size=None):
+    cmd = [LOADGEN, mode, f"127.0.0.1:{port}", "--conns", str(conns), "--seconds", str(seconds)]
+    if size:
+        cmd += ["--size", str(size)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120)
     if out.returncode != 0:
         raise RuntimeError(f"loadgen {mode}: {out.stderr.strip()}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def wrk(port, conns, seconds):
+    """HTTP keep-alive with wrk (OpenSSL's client): `conns` connections of small GETs."""
+    out = subprocess.run([shutil.which("wrk") or "/usr/bin/wrk", "-t2", f"-c{conns}", f"-d{seconds:g}s",
+                          f"https://127.0.0.1:{port}/ping"], capture_output=True, text=True,
+                         timeout=seconds + 60)
+    if out.returncode != 0:
+        raise RuntimeError(f"wrk: {out.stderr.strip()}")
+    requests = None
+    errors = 0
+    for line in out.stdout.splitlines():
+        line = line.strip()
+        if " requests in " in line:
+            requests = int(line.split()[0])
+        elif line.startswith("Non-2xx") or line.startswith("Socket errors"):
+            errors += sum(int(x) for x in line.replace(",", " ").split() if x.isdigit())
+    if requests is None:
+        raise RuntimeError(f"wrk: no result in {out.stdout}")
+    return {"requests": requests, "per_sec": requests / seconds, "errors": errors, "conns": requests}
+
+
 def measure(peer, mode, conns, seconds):
     pids = peer.pids()
     before = cpu_seconds(pids)
-    result = loadgen(mode, peer.port, conns, seconds)
+    if mode == "wrk":
+        result = wrk(peer.port, conns, seconds)
+    elif mode.startswith("throughput:"):
+        result = loadgen("throughput", peer.port, conns, seconds, int(mode.split(":")[1]))
+    else:
+        result = loadgen(mode, peer.port, conns, seconds)
     if result.get("errors", 0) > result.get("conns", 1) / 100:
         raise RuntimeError(f"{peer.name} {mode}: {result}")
     return result, cpu_seconds(pids) - before
@@ -243,6 +276,19 @@ def bulk_job(seconds):
     return ("throughput", 4, seconds, lambda res, s: [("bulk MB/s tx+rx", res["mb_per_sec"], res["mb_per_sec"] * s)])
 
 
+def message_job(size, conns, seconds):
+    """Upgraded tunnels echoing client writes of `size` bytes, each one TLS record: chat-like
+    traffic at the small end."""
+    metric = f"messages {size} B x{conns} MB/s"
+    return (f"throughput:{size}", conns, seconds,
+            lambda res, s: [(metric, res["mb_per_sec"], res["mb_per_sec"] * s)])
+
+
+def keepalive_job(seconds):
+    """wrk: 16 keep-alive connections of GET /ping (socket.io's polling, a page's assets)."""
+    return ("wrk", 16, seconds, lambda res, s: [("keep-alive req/s (wrk, 16 conns)", res["per_sec"], res["requests"])])
+
+
 def rtt_job():
     return ("latency", 4, 1.0, lambda res, s: [("RTT p50 us", res["p50_us"], None), ("RTT p99 us", res["p99_us"], None)])
 
@@ -256,11 +302,16 @@ def idle(peer, count):
     opened = json.loads(gen.stdout.readline())["opened"]
     time.sleep(1.0)
     held = pss_kib(peer.pids())
+    # What holding them costs: the proxy's CPU over 5 idle seconds, in % of one core.
+    cpu_before = cpu_seconds(peer.pids())
+    time.sleep(5.0)
+    idle_cpu = (cpu_seconds(peer.pids()) - cpu_before) / 5.0 * 100
     gen.stdin.write("check\n")
     gen.stdin.flush()
     echoed = json.loads(gen.stdout.readline())["echoed"]
     gen.wait(timeout=60)
-    return {"kib_per_conn": (held - base) / max(opened, 1), "opened": opened, "echoed": echoed}
+    return {"kib_per_conn": (held - base) / max(opened, 1), "opened": opened, "echoed": echoed,
+            "idle_cpu_percent": idle_cpu}
 
 
 def paired_ratios(rows, metrics, peers_names):
@@ -276,7 +327,7 @@ def paired_ratios(rows, metrics, peers_names):
             groups.setdefault((metric + " per proxy CPU-s", key), {})[name] = work / cpu
     out = {}
     for m in metrics:
-        lower_better = m.startswith("RTT") or "KiB" in m
+        lower_better = m.startswith("RTT") or "KiB" in m or "CPU %" in m
         for n in peers_names:
             if n == "wssbridge":
                 continue
@@ -308,7 +359,10 @@ def main():
     parser.add_argument("--windows", type=int, help="rate and bulk runs per peer per round")
     parser.add_argument("--idle", type=int, help="idle connections to hold")
     parser.add_argument("--rtt-windows", type=int, help="1-second RTT windows per peer per round")
-    parser.add_argument("--peers", default="wssbridge,nginx,nginx-16k,haproxy")
+    parser.add_argument("--peers", default="wssbridge,nginx,nginx-16k,haproxy",
+                        help="also: wssbridge-full (with --add-forwarded and --admin)")
+    parser.add_argument("--skip", default="", help="comma-separated parts to leave out: "
+                        "rsa, ecdsa, sweep, keepalive, rtt, idle")
     opts = parser.parse_args()
     rounds = opts.rounds or (1 if opts.quick else 3)
     seconds = opts.seconds or (1.0 if opts.quick else 2.0)
@@ -316,6 +370,7 @@ def main():
     idle_count = opts.idle or (1000 if opts.quick else 9000)
     windows = opts.rtt_windows or (3 if opts.quick else 10)
     peers_names = opts.peers.split(",")
+    skip = set(filter(None, opts.skip.split(",")))
 
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     outdir = os.path.join(ROOT, "bench", "results", stamp)
@@ -329,15 +384,29 @@ def main():
     try:
         for r in range(rounds):
             order = peers_names[r % len(peers_names):] + peers_names[:r % len(peers_names)]
-            print(f"round {r + 1}/{rounds}: RSA-2048 rate, {runs} turns of {seconds:g} s", flush=True)
-            rows.extend(turns(r, order, certs["rsa"], backend, workdir, "rsa",
-                              [rate_job("conn/s RSA-2048", seconds)], runs))
-            print(f"round {r + 1}/{rounds}: ECDSA P-256 rate and bulk, {runs} turns", flush=True)
-            rows.extend(turns(r, order, certs["ecdsa"], backend, workdir, "ecdsa",
-                              [rate_job("conn/s ECDSA P-256", seconds), bulk_job(seconds)], runs))
-            print(f"round {r + 1}/{rounds}: RTT, {windows} windows of 1 s per peer", flush=True)
-            rows.extend(turns(r, order, certs["ecdsa"], backend, workdir, "rtt", [rtt_job()], windows))
-            for name in order:
+            if "rsa" not in skip:
+                print(f"round {r + 1}/{rounds}: RSA-2048 rate, {runs} turns of {seconds:g} s", flush=True)
+                rows.extend(turns(r, order, certs["rsa"], backend, workdir, "rsa",
+                                  [rate_job("conn/s RSA-2048", seconds)], runs))
+            if "ecdsa" not in skip:
+                print(f"round {r + 1}/{rounds}: ECDSA P-256 rate and bulk, {runs} turns", flush=True)
+                rows.extend(turns(r, order, certs["ecdsa"], backend, workdir, "ecdsa",
+                                  [rate_job("conn/s ECDSA P-256", seconds), bulk_job(seconds)], runs))
+            if "keepalive" not in skip:
+                print(f"round {r + 1}/{rounds}: keep-alive with wrk, {runs} turns", flush=True)
+                rows.extend(turns(r, order, certs["ecdsa"], backend, workdir, "keepalive",
+                                  [keepalive_job(seconds)], runs))
+            if "sweep" not in skip:
+                sweep = [message_job(size, conns, seconds) for conns in (4, 64)
+                         for size in (256, 1024, 4096, 16384)]
+                sweep_turns = max(2, runs // 2)
+                print(f"round {r + 1}/{rounds}: message sizes 256 B-16 KiB x4 and x64 tunnels, "
+                      f"{sweep_turns} turns", flush=True)
+                rows.extend(turns(r, order, certs["ecdsa"], backend, workdir, "sweep", sweep, sweep_turns))
+            if "rtt" not in skip:
+                print(f"round {r + 1}/{rounds}: RTT, {windows} windows of 1 s per peer", flush=True)
+                rows.extend(turns(r, order, certs["ecdsa"], backend, workdir, "rtt", [rtt_job()], windows))
+            for name in ([] if "idle" in skip else order):
                 peer = Peer(name, workdir)
                 print(f"round {r + 1}/{rounds}: {name} idle", flush=True)
                 try:
@@ -345,6 +414,7 @@ def main():
                     res = idle(peer, idle_count)
                     rows.append((r, name, "KiB per idle tunnel", res["kib_per_conn"], None, None, res))
                     rows.append((r, name, "idle tunnels echoing afterwards", res["echoed"], None, None, res))
+                    rows.append((r, name, "CPU % of a core holding them idle", res["idle_cpu_percent"], None, None, res))
                 finally:
                     peer.stop()
     finally:
@@ -382,7 +452,8 @@ def main():
              f"taking turns between them: {runs} rate and bulk runs of {seconds:g} s and {windows} RTT runs of 1 s per peer; "
              f"{idle_count} idle tunnels, one peer after the other. Medians over all runs [min–max]; "
              f"ratio = wssbridge / nginx (higher is better except RTT and KiB). "
-             f"Load: rate 8 workers; bulk 4 tunnels of 16 KiB writes; RTT 4 tunnels of 64-byte ping-pong; client key exchange X25519 for every peer.", "",
+             f"Load: rate 8 workers; bulk 4 tunnels of 16 KiB writes; messages: 4 or 64 tunnels echoing client writes of one TLS record each; "
+             f"keep-alive: wrk (OpenSSL), 16 connections of GET /ping; RTT 4 tunnels of 64-byte ping-pong; client key exchange X25519 for every peer.", "",
              "| metric | " + " | ".join(peers_names) + " | wssbridge / nginx |",
              "|---|" + "---|" * (len(peers_names) + 1)]
     paired = paired_ratios(rows, derived, peers_names)

@@ -1,6 +1,7 @@
-//! `make bench`'s backend: answers `GET /ping` with a small 200 and `Connection: close`, and
-//! answers an upgrade request with `101` and then echoes every byte. Plain TCP on loopback.
-//! Usage: `benchd ADDR` (prints the bound address).
+//! `make bench`'s backend: answers `GET /ping` with a small 200 (keeping the connection
+//! unless the request says `Connection: close`), and answers an upgrade request with `101`
+//! and then echoes every byte. Plain TCP on loopback. Usage: `benchd ADDR` (prints the bound
+//! address).
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -23,30 +24,38 @@ async fn main() -> anyhow::Result<()> {
 async fn serve(mut s: TcpStream) -> std::io::Result<()> {
     s.set_nodelay(true)?;
     let mut head = Vec::with_capacity(512);
-    let mut buf = [0u8; 1024];
-    let end = loop {
-        let n = s.read(&mut buf).await?;
-        if n == 0 {
+    let mut buf = [0u8; 4096];
+    loop {
+        // One request head (requests here have no body); bytes after it stay in `head`.
+        let end = loop {
+            if let Some(i) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let n = s.read(&mut buf).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            head.extend_from_slice(&buf[..n]);
+        };
+        let text = String::from_utf8_lossy(&head[..end]).to_ascii_lowercase();
+        if text.contains("upgrade: websocket") {
+            s.write_all(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                  Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
+            )
+            .await?;
+            s.write_all(&head[end..]).await?;
+            let (mut r, mut w) = s.split();
+            tokio::io::copy(&mut r, &mut w).await?;
             return Ok(());
         }
-        head.extend_from_slice(&buf[..n]);
-        if let Some(i) = head.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
+        let close = text.contains("connection: close");
+        head.drain(..end);
+        if close {
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\npong")
+                .await?;
+            return s.shutdown().await;
         }
-    };
-    let text = String::from_utf8_lossy(&head[..end]).to_ascii_lowercase();
-    if !text.contains("upgrade: websocket") {
-        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\npong")
-            .await?;
-        return s.shutdown().await;
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\npong").await?;
     }
-    s.write_all(
-        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-          Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
-    )
-    .await?;
-    s.write_all(&head[end..]).await?;
-    let (mut r, mut w) = s.split();
-    tokio::io::copy(&mut r, &mut w).await?;
-    Ok(())
 }

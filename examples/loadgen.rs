@@ -4,8 +4,8 @@
 //! Modes:
 //! - `rate`: workers loop connect → full handshake (never resuming) → `GET /ping` with
 //!   `Connection: close` → read the answer → wait for close; connections/s and latency.
-//! - `throughput`: upgraded connections stream 16 KiB writes that the backend echoes; MB/s
-//!   sent + received.
+//! - `throughput`: upgraded connections stream writes of `--size` bytes (16 KiB by default,
+//!   each one TLS record up to 16 KiB) that the backend echoes; MB/s sent + received.
 //! - `latency`: upgraded connections ping-pong 64-byte messages, each echo checked; RTT.
 //! - `idle`: open N upgraded connections, print `{"opened":N}`, wait for a line on stdin, then
 //!   check that every one still echoes and print `{"echoed":N}`.
@@ -36,6 +36,9 @@ struct Args {
     conns: usize,
     #[arg(long, default_value_t = 10.0)]
     seconds: f64,
+    /// Bytes per write in `throughput` mode.
+    #[arg(long, default_value_t = 16 * 1024)]
+    size: usize,
     /// Cipher suites offered first: `browser` puts TLS_AES_128_GCM_SHA256 first, as Chrome
     /// and Firefox do; `rustls` keeps rustls's default (TLS_AES_256_GCM_SHA384 first, as
     /// OpenSSL-based clients such as Node and Python also do).
@@ -50,7 +53,7 @@ async fn main() -> anyhow::Result<()> {
     let run = Duration::from_secs_f64(args.seconds);
     let line = match args.mode.as_str() {
         "rate" => rate(connector, args.addr, args.conns, run).await,
-        "throughput" => throughput(connector, args.addr, args.conns, run).await?,
+        "throughput" => throughput(connector, args.addr, args.conns, run, args.size).await?,
         "latency" => latency(connector, args.addr, args.conns, run).await?,
         "idle" => idle(connector, args.addr, args.conns).await?,
         other => anyhow::bail!("unknown mode {other}"),
@@ -199,6 +202,7 @@ async fn throughput(
     addr: SocketAddr,
     conns: usize,
     run: Duration,
+    size: usize,
 ) -> anyhow::Result<String> {
     let streams = open(&connector, addr, conns).await?;
     let sent = Arc::new(AtomicU64::new(0));
@@ -210,7 +214,7 @@ async fn throughput(
         let sent = sent.clone();
         let received = received.clone();
         tasks.push(tokio::spawn(async move {
-            let chunk = vec![0x5au8; 16 * 1024];
+            let chunk = vec![0x5au8; size];
             while Instant::now() < deadline {
                 if wr.write_all(&chunk).await.is_err() || wr.flush().await.is_err() {
                     break;

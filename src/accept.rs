@@ -117,9 +117,12 @@ pub async fn accept_loop(listener: TcpListener, state: Arc<State>, service: Serv
         let conn_state = state.clone();
         state.tracker.spawn(async move {
             let state = conn_state;
+            // The task lives as long as the connection: what runs only at its start (the
+            // PROXY header) or on the other listener (redirects) runs boxed, so a tunnel's
+            // task is no larger than its own pipeline.
             let (accepted, ip_slot) = match proxied {
                 false => (Accepted::direct(stream, peer), ip_slot),
-                true => match arrive(&state, stream, peer).await {
+                true => match Box::pin(arrive(&state, stream, peer)).await {
                     Some(arrived) => arrived,
                     None => return,
                 },
@@ -128,7 +131,8 @@ pub async fn accept_loop(listener: TcpListener, state: Arc<State>, service: Serv
                 Service::Tls => conn::serve(&state, accepted, admitted).await,
                 Service::Redirect { https_port } => {
                     let config = state.config.load_full();
-                    let status = redirect::serve(accepted.stream, &config, https_port).await;
+                    let redirect = redirect::serve(accepted.stream, &config, https_port);
+                    let status = Box::pin(redirect).await;
                     if let Some(code) = status {
                         state.metrics.responded(code);
                     }
