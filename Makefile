@@ -17,7 +17,7 @@ TLS_AUDIT_PORT ?= 9443
 
 BENCH_ARGS ?=
 
-.PHONY: all build release test unit e2e lint check certs demo demo-check fuzz tls-audit bench bench-quick micro clean
+.PHONY: all build release test unit e2e lint check certs demo demo-check fuzz tls-audit bench bench-quick soak micro clean
 
 all: build
 
@@ -95,6 +95,14 @@ bench:
 
 bench-quick:
 	$(MAKE) bench BENCH_ARGS=--quick
+
+## Endurance, not in CI (about 15 minutes, root for the vanishing-client part): 9,000 idle
+## WebSockets under 200 new connections/s for SOAK_SECONDS (600), a low RLIMIT_NOFILE, a
+## client whose link goes down. Results in bench/results/soak-<stamp>/.
+SOAK_ARGS ?=
+soak:
+	$(CARGO) build --release --bin wssbridge --example loadgen --example benchd
+	python3 bench/soak.py $(SOAK_ARGS)
 
 ## Criterion micro-benchmarks: head parsing, route matching, chunked framing.
 micro:

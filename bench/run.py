@@ -45,7 +45,7 @@ http {{
     scgi_temp_path {dir}/scgi;
     ssl_session_cache shared:SSL:10m;
     map $http_upgrade $connection_upgrade {{ default upgrade; '' ''; }}
-    upstream app {{ server 127.0.0.1:{backend}; keepalive 64; }}
+    upstream app {{ server 127.0.0.1:{backend}; {keepalive} }}
     server {{
         listen 127.0.0.1:{port} ssl;
         ssl_certificate {cert};
@@ -54,7 +54,7 @@ http {{
             proxy_pass http://app;
             proxy_http_version 1.1;
             proxy_set_header Upgrade $http_upgrade;
-            proxy_set_header Connection $connection_upgrade;
+            proxy_set_header Connection {connection};
             proxy_set_header Host $host;
             proxy_read_timeout 1h;
             {buffers}
@@ -162,11 +162,18 @@ class Peer:
         elif self.name.startswith("nginx"):
             for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
                 os.makedirs(os.path.join(self.dir, sub), exist_ok=True)
-            buffers = "proxy_buffer_size 16k; proxy_buffers 8 16k;" if self.name == "nginx-16k" else ""
+            # nginx: the classic WebSocket block everyone copies (Connection "upgrade", a new
+            # upstream connection per request). nginx-16k: tuned as an expert would, with
+            # 16 KiB proxy buffers, upstream keep-alive and the $connection_upgrade map.
+            tuned = self.name == "nginx-16k"
+            buffers = "proxy_buffer_size 16k; proxy_buffers 8 16k;" if tuned else ""
+            keepalive = "keepalive 64;" if tuned else ""
+            connection = "$connection_upgrade" if tuned else '"upgrade"'
             conf = os.path.join(self.dir, "nginx.conf")
             with open(conf, "w") as f:
                 f.write(NGINX_CONF.format(cores=CORES, dir=self.dir, port=self.port, cert=cert, key=key,
-                                          backend=backend, buffers=buffers))
+                                          backend=backend, buffers=buffers, keepalive=keepalive,
+                                          connection=connection))
             cmd = [shutil.which("nginx") or "/usr/sbin/nginx", "-p", self.dir, "-c", conf, "-g", "daemon off;"]
         else:
             combined = os.path.join(self.dir, "combined.pem")

@@ -9,6 +9,9 @@
 //! - `latency`: upgraded connections ping-pong 64-byte messages, each echo checked; RTT.
 //! - `idle`: open N upgraded connections, print `{"opened":N}`, wait for a line on stdin, then
 //!   check that every one still echoes and print `{"echoed":N}`.
+//! - `churn`: `--conns` new connections per second for `--seconds`, each its own task: half
+//!   upgrade, echo one message and close; half `GET /ping` with `Connection: close`. Prints
+//!   how many ended well and how many did not (`make soak`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -39,6 +42,9 @@ struct Args {
     /// Bytes per write in `throughput` mode.
     #[arg(long, default_value_t = 16 * 1024)]
     size: usize,
+    /// In `churn` mode, how long each upgraded connection stays open after its echo.
+    #[arg(long, default_value_t = 0)]
+    hold_ms: u64,
     /// Cipher suites offered first: `browser` puts TLS_AES_128_GCM_SHA256 first, as Chrome
     /// and Firefox do; `rustls` keeps rustls's default (TLS_AES_256_GCM_SHA384 first, as
     /// OpenSSL-based clients such as Node and Python also do).
@@ -56,6 +62,10 @@ async fn main() -> anyhow::Result<()> {
         "throughput" => throughput(connector, args.addr, args.conns, run, args.size).await?,
         "latency" => latency(connector, args.addr, args.conns, run).await?,
         "idle" => idle(connector, args.addr, args.conns).await?,
+        "churn" => {
+            let hold = Duration::from_millis(args.hold_ms);
+            churn(connector, args.addr, args.conns, run, hold).await
+        }
         other => anyhow::bail!("unknown mode {other}"),
     };
     println!("{line}");
@@ -324,6 +334,68 @@ async fn idle(connector: TlsConnector, addr: SocketAddr, count: usize) -> anyhow
         echoed += usize::from(chunk.is_ok());
     }
     Ok(format!("{{\"echoed\":{echoed}}}"))
+}
+
+async fn churn(
+    connector: TlsConnector,
+    addr: SocketAddr,
+    per_sec: usize,
+    run: Duration,
+    hold: Duration,
+) -> String {
+    let ok = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / per_sec.max(1) as f64));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let deadline = Instant::now() + run;
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut n = 0u64;
+    while Instant::now() < deadline {
+        tick.tick().await;
+        n += 1;
+        let (connector, ok, errors) = (connector.clone(), ok.clone(), errors.clone());
+        tasks.spawn(async move {
+            let once = async {
+                if n % 2 == 0 {
+                    let mut s = upgraded(&connector, addr).await?;
+                    let ping = *b"churning 0123456";
+                    let mut back = [0u8; 16];
+                    s.write_all(&ping).await?;
+                    s.flush().await?;
+                    s.read_exact(&mut back).await?;
+                    anyhow::ensure!(back == ping, "echo mismatch");
+                    tokio::time::sleep(hold).await;
+                    s.shutdown().await?;
+                } else {
+                    let mut s = tls(&connector, addr).await?;
+                    s.write_all(
+                        b"GET /ping HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+                    )
+                    .await?;
+                    s.flush().await?;
+                    let mut answer = Vec::new();
+                    match s.read_to_end(&mut answer).await {
+                        Ok(_) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                    anyhow::ensure!(answer.starts_with(b"HTTP/1.1 200"), "bad answer");
+                }
+                Ok::<_, anyhow::Error>(())
+            };
+            match tokio::time::timeout(Duration::from_secs(30), once).await {
+                Ok(Ok(())) => ok.fetch_add(1, Ordering::Relaxed),
+                _ => errors.fetch_add(1, Ordering::Relaxed),
+            };
+        });
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+    format!(
+        "{{\"started\":{n},\"ok\":{},\"errors\":{}}}",
+        ok.load(Ordering::Relaxed),
+        errors.load(Ordering::Relaxed)
+    )
 }
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
