@@ -56,6 +56,7 @@ async fn serve(mut s: TcpStream) -> std::io::Result<()> {
                 .await?;
             return s.shutdown().await;
         }
-        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\npong").await?;
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\npong")
+            .await?;
     }
 }

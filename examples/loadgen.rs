@@ -356,7 +356,7 @@ async fn churn(
         let (connector, ok, errors) = (connector.clone(), ok.clone(), errors.clone());
         tasks.spawn(async move {
             let once = async {
-                if n % 2 == 0 {
+                if n.is_multiple_of(2) {
                     let mut s = upgraded(&connector, addr).await?;
                     let ping = *b"churning 0123456";
                     let mut back = [0u8; 16];

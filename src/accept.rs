@@ -131,7 +131,10 @@ pub async fn accept_loop(listener: TcpListener, state: Arc<State>, service: Serv
                 Service::Tls => conn::serve(&state, accepted, admitted).await,
                 Service::Redirect { https_port } => {
                     let config = state.config.load_full();
-                    let redirect = redirect::serve(accepted.stream, &config, https_port);
+                    let Accepted {
+                        stream, early, at, ..
+                    } = accepted;
+                    let redirect = redirect::serve(stream, early, at, &config, https_port);
                     let status = Box::pin(redirect).await;
                     if let Some(code) = status {
                         state.metrics.responded(code);
@@ -169,6 +172,7 @@ async fn arrive(
     mut stream: tokio::net::TcpStream,
     peer: SocketAddr,
 ) -> Option<(Accepted, Option<IpSlot>)> {
+    let at = tokio::time::Instant::now();
     let timeout = state.config.load().timeouts.header;
     let read = proxy::read(&mut stream);
     let read = match timeout {
@@ -200,6 +204,7 @@ async fn arrive(
         client,
         local,
         early,
+        at,
     };
     Some((accepted, slot))
 }

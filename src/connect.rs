@@ -29,6 +29,16 @@ pub struct Connected {
     pub lease: Lease,
 }
 
+/// Why no backend connection was made.
+#[derive(Debug)]
+pub enum NotConnected {
+    /// Every backend failed (502).
+    Backends,
+    /// This process ran out of something (descriptors, memory, local ports): no backend's
+    /// fault, and none is marked down for it (503, try again).
+    Local(io::Error),
+}
+
 /// Connects to the first backend of `pool` that accepts, in the order the pool gives for a
 /// client at `client`. A failed connect marks its backend down for `fail_timeout` and moves
 /// on at once (nothing was sent yet).
@@ -37,17 +47,21 @@ pub async fn connect(
     client: IpAddr,
     timeout: Option<Duration>,
     fail_timeout: Option<Duration>,
-) -> Option<Connected> {
+) -> Result<Connected, NotConnected> {
     for state in pool.order(client) {
         match dial(&state.backend, timeout).await {
             Ok(stream) => {
                 tune(SockRef::from(&stream));
                 let lease = state.connected();
-                return Some(Connected {
+                return Ok(Connected {
                     stream,
                     backend: state.clone(),
                     lease,
                 });
+            }
+            Err(e) if is_local(&e) => {
+                tracing::debug!(backend = %state.backend, "no backend connection: {e}");
+                return Err(NotConnected::Local(e));
             }
             Err(e) => {
                 let (backend, route) = (&state.backend, pool.route());
@@ -60,7 +74,16 @@ pub async fn connect(
             }
         }
     }
-    None
+    Err(NotConnected::Backends)
+}
+
+/// Errors that say this process or host ran short, not that the backend failed.
+fn is_local(e: &io::Error) -> bool {
+    use rustix::io::Errno;
+    matches!(
+        Errno::from_io_error(e),
+        Some(Errno::MFILE | Errno::NFILE | Errno::NOBUFS | Errno::NOMEM | Errno::ADDRNOTAVAIL)
+    )
 }
 
 async fn dial(backend: &Backend, timeout: Option<Duration>) -> io::Result<TcpStream> {
@@ -110,6 +133,16 @@ pub fn tune(socket: SockRef<'_>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn running_out_of_descriptors_is_no_backend_s_fault() {
+        assert!(is_local(&io::Error::from_raw_os_error(24))); // EMFILE
+        assert!(is_local(&io::Error::from_raw_os_error(23))); // ENFILE
+        assert!(!is_local(&io::Error::from(
+            io::ErrorKind::ConnectionRefused
+        )));
+        assert!(!is_local(&io::Error::from(io::ErrorKind::TimedOut)));
+    }
 
     /// `Server::run` tunes only its listeners and relies on Linux copying the settings to
     /// each accepted socket; this fails on a system where that stops being true.

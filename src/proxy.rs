@@ -25,8 +25,10 @@ const V2_FIXED: usize = 16;
 const PP2_TYPE_AUTHORITY: u8 = 0x02;
 const PP2_TYPE_SSL: u8 = 0x20;
 const PP2_SUBTYPE_SSL_VERSION: u8 = 0x21;
-/// In `PP2_TYPE_SSL`'s client field: the client connected over TLS.
+/// In `PP2_TYPE_SSL`'s client field: the client connected over TLS, and presented a
+/// certificate on this connection.
 const PP2_CLIENT_SSL: u8 = 0x01;
+const PP2_CLIENT_CERT_CONN: u8 = 0x02;
 
 /// Which version to send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -249,6 +251,8 @@ pub struct Origin<'a> {
     pub sni: Option<&'a str>,
     /// The TLS version (`TLSv1.3`), carried by v2 in `PP2_TYPE_SSL`.
     pub tls_version: Option<&'a str>,
+    /// Whether the client presented a certificate (`--client-ca`) on this connection.
+    pub client_cert: bool,
 }
 
 /// The header to write to a backend before any byte of the connection.
@@ -289,7 +293,12 @@ pub fn encode(version: Version, origin: &Origin<'_>) -> Vec<u8> {
             if let Some(sni) = origin.sni {
                 tlv(&mut body, PP2_TYPE_AUTHORITY, sni.as_bytes());
             }
-            let mut ssl = vec![PP2_CLIENT_SSL, 0, 0, 0, 0];
+            let client = match origin.client_cert {
+                true => PP2_CLIENT_SSL | PP2_CLIENT_CERT_CONN,
+                false => PP2_CLIENT_SSL,
+            };
+            // The client byte, then `verify`: 0, the certificate (if any) was verified.
+            let mut ssl = vec![client, 0, 0, 0, 0];
             if let Some(v) = origin.tls_version {
                 tlv(&mut ssl, PP2_SUBTYPE_SSL_VERSION, v.as_bytes());
             }
@@ -376,6 +385,7 @@ mod tests {
             local: "127.0.0.1:8443".parse().unwrap(),
             sni: Some("chat.example.com"),
             tls_version: Some("TLSv1.3"),
+            client_cert: false,
         }
     }
 
@@ -391,6 +401,7 @@ mod tests {
                 local: "[::1]:8443".parse().unwrap(),
                 sni: None,
                 tls_version: None,
+                client_cert: false,
             },
         );
         for whole in [&v1, &v2, &v6, &local(Version::V2), &local(Version::V1)] {

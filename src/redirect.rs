@@ -14,11 +14,18 @@ use tokio::time::Instant;
 use crate::config::Config;
 use crate::http::head::{self, Head, ReadError};
 use crate::respond::{self, Status};
+use crate::tls::readahead::ReadAhead;
 
-/// Serves one plain-HTTP connection: one request, one redirect (or error), then close.
-pub async fn serve(stream: TcpStream, config: &Config, https_port: u16) -> Option<u16> {
-    let started = Instant::now();
-    let mut stream = BufReader::with_capacity(1024, stream);
+/// Serves one plain-HTTP connection, accepted at `started`, whose first bytes (`early`) were
+/// already read after a PROXY header: one request, one redirect (or error), then close.
+pub async fn serve(
+    stream: TcpStream,
+    early: Vec<u8>,
+    started: Instant,
+    config: &Config,
+    https_port: u16,
+) -> Option<u16> {
+    let mut stream = BufReader::with_capacity(1024, ReadAhead::with_early(stream, early));
     let mut buf = Vec::new();
     let read = head::read(&mut stream, &mut buf, config.limits.max_header_bytes);
     let read = match config.timeouts.header {
@@ -42,7 +49,7 @@ pub async fn serve(stream: TcpStream, config: &Config, https_port: u16) -> Optio
     }
 }
 
-async fn answer(stream: &mut BufReader<TcpStream>, status: Status) -> u16 {
+async fn answer(stream: &mut BufReader<ReadAhead<TcpStream>>, status: Status) -> u16 {
     respond::send(stream, status).await;
     status.code()
 }

@@ -234,6 +234,7 @@ where
         send: timeouts.send,
         send_timer: None,
         stalled: [None, None],
+        up_blocked: false,
         close_timer: None,
         half_closed_at: None,
         up_first: false,
@@ -275,6 +276,8 @@ struct Splice<'a, C, G: Gate> {
     /// For the backend [0] and the client [1]: since when output has waited for it, and how
     /// much had been written then (a change means progress).
     stalled: [Option<(Instant, u64)>; 2],
+    /// A write of bytes still in rustls's buffer found the backend full.
+    up_blocked: bool,
     half_closed_at: Option<Instant>,
     up_first: bool,
     /// Client bytes read before the splice that the gate has not seen yet.
@@ -347,7 +350,14 @@ where
                 return Poll::Ready(end);
             }
         }
-        if let Some(gate) = &mut self.gate
+        if let Some(stop) = self.gate.as_ref().and_then(|g| g.finished())
+            && self.down == Dir::Done
+        {
+            // The gate stopped on client input after the client side was already closed:
+            // nothing more can be answered, so end the other direction too (re-polling would
+            // only find the same state again).
+            self.stop(stop, cx);
+        } else if let Some(gate) = &mut self.gate
             && (gate.take_changed() || gate.finished().is_some())
         {
             cx.waker().wake_by_ref();
@@ -398,7 +408,7 @@ where
     /// keeps a timer for the one waiting longest, or none when nothing waits.
     fn stalled_for(&mut self, limit: Duration, cx: &mut Context<'_>) -> Option<Side> {
         let waiting = [
-            self.up != Dir::Done && self.up_out.pos < self.up_out.bytes.len(),
+            self.up != Dir::Done && (self.up_out.pos < self.up_out.bytes.len() || self.up_blocked),
             self.down != Dir::Done
                 && (self.down_out.pos < self.down_out.bytes.len() || self.client.unsent()),
         ];
@@ -509,6 +519,11 @@ where
                 Some(gate) => {
                     let taken = gate.client(chunk, &mut self.up_out.bytes);
                     if taken == 0 && self.up_out.bytes.is_empty() {
+                        if self.down == Dir::Done {
+                            // Held for an answer that can no longer come: end this side.
+                            self.up = Dir::Closing;
+                            continue;
+                        }
                         // Held until the backend answers; its side wakes this task.
                         return Poll::Pending;
                     }
@@ -528,8 +543,13 @@ where
                     continue;
                 }
                 None => {
-                    let n = ready!(Pin::new(&mut *self.backend).poll_write(cx, chunk))
-                        .map_err(fail(Side::Backend, Op::Write))?;
+                    let written = Pin::new(&mut *self.backend).poll_write(cx, chunk);
+                    let Poll::Ready(written) = written else {
+                        // The bytes stay in rustls's buffer: waiting, as `up_out` would be.
+                        self.up_blocked = true;
+                        return Poll::Pending;
+                    };
+                    let n = written.map_err(fail(Side::Backend, Op::Write))?;
                     if n == 0 {
                         let zero = io::ErrorKind::WriteZero.into();
                         return Poll::Ready(Err(fail(Side::Backend, Op::Write)(zero)));
@@ -685,6 +705,7 @@ where
 
     /// `n` bytes went to the backend.
     fn sent_up(&mut self, n: usize) {
+        self.up_blocked = false;
         let header = n.min(self.uncounted);
         self.uncounted -= header;
         let n = n - header;

@@ -345,6 +345,7 @@ async fn proxy_headers_are_refused_from_strangers_and_required_from_balancers() 
         local: tunnel.addr,
         sni: None,
         tls_version: None,
+        client_cert: false,
     };
     forged
         .write_all(&proxy::encode(proxy::Version::V1, &origin))
@@ -702,4 +703,69 @@ async fn readyz_turns_503_at_sigterm_before_the_listeners_close_and_livez_stays_
         TcpStream::connect(admin_addr).await.is_err(),
         "gone with the process"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_behind_a_balancer_keeps_the_request_that_came_with_the_header() {
+    let app = Backend::http("app").await;
+    let tunnel = Tunnel::start(&[
+        "--to",
+        &app.address(),
+        "--redirect-http",
+        "127.0.0.1:0",
+        "--accept-proxy-from",
+        "127.0.0.1",
+    ])
+    .await;
+    let mut tcp = TcpStream::connect(tunnel.redirect_addrs[0]).await.unwrap();
+    let origin = proxy::Origin {
+        client: "203.0.113.9:5000".parse().unwrap(),
+        local: tunnel.redirect_addrs[0],
+        sni: None,
+        tls_version: None,
+        client_cert: false,
+    };
+    let mut first = proxy::encode(proxy::Version::V1, &origin);
+    first.extend_from_slice(b"GET /x?y=1 HTTP/1.1\r\nHost: example.com\r\n\r\n");
+    tcp.write_all(&first).await.unwrap(); // one segment: header and request together
+    let mut reply = String::new();
+    tokio::time::timeout(Duration::from_secs(3), tcp.read_to_string(&mut reply))
+        .await
+        .expect("answered at once, not at the header timeout")
+        .unwrap();
+    assert_eq!(support::status_of(&reply), 308, "{reply}");
+    assert!(reply.contains("/x?y=1"), "{reply}");
+    tunnel.assert_idle().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_header_deadline_counts_from_accept_even_behind_a_proxy_header() {
+    let app = Backend::http("app").await;
+    let tunnel = Tunnel::start(&[
+        "--to",
+        &app.address(),
+        "--accept-proxy-from",
+        "127.0.0.1",
+        "--header-timeout",
+        "1500ms",
+    ])
+    .await;
+    let started = std::time::Instant::now();
+    let mut tcp = TcpStream::connect(tunnel.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    tcp.write_all(&proxy::local(proxy::Version::V2))
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(support::client_config())
+        .connect(name, tcp)
+        .await
+        .expect("handshake");
+    // No request: answered 408 at 1.5 s from accept, not 1.5 s after the PROXY header.
+    let reply = support::read_to_close(&mut tls).await;
+    let took = started.elapsed();
+    assert_eq!(support::status_of(&reply), 408, "{reply}");
+    assert!(took < Duration::from_millis(2100), "408 after {took:?}");
+    drop(tls);
+    tunnel.assert_idle().await;
 }

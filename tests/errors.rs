@@ -250,3 +250,21 @@ async fn client_that_closes_before_a_request_is_not_an_error() {
     assert!(logs.lines_with(&[&peer, "WARN"]).is_empty());
     assert!(logs.lines_with(&[&peer, "ERROR"]).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_hello_rustls_refuses_gets_an_alert_before_the_close() {
+    let backend = Backend::http("never").await;
+    let tunnel = Tunnel::start(&["--to", &backend.address()]).await;
+    let mut tcp = TcpStream::connect(tunnel.addr).await.unwrap();
+    // A handshake record holding a ClientHello one byte long: not a ClientHello.
+    tcp.write_all(&[0x16, 0x03, 0x01, 0x00, 0x05, 0x01, 0x00, 0x00, 0x01, 0x00])
+        .await
+        .unwrap();
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(WAIT, tcp.read_to_end(&mut reply))
+        .await
+        .expect("closed");
+    assert_eq!(reply.first(), Some(&0x15), "an alert record: {reply:?}");
+    assert_eq!(reply.get(5), Some(&2), "a fatal one: {reply:?}");
+    tunnel.assert_idle().await;
+}

@@ -271,3 +271,121 @@ async fn a_backend_killed_mid_stream_closes_the_client_at_once() {
     drop(client);
     tunnel.assert_idle().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_stops_reading_small_messages_is_cut_off_too() {
+    let logs = support::logs();
+    // A backend whose receive window is tiny: a few small messages fill it.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(16).unwrap();
+    let tunnel = Tunnel::start(&[
+        "--to",
+        &listener.local_addr().unwrap().to_string(),
+        "--send-timeout",
+        "500ms",
+    ])
+    .await;
+    let (mut client, backend) = upgraded(tunnel.addr, &listener).await;
+    // One small message at a time, each its own record: the lone-record path.
+    let writer = tokio::spawn(async move {
+        let message = [b's'; 1024];
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(15) {
+            if client.write_all(&message).await.is_err() || client.flush().await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        client
+    });
+    gone(&tunnel, Duration::from_secs(14)).await;
+    logs.wait_for(&["connection", "send-timeout (the backend stopped reading)"])
+        .await;
+    drop((writer.await.unwrap(), backend));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_first_answer_is_not_a_client_that_stopped_reading() {
+    // TLS 1.3 with the request sent right behind the client's Finished: the session tickets
+    // are held for the first answer, which the backend takes 1.5 s to give.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tunnel = Tunnel::start(&[
+        "--to",
+        &listener.local_addr().unwrap().to_string(),
+        "--send-timeout",
+        "500ms",
+    ])
+    .await;
+    let backend = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        read_head(&mut s).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\nslow")
+            .await
+            .unwrap();
+    });
+    let addr = tunnel.addr;
+    let answer = tokio::task::spawn_blocking(move || {
+        let request = b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+        let mut raw = support::RawTls::connect(addr, support::client_config(), request);
+        let mut got = Vec::new();
+        let deadline = Instant::now() + WAIT;
+        while !got.ends_with(b"slow") && Instant::now() < deadline {
+            raw.read_once();
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = std::io::Read::read(&mut raw.tls.reader(), &mut buf) {
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    })
+    .await
+    .unwrap();
+    assert!(answer.ends_with("slow"), "{answer:?}");
+    backend.await.unwrap();
+    tunnel.assert_idle().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_request_after_the_backend_closed_ends_the_connection_at_once() {
+    // The backend answers one request and closes (as Node does with an idle keep-alive
+    // connection); the client, still open, then sends a request that must be refused.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tunnel = Tunnel::start(&[
+        "--to",
+        &listener.local_addr().unwrap().to_string(),
+        "--close-timeout",
+        "0",
+    ])
+    .await;
+    let backend = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        read_head(&mut s).await.unwrap();
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            .await
+            .unwrap();
+        s.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest).await;
+    });
+    let mut client = tls_connect(tunnel.addr).await;
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(WAIT, client.read_to_end(&mut got)).await;
+    assert!(got.ends_with(b"ok"), "{:?}", String::from_utf8_lossy(&got));
+    // A request with no Host: refused by the exchange, with nobody left to answer.
+    let _ = client.write_all(b"GET / HTTP/1.1\r\n\r\n").await;
+    let _ = client.flush().await;
+    gone(&tunnel, Duration::from_secs(3)).await;
+    drop(client);
+    backend.await.unwrap();
+}

@@ -186,13 +186,42 @@ async fn probe(
         .read_exact(&mut line)
         .await
         .map_err(|e| format!("read: {e}"))?;
-    let status = std::str::from_utf8(&line)
-        .ok()
-        .filter(|l| l.starts_with("HTTP/1."))
-        .and_then(|l| l[9..12].parse::<u16>().ok())
+    let status = Some(&line)
+        .filter(|l| l.starts_with(b"HTTP/1."))
+        .and_then(|l| std::str::from_utf8(&l[9..12]).ok())
+        .and_then(|code| code.parse::<u16>().ok())
         .ok_or_else(|| format!("not an HTTP answer: {:?}", String::from_utf8_lossy(&line)))?;
     match status {
         200..=399 => Ok(()),
         other => Err(format!("status {other}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A backend's answer is peer input: a status line of any bytes fails the check, it
+    /// never stops the check loop.
+    #[tokio::test]
+    async fn a_garbled_status_line_fails_the_check_without_a_panic() {
+        for answer in [
+            &b"HTTP/1.1\xc3\xa900 OK\r\n\r\n"[..],
+            b"HTTP/1.1 2",
+            b"\xff\xfe",
+        ] {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let backend: Backend = listener.local_addr().unwrap().to_string().parse().unwrap();
+            let server = tokio::spawn(async move {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(answer).await;
+            });
+            let check = Check::Http("/healthz".into());
+            assert!(probe(&backend, &check, None).await.is_err(), "{answer:?}");
+            server.await.unwrap();
+        }
     }
 }

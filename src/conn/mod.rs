@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use crate::cidr::Cidr;
 use crate::config::{Config, Timeouts};
-use crate::connect::Connected;
+use crate::connect::{Connected, NotConnected};
 use crate::http::forwarded::{self, Forwarding};
 use crate::http::{self, Exchange, Head, ReadError, Refusal};
 use crate::proxy::{self, Origin};
@@ -37,6 +37,9 @@ pub struct Accepted {
     pub local: Option<SocketAddr>,
     /// Bytes read after the PROXY header: the start of the TLS handshake.
     pub early: Vec<u8>,
+    /// When the connection was accepted: the header deadline counts from here, PROXY
+    /// header included.
+    pub at: Instant,
 }
 
 impl Accepted {
@@ -48,6 +51,7 @@ impl Accepted {
             client: peer,
             local: None,
             early: Vec::new(),
+            at: Instant::now(),
         }
     }
 }
@@ -55,7 +59,7 @@ impl Accepted {
 /// Serves one accepted connection. `admitted` is false when the connection limit is reached:
 /// the client is then answered 503 once its head has arrived.
 pub async fn serve(state: &State, accepted: Accepted, admitted: bool) {
-    let started = Instant::now();
+    let started = accepted.at;
     state.metrics.accepted();
     let config = state.config.load_full();
     let mut summary = Summary::default();
@@ -143,13 +147,14 @@ async fn pipeline(
     let (timeout, fail_timeout) = (config.timeouts.connect, config.fail_timeout);
     let connect = crate::connect::connect(pool, client_addr.ip(), timeout, fail_timeout);
     let connected = Box::pin(connect).await;
-    let Some(Connected {
+    let Connected {
         stream: mut backend,
         backend: to,
         lease: _lease,
-    }) = connected
-    else {
-        return answer(&mut client, Status::BadGateway).await;
+    } = match connected {
+        Ok(connected) => connected,
+        Err(NotConnected::Backends) => return answer(&mut client, Status::BadGateway).await,
+        Err(NotConnected::Local(_)) => return answer(&mut client, Status::Unavailable).await,
     };
     summary.backend = Some(to.name().to_string());
     drop(to);
@@ -165,6 +170,7 @@ async fn pipeline(
                 local,
                 sni: summary.sni.as_deref(),
                 tls_version: tls.protocol_version().map(proxy::tls_version),
+                client_cert: tls.peer_certificates().is_some(),
             };
             proxy::encode(version, &origin)
         }

@@ -52,11 +52,6 @@ impl<T> Coalesce<T> {
         &self.inner
     }
 
-    /// Whether written bytes are held back, not yet sent.
-    pub fn holding(&self) -> bool {
-        self.holds()
-    }
-
     /// The handshake is over: later writes go straight through. With `request_in_hand`,
     /// what it left (the tickets) waits for the first of them, the answer.
     pub fn handshake_done(&mut self, request_in_hand: bool) {

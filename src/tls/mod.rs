@@ -115,9 +115,18 @@ impl Tls {
         };
         let handshake = async {
             let io = Coalesce::new(ReadAhead::with_early(stream, early));
-            let hello = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
-            // A ClientHello rustls refuses gets its alert from the acceptor itself.
-            let start = hello.await.map_err(HandshakeError::Failed)?;
+            let mut hello = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
+            let start = match (&mut hello).await {
+                Ok(start) => start,
+                Err(e) => {
+                    // The acceptor wrote the alert for a ClientHello it refused into
+                    // `coalesce`, which is still holding writes: send it.
+                    if let Some(io) = hello.take_io() {
+                        io.release().await;
+                    }
+                    return Err(HandshakeError::Failed(e));
+                }
+            };
             if server.strict_sni
                 && let Some(name) = start.client_hello().server_name()
                 && !server.certs.knows(name)
@@ -200,9 +209,10 @@ impl crate::splice::Client for Client {
         decrypted + io.inner().pending()
     }
 
+    /// Records rustls has not written yet. The session tickets `coalesce` holds for the
+    /// first answer do not count: they wait for the backend, not for the client.
     fn unsent(&self) -> bool {
-        let (io, tls) = self.get_ref();
-        tls.wants_write() || io.holding()
+        self.get_ref().1.wants_write()
     }
 
     fn written(&self) -> u64 {
