@@ -110,27 +110,15 @@ fn help_documents_every_flag_and_version_works() {
     assert!(String::from_utf8_lossy(&version.stdout).contains(env!("CARGO_PKG_VERSION")));
 }
 
-fn with_test_cert<'a>(args: &[&'a str]) -> Vec<&'a str> {
-    let pki = pki();
-    let mut all = vec![
-        "--listen",
-        "127.0.0.1:0",
-        "--cert",
-        path(&pki.cert),
-        "--key",
-        path(&pki.key),
-    ];
-    all.extend_from_slice(args);
-    all
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_log_line_per_connection_with_its_fields() {
     let backend = Backend::http("logged").await;
-    let running = Running::start(
-        &with_test_cert(&["--route", &format!("/api={}", backend.address())]),
-        &[],
-    );
+    let running = Running::with_test_cert(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--route",
+        &format!("/api={}", backend.address()),
+    ]);
     let response = support::exchange(
         running.addr,
         b"GET /api/x?q=1 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
@@ -211,10 +199,14 @@ async fn without_a_certificate_an_ephemeral_one_is_served_and_its_fingerprint_lo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_a_live_websocket() {
     let backend = Backend::ws_echo().await;
-    let mut running = Running::start(
-        &with_test_cert(&["--to", &backend.address(), "--shutdown-grace", "20s"]),
-        &[],
-    );
+    let mut running = Running::with_test_cert(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--to",
+        &backend.address(),
+        "--shutdown-grace",
+        "20s",
+    ]);
     let mut ws = ws_connect(running.addr).await;
     echo(&mut ws, "before").await;
     running.signal("TERM");
@@ -236,10 +228,14 @@ async fn sigterm_drains_a_live_websocket() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_grace_closes_what_is_left() {
     let backend = Backend::ws_echo().await;
-    let mut running = Running::start(
-        &with_test_cert(&["--to", &backend.address(), "--shutdown-grace", "300ms"]),
-        &[],
-    );
+    let mut running = Running::with_test_cert(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--to",
+        &backend.address(),
+        "--shutdown-grace",
+        "300ms",
+    ]);
     let mut ws = ws_connect(running.addr).await;
     echo(&mut ws, "hello").await;
     running.signal("TERM");
@@ -253,10 +249,14 @@ async fn shutdown_grace_closes_what_is_left() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_sigint_exits_at_once() {
     let backend = Backend::ws_echo().await;
-    let mut running = Running::start(
-        &with_test_cert(&["--to", &backend.address(), "--shutdown-grace", "60s"]),
-        &[],
-    );
+    let mut running = Running::with_test_cert(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--to",
+        &backend.address(),
+        "--shutdown-grace",
+        "60s",
+    ]);
     let mut ws = ws_connect(running.addr).await;
     echo(&mut ws, "hello").await;
     running.signal("INT");

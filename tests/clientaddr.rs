@@ -631,30 +631,18 @@ async fn readyz_says_whether_every_route_has_a_backend_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_turns_503_at_sigterm_before_the_listeners_close_and_livez_stays_200() {
     let backend = Backend::ws_echo().await;
-    let pki = support::pki();
-    let (cert, key) = (
-        pki.cert.display().to_string(),
-        pki.key.display().to_string(),
-    );
-    let mut running = support::binary::Running::start(
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--cert",
-            &cert,
-            "--key",
-            &key,
-            "--to",
-            &backend.address(),
-            "--admin",
-            "127.0.0.1:0",
-            "--shutdown-delay",
-            "1s",
-            "--shutdown-grace",
-            "20s",
-        ],
-        &[],
-    );
+    let mut running = support::binary::Running::with_test_cert(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--to",
+        &backend.address(),
+        "--admin",
+        "127.0.0.1:0",
+        "--shutdown-delay",
+        "1s",
+        "--shutdown-grace",
+        "20s",
+    ]);
     let line = running.wait_for_line(&["admin:", "addr="]).await;
     let admin_addr: SocketAddr = support::binary::field(&line, "addr")
         .unwrap()

@@ -8,7 +8,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::binary::Running;
-use support::{RawTls, UPGRADE_REQUEST, WAIT, client_config, pki};
+use support::{RawTls, UPGRADE_REQUEST, WAIT, client_config};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 
@@ -34,23 +34,7 @@ fn segments_in(port: u16) -> u64 {
 async fn a_burst_of_small_messages_reaches_the_backend_in_a_few_writes() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let backend = listener.local_addr().unwrap().to_string();
-    let (cert, key) = (
-        pki().cert.display().to_string(),
-        pki().key.display().to_string(),
-    );
-    let running = Running::start(
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--cert",
-            &cert,
-            "--key",
-            &key,
-            "--to",
-            &backend,
-        ],
-        &[],
-    );
+    let running = Running::with_test_cert(&["--listen", "127.0.0.1:0", "--to", &backend]);
     let addr = running.addr;
     let client = std::thread::spawn(move || {
         let mut raw = RawTls::connect(addr, client_config(), UPGRADE_REQUEST);

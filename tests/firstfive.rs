@@ -8,25 +8,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use support::binary::{Running, fails, field};
-use support::{Backend, WAIT, pki};
+use support::{Backend, WAIT};
 use tokio::net::TcpStream;
-
-fn cert_args() -> Vec<String> {
-    let pki = pki();
-    vec![
-        "--cert".into(),
-        pki.cert.display().to_string(),
-        "--key".into(),
-        pki.key.display().to_string(),
-    ]
-}
-
-fn start(args: &[&str]) -> Running {
-    let mut all: Vec<String> = cert_args();
-    all.extend(args.iter().map(|a| a.to_string()));
-    let all: Vec<&str> = all.iter().map(String::as_str).collect();
-    Running::start(&all, &[])
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_never_ends_the_process() {
@@ -89,7 +72,7 @@ async fn listen_takes_a_port_alone_localhost_and_says_what_to_write_otherwise() 
     let colon = format!(":{}", support::peers::free_port());
     let local = format!("localhost:{}", support::peers::free_port());
     for listen in [&port_only, &colon, &local] {
-        let running = start(&["--listen", listen, "--to", &backend.address()]);
+        let running = Running::with_test_cert(&["--listen", listen, "--to", &backend.address()]);
         let port: u16 = listen.rsplit(':').next().unwrap().parse().unwrap();
         let v4 = SocketAddr::from(([127, 0, 0, 1], port));
         assert!(TcpStream::connect(v4).await.is_ok(), "{listen} on IPv4");
@@ -125,7 +108,7 @@ async fn http_and_ws_backends_mean_the_plain_backend() {
         format!("http://{}", backend.address()),
         format!("ws://{}/", backend.address()),
     ] {
-        let running = start(&["--listen", "127.0.0.1:0", "--to", &to]);
+        let running = Running::with_test_cert(&["--listen", "127.0.0.1:0", "--to", &to]);
         let reply = support::exchange(
             running.addr,
             b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
@@ -147,14 +130,16 @@ async fn http_and_ws_backends_mean_the_plain_backend() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shutdown_line_names_the_signal_received() {
     let backend = Backend::http("app").await;
-    let mut running = start(&["--listen", "127.0.0.1:0", "--to", &backend.address()]);
+    let mut running =
+        Running::with_test_cert(&["--listen", "127.0.0.1:0", "--to", &backend.address()]);
     running.signal("TERM");
     let line = running.wait_for_line(&["received: shutting down"]).await;
     assert!(line.contains("SIGTERM received"), "{line}");
     assert!(!line.contains("SIGINT"), "{line}");
     assert!(running.wait().success());
 
-    let mut running = start(&["--listen", "127.0.0.1:0", "--to", &backend.address()]);
+    let mut running =
+        Running::with_test_cert(&["--listen", "127.0.0.1:0", "--to", &backend.address()]);
     running.signal("INT");
     let line = running.wait_for_line(&["received: shutting down"]).await;
     assert!(line.contains("SIGINT received"), "{line}");
@@ -205,7 +190,7 @@ async fn the_demo_backend_s_page_loads_are_logged_as_http_closed() {
         assert!(std::time::Instant::now() < deadline, "chat never listened");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let running = start(&["--listen", "127.0.0.1:0", "--to", &backend]);
+    let running = Running::with_test_cert(&["--listen", "127.0.0.1:0", "--to", &backend]);
     for _ in 0..5 {
         // A browser's page load: keep-alive, and it closes when done.
         let mut tls = support::tls_connect(running.addr).await;

@@ -3,11 +3,10 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use support::binary::Running;
 use support::{Backend, Tunnel, WAIT, echo, pki, ws_connect};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -72,79 +71,37 @@ async fn connections_per_ip_are_limited() {
 }
 
 /// The real binary with a soft RLIMIT_NOFILE of `nofile`, its stderr collected.
-struct Limited {
-    child: Child,
-    addr: std::net::SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
+/// The binary under a descriptor limit of `nofile`, set by a shell that then `exec`s it.
+fn start_limited(nofile: u32, backend: &str) -> Running {
+    let pki = pki();
+    let script = format!(
+        "ulimit -Sn {nofile} && ulimit -Hn {nofile} && exec \"$0\" --listen 127.0.0.1:0 --cert {} --key {} --to {backend} --max-connections 10000",
+        pki.cert.display(),
+        pki.key.display()
+    );
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", &script, env!("CARGO_BIN_EXE_wssbridge")])
+        .env_remove("RUST_LOG");
+    Running::spawn(cmd)
 }
 
-impl Limited {
-    fn start(nofile: u32, backend: &str) -> Limited {
-        let pki = pki();
-        let script = format!(
-            "ulimit -Sn {nofile} && ulimit -Hn {nofile} && exec \"$0\" --listen 127.0.0.1:0 --cert {} --key {} --to {backend} --max-connections 10000",
-            pki.cert.display(),
-            pki.key.display()
-        );
-        let mut child = Command::new("sh")
-            .args(["-c", &script, env!("CARGO_BIN_EXE_wssbridge")])
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let lines = log.clone();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(i) = line.find(" addr=") {
-                    let _ = tx.send(
-                        line[i + 6..]
-                            .split_whitespace()
-                            .next()
-                            .unwrap_or("")
-                            .to_string(),
-                    );
-                }
-                lines.lock().unwrap().push(line);
-            }
-        });
-        let addr = rx
-            .recv_timeout(WAIT)
-            .expect("listening line")
-            .parse()
-            .unwrap();
-        Limited { child, addr, log }
-    }
-
-    /// CPU seconds the process has used (utime + stime from /proc).
-    fn cpu_seconds(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
-        let fields: Vec<&str> = stat
-            .rsplit(')')
-            .next()
-            .unwrap()
-            .split_whitespace()
-            .collect();
-        let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-        ticks / 100.0
-    }
-}
-
-impl Drop for Limited {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// CPU seconds a process has used (utime + stime from /proc).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_file_descriptors_backs_off_keeps_tunnels_and_recovers() {
     let backend = Backend::ws_echo().await;
-    let server = Limited::start(64, &backend.address());
+    let server = start_limited(64, &backend.address());
     let mut live = ws_connect(server.addr).await;
     echo(&mut live, "before").await;
     // Far more connections than the server has descriptors for: accept hits EMFILE.
@@ -154,28 +111,12 @@ async fn out_of_file_descriptors_backs_off_keeps_tunnels_and_recovers() {
             flood.push(tcp);
         }
     }
-    let deadline = Instant::now() + WAIT;
-    while !server
-        .log
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|l| l.contains("accept failed"))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "no EMFILE reached: {:?}",
-            server.log.lock().unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    server.wait_for_line(&["accept failed"]).await;
     // While out of descriptors: no busy loop, a warning at most once a second, and the live
     // tunnel keeps working.
-    let cpu_before = server.cpu_seconds();
+    let cpu_before = cpu_seconds(server.child.id());
     let warnings_before = server
-        .log
-        .lock()
-        .unwrap()
+        .log()
         .iter()
         .filter(|l| l.contains("accept failed"))
         .count();
@@ -183,11 +124,9 @@ async fn out_of_file_descriptors_backs_off_keeps_tunnels_and_recovers() {
         echo(&mut live, &format!("during {i}")).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let cpu = server.cpu_seconds() - cpu_before;
+    let cpu = cpu_seconds(server.child.id()) - cpu_before;
     let warnings = server
-        .log
-        .lock()
-        .unwrap()
+        .log()
         .iter()
         .filter(|l| l.contains("accept failed"))
         .count()

@@ -6,7 +6,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::binary::Running;
-use support::{Tunnel, UPGRADE_REQUEST, WAIT, accept_upgrade, pki, read_head, tls_connect};
+use support::{Tunnel, UPGRADE_REQUEST, WAIT, accept_upgrade, read_head, tls_connect};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -153,26 +153,15 @@ fn rss_kib(pid: u32) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_tunnel_holds_a_bounded_amount_of_memory() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (cert, key) = (
-        pki().cert.display().to_string(),
-        pki().key.display().to_string(),
-    );
     let backend = listener.local_addr().unwrap().to_string();
-    let running = Running::start(
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--cert",
-            &cert,
-            "--key",
-            &key,
-            "--to",
-            &backend,
-            "--send-timeout",
-            "0",
-        ],
-        &[],
-    );
+    let running = Running::with_test_cert(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--to",
+        &backend,
+        "--send-timeout",
+        "0",
+    ]);
     let pid = running.child.id();
     // Warm up the allocator with one tunnel that moves data, then measure.
     let (mut warm, mut warm_backend) = upgraded(running.addr, &listener).await;

@@ -41,9 +41,27 @@ pub struct Running {
 
 impl Running {
     pub fn start(args: &[&str], env: &[(&str, &str)]) -> Running {
-        let mut child = wssbridge()
-            .args(args)
-            .envs(env.iter().copied())
+        let mut cmd = wssbridge();
+        cmd.args(args).envs(env.iter().copied());
+        Running::spawn(cmd)
+    }
+
+    /// Like `start`, with the test PKI's certificate and key in front of `args`.
+    pub fn with_test_cert(args: &[&str]) -> Running {
+        let pki = super::pki();
+        let (cert, key) = (
+            pki.cert.display().to_string(),
+            pki.key.display().to_string(),
+        );
+        let mut all = vec!["--cert", &cert, "--key", &key];
+        all.extend_from_slice(args);
+        Running::start(&all, &[])
+    }
+
+    /// Spawns `cmd`, which must end up running wssbridge in its own process (a shell that
+    /// `exec`s it is fine), and waits for its listening line.
+    pub fn spawn(mut cmd: Command) -> Running {
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
