@@ -16,6 +16,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 
 use crate::cidr::Cidr;
+use crate::config::Config;
 use crate::conn::Accepted;
 use crate::metrics::Outcome;
 use crate::proxy::{self, Header};
@@ -93,9 +94,11 @@ pub async fn accept_loop(listener: TcpListener, state: Arc<State>, service: Serv
                 continue;
             }
         };
+        // The connection's one snapshot of the config: a reload from here on is for others.
+        let config = state.config.load_full();
         // A load balancer's connection starts with a PROXY header naming the client: its
         // per-address count waits for that. Anyone else is counted now, before a task exists.
-        let proxied = Cidr::any(&state.config.load().accept_proxy_from, peer.ip());
+        let proxied = Cidr::any(&config.accept_proxy_from, peer.ip());
         let ip_slot = match proxied {
             true => None,
             false => match enter(&state, peer) {
@@ -122,15 +125,14 @@ pub async fn accept_loop(listener: TcpListener, state: Arc<State>, service: Serv
             // task is no larger than its own pipeline.
             let (accepted, ip_slot) = match proxied {
                 false => (Accepted::direct(stream, peer), ip_slot),
-                true => match Box::pin(arrive(&state, stream, peer)).await {
+                true => match Box::pin(arrive(&state, &config, stream, peer)).await {
                     Some(arrived) => arrived,
                     None => return,
                 },
             };
             match service {
-                Service::Tls => conn::serve(&state, accepted, admitted).await,
+                Service::Tls => conn::serve(&state, accepted, config, admitted).await,
                 Service::Redirect { https_port } => {
-                    let config = state.config.load_full();
                     let Accepted {
                         stream, early, at, ..
                     } = accepted;
@@ -169,18 +171,15 @@ fn enter(state: &State, client: SocketAddr) -> Result<Option<IpSlot>, ()> {
 /// Without a valid header the connection is closed, logged at debug.
 async fn arrive(
     state: &State,
+    config: &Config,
     mut stream: tokio::net::TcpStream,
     peer: SocketAddr,
 ) -> Option<(Accepted, Option<IpSlot>)> {
     let at = tokio::time::Instant::now();
-    let timeout = state.config.load().timeouts.header;
-    let read = proxy::read(&mut stream);
-    let read = match timeout {
-        Some(t) => tokio::time::timeout(t, read)
-            .await
-            .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "timed out"))),
-        None => read.await,
-    };
+    let deadline = config.timeouts.header.map(|t| at + t);
+    let read = crate::within(deadline, proxy::read(&mut stream))
+        .await
+        .unwrap_or_else(|| Err(io::Error::new(io::ErrorKind::TimedOut, "timed out")));
     let (client, local, early) = match read {
         Ok((
             Header::Proxied {

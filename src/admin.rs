@@ -62,10 +62,11 @@ async fn answer(stream: TcpStream, state: &State) {
     let mut stream = BufReader::with_capacity(1024, stream);
     let mut buf = Vec::new();
     let read = head::read(&mut stream, &mut buf, config.limits.max_header_bytes);
-    let read = match config.timeouts.header {
-        Some(t) => tokio::time::timeout(t, read).await.ok(),
-        None => Some(read.await),
-    };
+    let deadline = config
+        .timeouts
+        .header
+        .map(|t| tokio::time::Instant::now() + t);
+    let read = crate::within(deadline, read).await;
     let (status, content_type, body) = match read {
         Some(Ok(Some(request))) => route(&request, state),
         Some(Ok(None)) => return,

@@ -28,12 +28,8 @@ pub async fn serve(
     let mut stream = BufReader::with_capacity(1024, ReadAhead::with_early(stream, early));
     let mut buf = Vec::new();
     let read = head::read(&mut stream, &mut buf, config.limits.max_header_bytes);
-    let read = match config.timeouts.header {
-        Some(t) => match tokio::time::timeout_at(started + t, read).await {
-            Ok(read) => read,
-            Err(_) => return Some(answer(&mut stream, Status::RequestTimeout).await),
-        },
-        None => read.await,
+    let Some(read) = crate::within(config.timeouts.header.map(|t| started + t), read).await else {
+        return Some(answer(&mut stream, Status::RequestTimeout).await);
     };
     let head = match read {
         Ok(Some(head)) => head,

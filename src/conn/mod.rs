@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::cidr::Cidr;
-use crate::config::{Config, Timeouts};
+use crate::config::Config;
 use crate::connect::{Connected, NotConnected};
 use crate::http::forwarded::{self, Forwarding};
 use crate::http::{self, Exchange, Head, ReadError, Refusal};
@@ -24,6 +24,7 @@ use crate::respond::{self, Status};
 use crate::splice::{self, Preread};
 use crate::state::State;
 use crate::tls::Client;
+use crate::within;
 use summary::{Outcome, Summary};
 
 /// A connection as `accept` hands it on.
@@ -56,12 +57,12 @@ impl Accepted {
     }
 }
 
-/// Serves one accepted connection. `admitted` is false when the connection limit is reached:
-/// the client is then answered 503 once its head has arrived.
-pub async fn serve(state: &State, accepted: Accepted, admitted: bool) {
+/// Serves one accepted connection with `config`, the snapshot taken when it was accepted
+/// (it keeps it to its end, whatever reloads come). `admitted` is false when the connection
+/// limit is reached: the client is then answered 503 once its head has arrived.
+pub async fn serve(state: &State, accepted: Accepted, config: Arc<Config>, admitted: bool) {
     let started = accepted.at;
     state.metrics.accepted();
-    let config = state.config.load_full();
     let mut summary = Summary::default();
     let (peer, client) = (accepted.peer, accepted.client);
     let outcome = tokio::select! {
@@ -79,7 +80,9 @@ async fn pipeline(
     admitted: bool,
     summary: &mut Summary,
 ) -> Outcome {
-    let deadlines = Deadlines::new(&config.timeouts, started);
+    // The end of the first request head: `--header-timeout` after accept. The handshake
+    // (`--handshake-timeout`, see `tls`) ends by then too.
+    let header_deadline = config.timeouts.header.map(|t| started + t);
     let Accepted {
         stream,
         client: client_addr,
@@ -106,7 +109,7 @@ async fn pipeline(
         early,
         slots,
         config.timeouts.handshake,
-        deadlines.header,
+        header_deadline,
         started,
     );
     // Every stage before the splice runs boxed: its state is freed when it ends, so a tunnel
@@ -126,7 +129,7 @@ async fn pipeline(
     summary.sni = client.get_ref().1.server_name().map(str::to_string);
 
     // http: the first head, then its admission.
-    let (head, mut buf) = match Box::pin(first_head(&mut client, config, deadlines.header)).await {
+    let (head, mut buf) = match Box::pin(first_head(&mut client, config, header_deadline)).await {
         Ok(read) => read,
         Err(outcome) => return outcome,
     };
@@ -241,29 +244,6 @@ async fn first_head(
     }
 }
 
-/// The deadline of the stages before the splice, from when the connection was accepted.
-struct Deadlines {
-    /// The end of the first request head: `--header-timeout` after accept. The handshake
-    /// (`--handshake-timeout`, see `tls`) ends by then too.
-    header: Option<Instant>,
-}
-
-impl Deadlines {
-    fn new(timeouts: &Timeouts, started: Instant) -> Deadlines {
-        Deadlines {
-            header: timeouts.header.map(|t| started + t),
-        }
-    }
-}
-
-/// `future`'s output, or `None` if `deadline` came first.
-async fn within<F: std::future::Future>(deadline: Option<Instant>, future: F) -> Option<F::Output> {
-    match deadline {
-        Some(d) => tokio::time::timeout_at(d, future).await.ok(),
-        None => Some(future.await),
-    }
-}
-
 async fn answer(client: &mut Client, status: Status) -> Outcome {
     Box::pin(respond::send(client, status)).await;
     Outcome::Status(status)
@@ -299,7 +279,9 @@ mod tests {
             Instant::now(),
         );
         let handshake = std::mem::size_of_val(&handshake);
-        let serve = std::mem::size_of_val(&serve(&state, Accepted::direct(stream, peer), true));
+        let config = state.config.load_full();
+        let serve =
+            std::mem::size_of_val(&serve(&state, Accepted::direct(stream, peer), config, true));
         assert!(handshake > 3000, "the handshake's state: {handshake} bytes");
         assert!(serve < 3600, "a connection's future is {serve} bytes");
     }
