@@ -1,8 +1,9 @@
 //! The numbers an operator watches, with names a dashboard can rely on (counters end in
 //! `_total`, no label ever holds a client address or a request path).
 //!
-//! Counted where things happen, at the cost of one relaxed atomic add: connections and their
-//! outcomes, handshakes, the answers wssbridge gave itself, reloads. Bytes are counted as
+//! Counted where things happen, at the cost of a relaxed atomic add or two and never a lock
+//! (DESIGN: per-connection work stays off shared locks): connections and their outcomes,
+//! handshakes and their duration, the answers wssbridge gave itself, reloads. Bytes are counted as
 //! they move, in sharded counters (one cache line per slot, a slot per thread) so tunnels on
 //! different cores do not contend; a WebSocket open for a day shows up during the day.
 //! What is state rather than an event (backends, certificates, the process) is read at
@@ -12,11 +13,13 @@
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 type Label = [(&'static str, &'static str); 1];
@@ -27,12 +30,27 @@ pub struct Metrics {
     registry: Registry,
     pub traffic: Traffic,
     connections_active: Gauge,
-    connections: Family<Label, Counter>,
-    handshakes: Family<Label, Counter>,
-    handshake_seconds: Histogram,
-    responses: Family<[(&'static str, String); 1], Counter>,
-    reloads: Family<Label, Counter>,
+    connections: Known<8>,
+    handshakes: Known<4>,
+    handshake_seconds: Timings,
+    responses: Known<10>,
+    reloads: Known<2>,
 }
+
+/// What `wssbridge_responses_total{status}` can say: every status wssbridge answers itself
+/// (`respond::Status`) and the redirect's 308.
+const STATUSES: [(u16, &str); 10] = [
+    (308, "308"),
+    (400, "400"),
+    (404, "404"),
+    (405, "405"),
+    (408, "408"),
+    (421, "421"),
+    (431, "431"),
+    (502, "502"),
+    (503, "503"),
+    (505, "505"),
+];
 
 /// How a connection ended, as `wssbridge_connections_total{outcome}` counts it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +74,17 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    const ALL: [&'static str; 8] = [
+        "tunnel",
+        "http",
+        "http_error",
+        "tls_error",
+        "refused",
+        "no_request",
+        "aborted",
+        "forced",
+    ];
+
     fn label(self) -> &'static str {
         match self {
             Outcome::Tunnel => "tunnel",
@@ -79,19 +108,19 @@ impl Default for Metrics {
             "TLS connections open now, in any stage",
             connections_active.clone(),
         );
-        let connections = Family::<Label, Counter>::default();
+        let connections = Known::new("outcome", Outcome::ALL);
         registry.register(
             "wssbridge_connections",
             "TLS connections ended, by outcome",
-            connections.clone(),
+            connections.family.clone(),
         );
-        let handshakes = Family::<Label, Counter>::default();
+        let handshakes = Known::new("result", ["ok", "failed", "timeout", "unknown_name"]);
         registry.register(
             "wssbridge_tls_handshakes",
             "TLS handshakes, by result (ok, failed, timeout, unknown_name)",
-            handshakes.clone(),
+            handshakes.family.clone(),
         );
-        let handshake_seconds = Histogram::new([
+        let handshake_seconds = Timings::new(&[
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
         ]);
         registry.register(
@@ -99,17 +128,17 @@ impl Default for Metrics {
             "Time from accept to the end of a successful TLS handshake",
             handshake_seconds.clone(),
         );
-        let responses = Family::<[(&'static str, String); 1], Counter>::default();
+        let responses = Known::new("status", STATUSES.map(|(_, label)| label));
         registry.register(
             "wssbridge_responses",
             "Responses wssbridge answered itself (errors, redirects), by status",
-            responses.clone(),
+            responses.family.clone(),
         );
-        let reloads = Family::<Label, Counter>::default();
+        let reloads = Known::new("result", ["success", "failure"]);
         registry.register(
             "wssbridge_config_reloads",
             "Configuration reloads (SIGHUP, file polling), by result",
-            reloads.clone(),
+            reloads.family.clone(),
         );
         let build = Family::<Label, Gauge>::default();
         build
@@ -147,29 +176,116 @@ impl Metrics {
 
     /// A connection that never became one (refused at accept).
     pub fn counted(&self, outcome: Outcome) {
-        self.connections
-            .get_or_create(&[("outcome", outcome.label())])
-            .inc();
+        self.connections.inc(outcome.label());
     }
 
     /// A handshake's result (`ok`, `failed`, `timeout`, `unknown_name`), and for a
     /// successful one how long it took.
     pub fn handshake(&self, result: &'static str, seconds: Option<f64>) {
-        self.handshakes.get_or_create(&[("result", result)]).inc();
+        self.handshakes.inc(result);
         if let Some(s) = seconds {
             self.handshake_seconds.observe(s);
         }
     }
 
+    /// An answer wssbridge gave itself; `status` is one of [`STATUSES`] (another is
+    /// counted under `other`).
     pub fn responded(&self, status: u16) {
+        let known = STATUSES.iter().find(|(code, _)| *code == status);
         self.responses
-            .get_or_create(&[("status", status.to_string())])
-            .inc();
+            .inc(known.map_or("other", |(_, label)| label));
     }
 
     pub fn reloaded(&self, ok: bool) {
-        let result = if ok { "success" } else { "failure" };
-        self.reloads.get_or_create(&[("result", result)]).inc();
+        self.reloads.inc(if ok { "success" } else { "failure" });
+    }
+}
+
+/// A counter family whose label values are known ahead. Each value's counter is taken from
+/// the family on its first use, so a series appears when first counted (as with
+/// `Family::get_or_create`); from then on counting it is one relaxed atomic add, where
+/// `get_or_create` takes the family's lock and hashes the label every time.
+#[derive(Debug)]
+struct Known<const N: usize> {
+    family: Family<Label, Counter>,
+    label: &'static str,
+    values: [&'static str; N],
+    counters: [OnceLock<Counter>; N],
+}
+
+impl<const N: usize> Known<N> {
+    fn new(label: &'static str, values: [&'static str; N]) -> Known<N> {
+        Known {
+            family: Family::default(),
+            label,
+            values,
+            counters: std::array::from_fn(|_| OnceLock::new()),
+        }
+    }
+
+    fn inc(&self, value: &'static str) {
+        match self.values.iter().position(|v| *v == value) {
+            Some(i) => self.counters[i]
+                .get_or_init(|| self.family.get_or_create_owned(&[(self.label, value)]))
+                .inc(),
+            None => self.family.get_or_create(&[(self.label, value)]).inc(),
+        };
+    }
+}
+
+/// A histogram of fixed buckets kept in atomics: an observation is two atomic adds and a
+/// compare-and-swap on the sum (prometheus-client's `Histogram` takes a mutex). Clones share
+/// the counts: one is registered, one observed.
+#[derive(Debug, Clone)]
+struct Timings {
+    /// Upper bounds, ascending; the last bucket (`+Inf`) is implicit.
+    bounds: &'static [f64],
+    /// Observations per bucket (not cumulative), one more than `bounds`.
+    counts: Arc<[AtomicU64]>,
+    /// The sum of observations, as `f64` bits.
+    sum: Arc<AtomicU64>,
+}
+
+impl Timings {
+    fn new(bounds: &'static [f64]) -> Timings {
+        Timings {
+            bounds,
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum: Arc::new(AtomicU64::new(0f64.to_bits())),
+        }
+    }
+
+    fn observe(&self, v: f64) {
+        let bucket = self
+            .bounds
+            .iter()
+            .position(|&b| v <= b)
+            .unwrap_or(self.bounds.len());
+        self.counts[bucket].fetch_add(1, Ordering::Relaxed);
+        let _ = self
+            .sum
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+                Some((f64::from_bits(bits) + v).to_bits())
+            });
+    }
+}
+
+impl TypedMetric for Timings {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for Timings {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let bounds = self.bounds.iter().copied().chain([f64::INFINITY]);
+        let counts = self.counts.iter().map(|c| c.load(Ordering::Relaxed));
+        let buckets: Vec<(f64, u64)> = bounds.zip(counts).collect();
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        let sum = f64::from_bits(self.sum.load(Ordering::Relaxed));
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
     }
 }
 
@@ -269,5 +385,40 @@ mod tests {
             t.join().unwrap();
         }
         assert_eq!(traffic.bytes(), (24_000, 8_000));
+    }
+
+    /// The lock-free counters and histogram encode as prometheus-client's own did: a series
+    /// appears on its first count, buckets are cumulative, and `+Inf` holds every observation.
+    #[test]
+    fn counters_and_the_histogram_encode_as_families() {
+        let m = Metrics::default();
+        m.counted(Outcome::Refused);
+        m.counted(Outcome::Refused);
+        m.handshake("ok", Some(0.003));
+        m.handshake("ok", Some(0.2));
+        m.handshake("ok", Some(20.0));
+        m.handshake("timeout", None);
+        m.responded(503);
+        m.responded(299);
+        let mut out = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut out, m.registry()).unwrap();
+        for line in [
+            "wssbridge_connections_total{outcome=\"refused\"} 2\n",
+            "wssbridge_tls_handshakes_total{result=\"ok\"} 3\n",
+            "wssbridge_tls_handshakes_total{result=\"timeout\"} 1\n",
+            "wssbridge_tls_handshake_duration_seconds_bucket{le=\"0.0025\"} 0\n",
+            "wssbridge_tls_handshake_duration_seconds_bucket{le=\"0.005\"} 1\n",
+            "wssbridge_tls_handshake_duration_seconds_bucket{le=\"0.25\"} 2\n",
+            "wssbridge_tls_handshake_duration_seconds_bucket{le=\"10\"} 2\n",
+            "wssbridge_tls_handshake_duration_seconds_bucket{le=\"+Inf\"} 3\n",
+            "wssbridge_tls_handshake_duration_seconds_sum 20.203\n",
+            "wssbridge_tls_handshake_duration_seconds_count 3\n",
+            "wssbridge_responses_total{status=\"503\"} 1\n",
+            "wssbridge_responses_total{status=\"other\"} 1\n",
+        ] {
+            assert!(out.contains(line), "no {line:?} in\n{out}");
+        }
+        assert!(!out.contains("outcome=\"tunnel\""), "{out}");
+        assert!(!out.contains("wssbridge_config_reloads_total{"), "{out}");
     }
 }
