@@ -185,14 +185,14 @@ pub enum End<S> {
     Stopped(S),
 }
 
-/// What goes to the backend before the copy: `header` (a PROXY header: not the client's
-/// bytes, so not counted), then what was read from the client before the splice: `passed`
-/// as it is (the first request head, already admitted), `held` (what came after it) through
-/// the gate.
+/// What goes to the backend before the copy: `first` as it is (a PROXY header, then the
+/// first request head, already admitted), then `held` (what the client sent after that
+/// head) through the gate. The first `uncounted` bytes of `first` (the PROXY header) are
+/// not the client's, so not counted.
 #[derive(Debug, Default)]
 pub struct Preread {
-    pub header: Vec<u8>,
-    pub passed: Vec<u8>,
+    pub first: Vec<u8>,
+    pub uncounted: usize,
     pub held: Vec<u8>,
 }
 
@@ -219,9 +219,6 @@ where
         transfer.opened = true;
         traffic.opened();
     }
-    let uncounted = preread.header.len();
-    let mut first = preread.header;
-    first.extend_from_slice(&preread.passed);
     let mut state = Splice {
         client,
         backend,
@@ -242,8 +239,8 @@ where
         up_error: None,
         initial: Pending::new(preread.held),
         gate,
-        up_out: Pending::new(first),
-        uncounted,
+        up_out: Pending::new(preread.first),
+        uncounted: preread.uncounted,
         traffic,
         down_out: Pending::default(),
         down_burst: false,

@@ -178,6 +178,42 @@ async fn proxy_headers_out_are_read_by_haproxy_and_nginx() {
     tunnel.assert_idle().await;
 }
 
+/// Both flags on one route: the backend gets the PROXY header, then the first head with the
+/// forwarding headers, then the body, byte for byte in that order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_header_comes_before_the_rewritten_first_head() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap().to_string();
+    let tunnel = Tunnel::start(&["--to", &backend, "--send-proxy", "v1", "--add-forwarded"]).await;
+    let mut tls = tls_connect_from(CLIENT, tunnel.addr).await;
+    let port = tls.get_ref().0.local_addr().unwrap().port();
+    tls.write_all(
+        b"POST /a HTTP/1.1\r\nHost: localhost\r\nX-Real-IP: 6.6.6.6\r\nContent-Length: 2\r\n\r\nhi",
+    )
+    .await
+    .unwrap();
+    let (mut s, _) = listener.accept().await.unwrap();
+    let expected = format!(
+        "PROXY TCP4 127.0.0.7 127.0.0.1 {port} {}\r\n\
+         POST /a HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n\
+         X-Forwarded-For: 127.0.0.7\r\nX-Forwarded-Proto: https\r\nX-Real-IP: 127.0.0.7\r\n\
+         Forwarded: for=127.0.0.7;proto=https\r\n\r\nhi",
+        tunnel.addr.port()
+    );
+    let mut got = vec![0u8; expected.len()];
+    tokio::time::timeout(WAIT, s.read_exact(&mut got))
+        .await
+        .expect("in time")
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&got), expected);
+    s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        .await
+        .unwrap();
+    assert!(response(&mut tls).await.ends_with("ok"));
+    drop((tls, s));
+    tunnel.assert_idle().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_v2_header_carries_the_addresses_the_sni_and_the_tls_version() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

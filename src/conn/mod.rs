@@ -165,7 +165,7 @@ async fn pipeline(
     // splice: a PROXY header if the route asks, the first head as it came (with the
     // client's address if asked), then the two-way copy, under the HTTP rules of the
     // exchange until an upgrade opens the tunnel.
-    let header = match (pool.send_proxy, local) {
+    let mut first = match (pool.send_proxy, local) {
         (Some(version), Some(local)) => {
             let tls = client.get_ref().1;
             let origin = Origin {
@@ -183,18 +183,16 @@ async fn pipeline(
         client: client_addr.ip(),
         trusted: Cidr::any(&config.trust_forwarded, client_addr.ip()),
     });
+    let uncounted = first.len();
     let held = buf.split_off(head.len);
-    let passed = match &forwarding {
-        Some(fwd) => {
-            let mut rewritten = Vec::new();
-            forwarded::rewrite(&buf, fwd, &mut rewritten);
-            rewritten
-        }
-        None => buf,
-    };
+    match &forwarding {
+        Some(fwd) => forwarded::rewrite(&buf, fwd, &mut first),
+        None if first.is_empty() => first = buf,
+        None => first.extend_from_slice(&buf),
+    }
     let preread = Preread {
-        header,
-        passed,
+        first,
+        uncounted,
         held,
     };
     let (route, sni) = (admitted.route, summary.sni.clone());
