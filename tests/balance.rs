@@ -465,3 +465,26 @@ async fn health_checks_stop_at_shutdown() {
     );
     probe.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_backend_checked_two_ways_is_warned_about_naming_both() {
+    let logs = support::logs();
+    // Two routes to one backend; only one sends PROXY headers, so its checks would too.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap().to_string();
+    let _tunnel = Tunnel::start(&[
+        "--route",
+        &format!("/plain/={backend}"),
+        "--route",
+        &format!("/proxied/={backend}"),
+        "--send-proxy",
+        "/proxied/=v2",
+        "--health-check",
+        "tcp",
+    ])
+    .await;
+    let line = logs
+        .wait_for(&["two health checks for one backend", &backend])
+        .await;
+    assert!(line.contains("tcp after a PROXY v2 header"), "{line}");
+}

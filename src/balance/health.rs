@@ -56,6 +56,24 @@ impl fmt::Display for Check {
     }
 }
 
+/// What one backend is checked with: the route's check, and the PROXY header (v2 `LOCAL`)
+/// sent first when the route sends PROXY headers to that backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Probe {
+    check: Check,
+    send_proxy: Option<proxy::Version>,
+}
+
+impl fmt::Display for Probe {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.send_proxy {
+            Some(proxy::Version::V1) => write!(f, "{} after a PROXY v1 header", self.check),
+            Some(proxy::Version::V2) => write!(f, "{} after a PROXY v2 header", self.check),
+            None => write!(f, "{}", self.check),
+        }
+    }
+}
+
 /// How often, and how long each check may take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timing {
@@ -71,7 +89,7 @@ pub struct Checks {
 
 #[derive(Debug)]
 struct Running {
-    check: (Check, Option<proxy::Version>),
+    probe: Probe,
     timing: Timing,
     stop: CancellationToken,
 }
@@ -81,22 +99,22 @@ impl Checks {
     /// whose check changed, stops those no longer asked for. A backend named by several
     /// routes with different checks gets the first route's. `shutdown` ends them all.
     pub fn reconcile(&self, pools: &Pools, timing: Timing, shutdown: &CancellationToken) {
-        type Wanted = ((Check, Option<proxy::Version>), Arc<BackendState>);
-        let mut wanted: HashMap<Backend, Wanted> = HashMap::new();
+        let mut wanted: HashMap<Backend, (Probe, Arc<BackendState>)> = HashMap::new();
         for pool in pools.iter() {
             let Some(check) = &pool.check else { continue };
-            let check = (check.clone(), pool.send_proxy);
+            let probe = Probe {
+                check: check.clone(),
+                send_proxy: pool.send_proxy,
+            };
             for state in pool.backends() {
                 match wanted.get(&state.backend) {
-                    Some((first, _)) if *first != check => tracing::warn!(
+                    Some((first, _)) if *first != probe => tracing::warn!(
                         backend = %state.backend,
-                        "two health checks for one backend: {} is used, {} is not",
-                        first.0,
-                        check.0
+                        "two health checks for one backend: {first} is used, {probe} is not",
                     ),
                     Some(_) => {}
                     None => {
-                        wanted.insert(state.backend.clone(), (check.clone(), state.clone()));
+                        wanted.insert(state.backend.clone(), (probe.clone(), state.clone()));
                     }
                 }
             }
@@ -105,22 +123,22 @@ impl Checks {
         running.retain(|backend, r| {
             let keep = wanted
                 .get(backend)
-                .is_some_and(|(check, _)| *check == r.check && timing == r.timing);
+                .is_some_and(|(probe, _)| *probe == r.probe && timing == r.timing);
             if !keep {
                 r.stop.cancel();
             }
             keep
         });
-        for (backend, (check, state)) in wanted {
+        for (backend, (probe, state)) in wanted {
             if running.contains_key(&backend) {
                 continue;
             }
             let stop = shutdown.child_token();
-            tokio::spawn(run(state, check.clone(), timing, stop.clone()));
+            tokio::spawn(run(state, probe.clone(), timing, stop.clone()));
             running.insert(
                 backend,
                 Running {
-                    check,
+                    probe,
                     timing,
                     stop,
                 },
@@ -130,12 +148,7 @@ impl Checks {
 }
 
 /// Checks `state`'s backend until `stop`: at once, then every interval.
-async fn run(
-    state: Arc<BackendState>,
-    check: (Check, Option<proxy::Version>),
-    timing: Timing,
-    stop: CancellationToken,
-) {
+async fn run(state: Arc<BackendState>, probe: Probe, timing: Timing, stop: CancellationToken) {
     let mut ticks = tokio::time::interval(timing.interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -145,7 +158,7 @@ async fn run(
         }
         let outcome = tokio::select! {
             _ = stop.cancelled() => return,
-            outcome = tokio::time::timeout(timing.timeout, probe(&state.backend, &check.0, check.1)) => {
+            outcome = tokio::time::timeout(timing.timeout, check(&state.backend, &probe)) => {
                 outcome.unwrap_or_else(|_| Err(format!("no answer within {:?}", timing.timeout)))
             }
         };
@@ -155,21 +168,17 @@ async fn run(
 }
 
 /// One check against `backend`.
-async fn probe(
-    backend: &Backend,
-    check: &Check,
-    send_proxy: Option<proxy::Version>,
-) -> Result<(), String> {
+async fn check(backend: &Backend, probe: &Probe) -> Result<(), String> {
     let mut stream = TcpStream::connect((backend.host(), backend.port()))
         .await
         .map_err(|e| format!("connect: {e}"))?;
-    if let Some(version) = send_proxy {
+    if let Some(version) = probe.send_proxy {
         stream
             .write_all(&proxy::local(version))
             .await
             .map_err(|e| format!("write: {e}"))?;
     }
-    let Check::Http(path) = check else {
+    let Check::Http(path) = &probe.check else {
         return Ok(());
     };
     let request = format!(
@@ -219,8 +228,11 @@ mod tests {
                 let _ = s.read(&mut buf).await;
                 let _ = s.write_all(answer).await;
             });
-            let check = Check::Http("/healthz".into());
-            assert!(probe(&backend, &check, None).await.is_err(), "{answer:?}");
+            let probe = Probe {
+                check: Check::Http("/healthz".into()),
+                send_proxy: None,
+            };
+            assert!(check(&backend, &probe).await.is_err(), "{answer:?}");
             server.await.unwrap();
         }
     }
