@@ -181,17 +181,20 @@ fn read_now(state: &State) -> Registry {
     let up = Family::<Labels2, Gauge>::default();
     let active = Family::<Labels1, Gauge>::default();
     let failures = Family::<Labels1, Counter>::default();
+    // A backend's state is one per backend, whichever routes name it: its own series once.
+    let mut seen = std::collections::HashSet::new();
     for pool in config.pools.iter() {
         for backend in pool.backends() {
             let name = backend.name().to_string();
             up.get_or_create(&[("route", pool.route()), ("backend", name.clone())])
                 .set(i64::from(backend.is_up()));
-            active
-                .get_or_create(&[("backend", name.clone())])
-                .set(backend.active() as i64);
-            let counter = failures.get_or_create(&[("backend", name)]);
-            if counter.get() == 0 {
-                counter.inc_by(backend.connect_failures());
+            if seen.insert(name.clone()) {
+                active
+                    .get_or_create(&[("backend", name.clone())])
+                    .set(backend.active() as i64);
+                failures
+                    .get_or_create(&[("backend", name)])
+                    .inc_by(backend.connect_failures());
             }
         }
     }
