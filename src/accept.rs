@@ -177,7 +177,7 @@ async fn arrive(
 ) -> Option<(Accepted, Option<IpSlot>)> {
     let at = tokio::time::Instant::now();
     let deadline = config.timeouts.header.map(|t| at + t);
-    let read = crate::within(deadline, proxy::read(&mut stream))
+    let read = crate::deadline::within(deadline, proxy::read(&mut stream))
         .await
         .unwrap_or_else(|| Err(io::Error::new(io::ErrorKind::TimedOut, "timed out")));
     let (client, local, early) = match read {

@@ -66,7 +66,7 @@ async fn answer(stream: TcpStream, state: &State) {
         .timeouts
         .header
         .map(|t| tokio::time::Instant::now() + t);
-    let read = crate::within(deadline, read).await;
+    let read = crate::deadline::within(deadline, read).await;
     let (status, content_type, body) = match read {
         Some(Ok(Some(request))) => route(&request, state),
         Some(Ok(None)) => return,

@@ -21,6 +21,7 @@ pub mod cli;
 pub mod config;
 pub mod conn;
 pub mod connect;
+pub mod deadline;
 pub mod http;
 pub mod metrics;
 pub mod proxy;
@@ -36,20 +37,8 @@ pub mod tls;
 
 use std::future::Future;
 
-use tokio::time::Instant;
-
 pub use config::{Config, Settings};
 pub use server::{Listeners, Server};
-
-/// `future`'s output, or `None` if `deadline` came first (no deadline: it waits as long as
-/// the future takes). Every stage's timeout is a deadline counted from accept, so a slow
-/// PROXY header or handshake leaves less time for the head, never more.
-pub(crate) async fn within<F: Future>(deadline: Option<Instant>, future: F) -> Option<F::Output> {
-    match deadline {
-        Some(d) => tokio::time::timeout_at(d, future).await.ok(),
-        None => Some(future.await),
-    }
-}
 
 /// Runs `config` on already-bound `listeners` until `shutdown` resolves.
 pub async fn run(

@@ -28,7 +28,9 @@ pub async fn serve(
     let mut stream = BufReader::with_capacity(1024, ReadAhead::with_early(stream, early));
     let mut buf = Vec::new();
     let read = head::read(&mut stream, &mut buf, config.limits.max_header_bytes);
-    let Some(read) = crate::within(config.timeouts.header.map(|t| started + t), read).await else {
+    let Some(read) =
+        crate::deadline::within(config.timeouts.header.map(|t| started + t), read).await
+    else {
         return Some(answer(&mut stream, Status::RequestTimeout).await);
     };
     let head = match read {

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use crate::cidr::Cidr;
 use crate::config::Config;
 use crate::connect::{Connected, NotConnected};
+use crate::deadline::within;
 use crate::http::forwarded::{self, Forwarding};
 use crate::http::{self, Exchange, Head, ReadError, Refusal};
 use crate::proxy::{self, Origin};
@@ -24,7 +25,6 @@ use crate::respond::{self, Status};
 use crate::splice::{self, Preread};
 use crate::state::State;
 use crate::tls::Client;
-use crate::within;
 use summary::{Outcome, Summary};
 
 /// A connection as `accept` hands it on.
