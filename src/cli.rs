@@ -168,7 +168,8 @@ pub struct Args {
     )]
     pub handshake_timeout: Timeout,
 
-    /// Time from accept to the end of the first request head (0 = off).
+    /// Time from accept to the end of the first request head, and from the first byte of
+    /// each later head on a keep-alive connection to its end (0 = off).
     #[arg(
         long,
         env = "WSSBRIDGE_HEADER_TIMEOUT",
@@ -195,6 +196,16 @@ pub struct Args {
         default_value = "0"
     )]
     pub idle_timeout: Timeout,
+
+    /// How long a keep-alive connection may wait for its next request before it is closed
+    /// quietly (0 = off). Upgraded tunnels are not affected: see --idle-timeout.
+    #[arg(
+        long,
+        env = "WSSBRIDGE_KEEPALIVE_TIMEOUT",
+        value_name = "DURATION",
+        default_value = "75s"
+    )]
+    pub keepalive_timeout: Timeout,
 
     /// Once one direction of a tunnel has closed, how long the other may be silent before the
     /// tunnel is closed (0 = off).
@@ -374,6 +385,7 @@ impl Args {
                 header: self.header_timeout.0,
                 connect: self.connect_timeout.0,
                 idle: self.idle_timeout.0,
+                keepalive: self.keepalive_timeout.0,
                 close: self.close_timeout.0,
                 send: self.send_timeout.0,
                 shutdown_grace: self.shutdown_grace.0.unwrap_or(Duration::ZERO),

@@ -139,6 +139,8 @@ pub struct Timeouts {
     pub header: Option<Duration>,
     pub connect: Option<Duration>,
     pub idle: Option<Duration>,
+    /// The wait for the next request on a keep-alive connection, before any upgrade.
+    pub keepalive: Option<Duration>,
     pub close: Option<Duration>,
     /// A write to a peer that makes no progress this long ends the tunnel.
     pub send: Option<Duration>,
@@ -152,6 +154,7 @@ impl Default for Timeouts {
             header: Some(Duration::from_secs(10)),
             connect: Some(Duration::from_secs(5)),
             idle: None,
+            keepalive: Some(Duration::from_secs(75)),
             close: Some(Duration::from_secs(60)),
             send: Some(Duration::from_secs(60)),
             shutdown_grace: Duration::from_secs(30),

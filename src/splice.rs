@@ -81,6 +81,24 @@ pub trait Gate {
 
     /// What to send the client before closing after `stop`, if anything.
     fn answer(stop: Self::Stop) -> Option<Vec<u8>>;
+
+    /// What the gate waits for from the client now, if anything. The splice bounds each
+    /// wait by its timeout ([`Timeouts::keepalive`], [`Timeouts::head`]) and calls
+    /// [`Gate::expired`] when it runs out.
+    fn waiting(&self) -> Option<Wait>;
+
+    /// `wait` ran out: the gate says through [`Gate::finished`] how the connection ends.
+    fn expired(&mut self, wait: Wait);
+}
+
+/// A wait for the client that a gate asks the splice to bound in time. The number tells one
+/// wait of a kind from the next: each new message restarts the clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// Between messages, nothing of the next one has come (`Timeouts::keepalive`).
+    Next(u64),
+    /// A message's head has begun and is not complete (`Timeouts::head`).
+    Head(u64),
 }
 
 /// Why a gate cannot take a backend's bytes.
@@ -121,6 +139,10 @@ pub struct Timeouts {
     /// A write that makes no progress this long ends the tunnel (`--send-timeout`): a
     /// peer that stops reading holds its bounded buffers only this long.
     pub send: Option<Duration>,
+    /// While a gate is in place: the wait for the next message (`--keepalive-timeout`).
+    pub keepalive: Option<Duration>,
+    /// While a gate is in place: from a head's first byte to its end (`--header-timeout`).
+    pub head: Option<Duration>,
 }
 
 /// Bytes moved, client→backend (`up`) and backend→client (`down`), and whether the gate
@@ -230,6 +252,8 @@ where
         close: timeouts.close,
         send: timeouts.send,
         send_timer: None,
+        waits: (timeouts.keepalive, timeouts.head),
+        wait_timer: None,
         stalled: [None, None],
         up_blocked: false,
         close_timer: None,
@@ -275,6 +299,10 @@ struct Splice<'a, C, G: Gate> {
     stalled: [Option<(Instant, u64)>; 2],
     /// A write of bytes still in rustls's buffer found the backend full.
     up_blocked: bool,
+    /// The bounds of a gate's waits: `Wait::Next`, `Wait::Head`.
+    waits: (Option<Duration>, Option<Duration>),
+    /// The gate's current wait and its timer; armed only while a gate waits for the client.
+    wait_timer: Option<(Wait, Pin<Box<Sleep>>)>,
     half_closed_at: Option<Instant>,
     up_first: bool,
     /// Client bytes read before the splice that the gate has not seen yet.
@@ -347,6 +375,7 @@ where
                 return Poll::Ready(end);
             }
         }
+        self.poll_wait(cx);
         if let Some(stop) = self.gate.as_ref().and_then(|g| g.finished())
             && self.down == Dir::Done
         {
@@ -399,6 +428,35 @@ where
             return Poll::Ready(End::SendTimeout(side));
         }
         Poll::Pending
+    }
+
+    /// Bounds what the gate waits for from the client: a timer per wait, restarted when the
+    /// wait changes, none while the gate waits for nothing (or once it is gone). When one
+    /// runs out the gate is told, and decides the end through `finished`.
+    fn poll_wait(&mut self, cx: &mut Context<'_>) {
+        let Some(gate) = &mut self.gate else {
+            self.wait_timer = None;
+            return;
+        };
+        let wait = gate.waiting();
+        let limit = match wait {
+            Some(Wait::Next(_)) => self.waits.0,
+            Some(Wait::Head(_)) => self.waits.1,
+            None => None,
+        };
+        let (Some(wait), Some(limit)) = (wait, limit) else {
+            self.wait_timer = None;
+            return;
+        };
+        let timer = match &mut self.wait_timer {
+            Some((current, timer)) if *current == wait => timer,
+            slot => &mut slot.insert((wait, Box::pin(tokio::time::sleep(limit)))).1,
+        };
+        if timer.as_mut().poll(cx).is_ready() {
+            self.wait_timer = None;
+            gate.expired(wait);
+            cx.waker().wake_by_ref();
+        }
     }
 
     /// The side whose output has waited `limit` without progress, if one has; otherwise

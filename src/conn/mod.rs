@@ -203,6 +203,8 @@ async fn pipeline(
         idle: config.timeouts.idle,
         close: config.timeouts.close,
         send: config.timeouts.send,
+        keepalive: config.timeouts.keepalive,
+        head: config.timeouts.header,
     };
     let (transfer, traffic) = (&mut summary.transfer, &state.metrics.traffic);
     let gate = Some(Box::new(gate));

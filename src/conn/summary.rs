@@ -106,7 +106,13 @@ impl Summary {
                 "http closed before a request for another route".to_string()
             }
             Outcome::Tunnel(End::Stopped(Stop::Refused(s))) => {
-                format!("http closed after answering a later request {}", s.code())
+                format!("http closed after answering {}", s.code())
+            }
+            Outcome::Tunnel(End::Stopped(Stop::BadBody)) => {
+                "http closed: bad request body framing after the response began".to_string()
+            }
+            Outcome::Tunnel(End::Stopped(Stop::KeepaliveTimeout)) => {
+                "http keepalive-timeout".to_string()
             }
             Outcome::Tunnel(End::Failed(f)) => {
                 let side = match f.side {

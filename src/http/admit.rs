@@ -85,8 +85,8 @@ fn misdirected(config: &Config, head: &Head, sni: Option<&str>) -> bool {
 
 /// Classifies a request's `Upgrade` (RFC 9110 §7.8). `Ok(None)`: not an upgrade request. Only
 /// `websocket` and the protocols given with `--allow-upgrade` may be asked for, and only by a
-/// GET; an `Upgrade` header without `Connection: upgrade` is inert (and a `101` to it is
-/// refused).
+/// GET, and never with a body (`Content-Length` other than 0, or `Transfer-Encoding`); an
+/// `Upgrade` header without `Connection: upgrade` is inert (and a `101` to it is refused).
 pub fn check_upgrade(head: &Head, allowed: &[String]) -> Result<Option<Upgrade>, HeadError> {
     let Some(value) = &head.upgrade else {
         return Ok(None);
@@ -105,6 +105,13 @@ pub fn check_upgrade(head: &Head, allowed: &[String]) -> Result<Option<Upgrade>,
         first.get_or_insert(protocol);
     }
     match (first, head.connection_upgrade) {
+        // Nobody would frame such a body: wssbridge holds the client's bytes after an
+        // upgrade request until the answer, and a backend that refuses the upgrade may or
+        // may not read the body first, so the next request would begin at a different byte
+        // for each (request smuggling). A WebSocket client never sends one.
+        (Some(_), true) if !head.body.is_done() => {
+            Err(HeadError::Malformed("upgrade request with a body"))
+        }
         (Some(protocol), true) => Ok(Some(Upgrade {
             protocol: protocol.to_string(),
             websocket_key: head.websocket_key.clone(),

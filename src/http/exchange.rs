@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::respond::Status;
-use crate::splice::{Gate, Halt};
+use crate::splice::{Gate, Halt, Wait};
 
 use super::admit::{Refusal, Upgrade, admit};
 use super::forwarded::{self, Forwarding};
@@ -37,6 +37,10 @@ pub enum Stop {
     Confined,
     /// A later request is refused with this status.
     Refused(Status),
+    /// A request body's framing broke after a response had begun: closed without an answer.
+    BadBody,
+    /// No next request within `--keepalive-timeout`: closed without an answer.
+    KeepaliveTimeout,
 }
 
 /// Why a backend's bytes cannot be relayed.
@@ -59,6 +63,10 @@ pub struct Exchange {
     down_head: Vec<u8>,
     pending: VecDeque<Pending>,
     stop: Option<Stop>,
+    /// The stop ends the connection at once, not after the responses before it.
+    stop_now: bool,
+    /// Requests forwarded so far: tells one wait for the client from the next.
+    requests: u64,
     upgraded: bool,
     /// Set when a backend event may let held client bytes move.
     changed: bool,
@@ -97,6 +105,8 @@ impl Exchange {
             down_head: Vec::new(),
             pending: VecDeque::new(),
             stop: None,
+            stop_now: false,
+            requests: 0,
             upgraded: false,
             changed: false,
             forwarding: None,
@@ -134,12 +144,36 @@ impl Exchange {
         std::mem::take(&mut self.changed)
     }
 
-    /// Set once the exchange stopped and every response before the stop is complete: the
-    /// connection should now be closed (after the status, if any).
+    /// Set once the exchange stopped and every response before the stop is complete (or at
+    /// once, for a stop that cannot wait for them): the connection should now be closed
+    /// (after the status, if any).
     pub fn finished(&self) -> Option<Stop> {
-        let idle =
-            self.pending.is_empty() && matches!(self.down, Down::Head) && self.down_head.is_empty();
-        self.stop.filter(|_| idle)
+        self.stop.filter(|_| self.stop_now || self.responses_done())
+    }
+
+    /// No response is due or under way.
+    fn responses_done(&self) -> bool {
+        self.pending.is_empty() && matches!(self.down, Down::Head) && self.down_head.is_empty()
+    }
+
+    /// What the exchange waits for from the client: the rest of a head it has begun, or,
+    /// with every response complete, the next request. Nothing while a body is on its way
+    /// or a response is due (the backend's turn).
+    pub fn waiting(&self) -> Option<Wait> {
+        match self.up {
+            Up::Head if !self.up_head.is_empty() => Some(Wait::Head(self.requests)),
+            Up::Head if self.responses_done() => Some(Wait::Next(self.requests)),
+            _ => None,
+        }
+    }
+
+    /// A wait for the client ran out: a head begun and not complete is answered 408 (after
+    /// the responses before it), a keep-alive connection with no next request is closed.
+    pub fn expired(&mut self, wait: Wait) {
+        match wait {
+            Wait::Head(_) => self.halt(Stop::Refused(Status::RequestTimeout)),
+            Wait::Next(_) => self.halt(Stop::KeepaliveTimeout),
+        }
     }
 
     /// Takes client bytes: appends what may go to the backend to `out` and returns how many
@@ -159,7 +193,7 @@ impl Exchange {
                             self.up = Up::Head;
                         }
                     }
-                    Err(_) => self.halt(Stop::Refused(Status::BadRequest)),
+                    Err(_) => self.body_broken(),
                 },
                 Up::Head => taken += self.take_head(rest, out),
             }
@@ -211,10 +245,25 @@ impl Exchange {
             (None, Body::Done) => Up::Head,
             (None, body) => Up::Body(body.clone()),
         };
+        self.requests += 1;
         self.pending.push_back(Pending {
             head_method: head.method == "HEAD",
             upgrade,
         });
+    }
+
+    /// A request body's framing broke after its head went on: the backend waits for a body
+    /// that will never be whole, and its answer may never come, so the connection ends now,
+    /// both sides at once. Answered 400 when no response to it has begun and none before it
+    /// is due; otherwise a 400 would read as part of a response, so it is closed.
+    fn body_broken(&mut self) {
+        let answerable =
+            self.pending.len() == 1 && matches!(self.down, Down::Head) && self.down_head.is_empty();
+        self.halt(match answerable {
+            true => Stop::Refused(Status::BadRequest),
+            false => Stop::BadBody,
+        });
+        self.stop_now = true;
     }
 
     fn halt(&mut self, stop: Stop) {
@@ -348,8 +397,16 @@ impl Gate for Exchange {
     fn answer(stop: Stop) -> Option<Vec<u8>> {
         match stop {
             Stop::Refused(status) => Some(status.response().into_bytes()),
-            Stop::Confined => None,
+            Stop::Confined | Stop::BadBody | Stop::KeepaliveTimeout => None,
         }
+    }
+
+    fn waiting(&self) -> Option<Wait> {
+        Exchange::waiting(self)
+    }
+
+    fn expired(&mut self, wait: Wait) {
+        Exchange::expired(self, wait)
     }
 }
 

@@ -166,6 +166,31 @@ fn h2c_and_upgrades_on_other_methods_are_refused() {
 }
 
 #[test]
+fn an_upgrade_request_with_a_body_is_refused() {
+    let ws = "GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n";
+    for framing in ["Content-Length: 58", "Transfer-Encoding: chunked"] {
+        let raw = format!("{ws}{framing}\r\n\r\n");
+        let head = crate::http::head::parse(raw.as_bytes()).unwrap().unwrap();
+        assert!(
+            crate::http::admit::check_upgrade(&head, &[]).is_err(),
+            "{framing}"
+        );
+        let mut ex = exchange(&[]);
+        let (_, out) = client(&mut ex, raw.as_bytes(), usize::MAX);
+        assert!(out.is_empty(), "{framing}");
+        assert_eq!(ex.finished(), Some(Stop::Refused(Status::BadRequest)));
+    }
+    let zero = format!("{ws}Content-Length: 0\r\n\r\n");
+    let head = crate::http::head::parse(zero.as_bytes()).unwrap().unwrap();
+    assert!(
+        crate::http::admit::check_upgrade(&head, &[])
+            .unwrap()
+            .is_some()
+    );
+}
+
+#[test]
 fn informational_responses_do_not_end_the_request() {
     let mut ex = exchange(&[]);
     client(
@@ -182,4 +207,77 @@ fn informational_responses_do_not_end_the_request() {
         backend(&mut ex, b"HTTP/1.1 200 OK\r\n\r\n"),
         Err(Reject::Broken("a response to no request"))
     );
+}
+
+#[test]
+fn a_broken_chunked_body_is_answered_400_at_once() {
+    let head = b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n";
+    for bad in [
+        &b"0x5\r\n"[..],
+        b" 5\r\n",
+        b"10000000000000005\r\n",
+        b"5\nhello",
+    ] {
+        let mut ex = exchange(&[]);
+        let (_, out) = client(&mut ex, head, usize::MAX);
+        assert_eq!(out, head);
+        assert_eq!(ex.finished(), None);
+        client(&mut ex, bad, usize::MAX);
+        // No response has come, and none needs to: the backend waits for a body that will
+        // never be whole, so the connection ends now.
+        assert_eq!(
+            ex.finished(),
+            Some(Stop::Refused(Status::BadRequest)),
+            "{bad:?}"
+        );
+    }
+}
+
+#[test]
+fn a_broken_body_after_its_response_began_closes_without_an_answer() {
+    let mut ex = exchange(&[]);
+    client(
+        &mut ex,
+        b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+        usize::MAX,
+    );
+    backend(&mut ex, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab").unwrap();
+    client(&mut ex, b"zz\r\n", usize::MAX);
+    assert_eq!(ex.finished(), Some(Stop::BadBody));
+}
+
+#[test]
+fn waits_for_the_client_are_told_apart() {
+    let mut ex = exchange(&[]);
+    assert_eq!(ex.waiting(), Some(Wait::Next(0)));
+    client(&mut ex, b"GET / HTTP/1.1\r\n", usize::MAX);
+    assert_eq!(ex.waiting(), Some(Wait::Head(0)));
+    client(&mut ex, b"Host: a\r\n\r\n", usize::MAX);
+    // The backend's turn: no wait for the client.
+    assert_eq!(ex.waiting(), None);
+    backend(&mut ex, b"HTTP/1.1 204 No Content\r\n\r\n").unwrap();
+    assert_eq!(ex.waiting(), Some(Wait::Next(1)));
+    client(&mut ex, b"G", usize::MAX);
+    assert_eq!(ex.waiting(), Some(Wait::Head(1)));
+    ex.expired(Wait::Head(1));
+    assert_eq!(ex.finished(), Some(Stop::Refused(Status::RequestTimeout)));
+
+    let mut idle = exchange(&[]);
+    idle.expired(Wait::Next(0));
+    assert_eq!(idle.finished(), Some(Stop::KeepaliveTimeout));
+}
+
+#[test]
+fn a_later_head_that_times_out_waits_for_the_responses_before_it() {
+    let mut ex = exchange(&[]);
+    client(
+        &mut ex,
+        b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HT",
+        usize::MAX,
+    );
+    assert_eq!(ex.waiting(), Some(Wait::Head(1)));
+    ex.expired(Wait::Head(1));
+    assert_eq!(ex.finished(), None, "the first response is still due");
+    backend(&mut ex, b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx").unwrap();
+    assert_eq!(ex.finished(), Some(Stop::Refused(Status::RequestTimeout)));
 }

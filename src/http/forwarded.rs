@@ -14,10 +14,14 @@
 //!
 //! CLIENT is the client's address (from the PROXY header when there is one); in `Forwarded`
 //! an IPv6 address is quoted and bracketed (`for="[2001:db8::1]"`, RFC 7239 §6). Any of the
-//! four the client sent are removed, so a client cannot choose the address the app sees.
+//! four the client sent are removed, so a client cannot choose the address the app sees, and
+//! so are its `X-Forwarded-Host` and `X-Forwarded-Port`, and any spelling of these six with
+//! `_` for `-` (`X_Forwarded_For`: CGI, WSGI and PHP read it as the real header).
 //! From an address in `--trust-forwarded` (a proxy in front), the client's `X-Forwarded-For`
 //! and `Forwarded` values are kept, in order, each in one line, with CLIENT appended
-//! (`X-Forwarded-For: 203.0.113.9, 10.0.0.2`), as nginx's `$proxy_add_x_forwarded_for` does.
+//! (`X-Forwarded-For: 203.0.113.9, 10.0.0.2`), as nginx's `$proxy_add_x_forwarded_for` does,
+//! and its `X-Forwarded-Host` and `X-Forwarded-Port` lines are kept where they were;
+//! underscore spellings are removed from it too.
 
 use std::net::IpAddr;
 
@@ -45,19 +49,18 @@ pub fn rewrite(head: &[u8], fwd: &Forwarding, out: &mut Vec<u8>) {
     for line in lines.take_while(|l| !l.is_empty()) {
         let name = line.split(|&b| b == b':').next().unwrap_or_default();
         let value = || trim(&line[(name.len() + 1).min(line.len())..]);
-        if name.eq_ignore_ascii_case(b"x-forwarded-for") {
-            if fwd.trusted {
-                xff.push(value());
+        match owned(name) {
+            Some(Owned::For) if fwd.trusted => xff.push(value()),
+            Some(Owned::Forwarded) if fwd.trusted => forwarded.push(value()),
+            Some(Owned::HostOrPort) if fwd.trusted => {
+                out.extend_from_slice(line);
+                out.extend_from_slice(b"\r\n");
             }
-        } else if name.eq_ignore_ascii_case(b"forwarded") {
-            if fwd.trusted {
-                forwarded.push(value());
+            Some(_) => {}
+            None => {
+                out.extend_from_slice(line);
+                out.extend_from_slice(b"\r\n");
             }
-        } else if !name.eq_ignore_ascii_case(b"x-forwarded-proto")
-            && !name.eq_ignore_ascii_case(b"x-real-ip")
-        {
-            out.extend_from_slice(line);
-            out.extend_from_slice(b"\r\n");
         }
     }
     let node = match client {
@@ -78,6 +81,45 @@ pub fn rewrite(head: &[u8], fwd: &Forwarding, out: &mut Vec<u8>) {
         out.extend_from_slice(b", ");
     }
     out.extend_from_slice(format!("for={node};proto=https\r\n\r\n").as_bytes());
+}
+
+/// The headers this module owns, by what becomes of a client's copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owned {
+    /// `X-Forwarded-For`: kept and extended from a trusted proxy.
+    For,
+    /// `Forwarded`: the same.
+    Forwarded,
+    /// `X-Forwarded-Host`, `X-Forwarded-Port`: kept as they came from a trusted proxy.
+    HostOrPort,
+    /// `X-Forwarded-Proto`, `X-Real-IP`, and any underscore spelling: always removed.
+    Ours,
+}
+
+/// Whether `name` is a header this module owns. An underscore spelling (`X_Forwarded_For`) is
+/// removed whoever sent it: CGI, WSGI and PHP map `_` to `-`, so the app would read it as the
+/// real header (nginx drops such headers by default for the same reason).
+fn owned(name: &[u8]) -> Option<Owned> {
+    const NAMES: [(&[u8], Owned); 6] = [
+        (b"x-forwarded-for", Owned::For),
+        (b"forwarded", Owned::Forwarded),
+        (b"x-forwarded-host", Owned::HostOrPort),
+        (b"x-forwarded-port", Owned::HostOrPort),
+        (b"x-forwarded-proto", Owned::Ours),
+        (b"x-real-ip", Owned::Ours),
+    ];
+    let same = |ours: &[u8]| {
+        ours.len() == name.len()
+            && ours
+                .iter()
+                .zip(name)
+                .all(|(&o, &n)| o == n.to_ascii_lowercase() || (o == b'-' && n == b'_'))
+    };
+    let (_, kind) = NAMES.iter().find(|(ours, _)| same(ours))?;
+    match name.contains(&b'_') {
+        true => Some(Owned::Ours),
+        false => Some(*kind),
+    }
 }
 
 fn trim(value: &[u8]) -> &[u8] {
@@ -149,6 +191,33 @@ mod tests {
             false,
         );
         assert!(mapped.contains("X-Real-IP: 10.1.2.3\r\n"), "{mapped}");
+    }
+
+    #[test]
+    fn underscore_spellings_and_host_or_port_are_removed() {
+        let head = "GET / HTTP/1.1\r\nHost: a\r\nX_Forwarded_For: 6.6.6.6\r\nx_real_ip: 6.6.6.6\r\n\
+            X-Forwarded-Host: evil\r\nX-Forwarded-Port: 1\r\nX_Forwarded_Host: evil\r\n\
+            X_Forwarded_Proto: http\r\nForwarded_: x\r\nX-Forwarded_For_: y\r\n\r\n";
+        let got = rewritten(head, "127.0.0.2", false);
+        assert!(!got.contains("6.6.6.6") && !got.contains("evil"), "{got}");
+        assert!(
+            !got.contains("X-Forwarded-Port") && !got.contains(": http\r"),
+            "{got}"
+        );
+        assert!(
+            got.contains("Forwarded_: x\r\nX-Forwarded_For_: y\r\n"),
+            "{got}"
+        );
+        let trusted = rewritten(head, "10.0.0.2", true);
+        assert!(
+            trusted.contains("\r\nX-Forwarded-Host: evil\r\nX-Forwarded-Port: 1\r\n"),
+            "{trusted}"
+        );
+        assert!(
+            trusted.contains("X-Forwarded-For: 10.0.0.2\r\n"),
+            "{trusted}"
+        );
+        assert_eq!(trusted.matches("evil").count(), 1, "{trusted}");
     }
 
     #[test]

@@ -12,6 +12,7 @@ use std::fmt;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 
 use crate::respond::Status;
+use crate::route::normalize_host;
 
 use super::framing::Body;
 
@@ -116,6 +117,11 @@ pub fn parse(buf: &[u8]) -> Result<Option<Head>, HeadError> {
         (None, Some(0)) | (None, None) => Body::Done,
         (None, Some(n)) => Body::Length(n),
     };
+    if fields.content_lengths > 1 {
+        // RFC 9112 §6.3 lets a server either refuse `5, 5` or forward one value in its place;
+        // refusing keeps the head's bytes as they came. No real client sends it.
+        return Err(HeadError::Malformed("more than one Content-Length"));
+    }
     let mut host = match fields.hosts {
         0 if req.version == Some(1) => return Err(HeadError::Malformed("no Host header")),
         0 => None,
@@ -124,9 +130,15 @@ pub fn parse(buf: &[u8]) -> Result<Option<Head>, HeadError> {
     };
     let target = if target.starts_with('/') {
         target.to_string()
-    } else if let Some((authority, path)) = absolute_form(target) {
-        host = Some(authority.to_string());
-        path.to_string()
+    } else if let Some(absolute) = absolute_form(target) {
+        // The request is routed by the target's authority (RFC 9112 §3.2.2), so a backend
+        // must not read another host in Host: refused, where rewriting Host would change
+        // the bytes forwarded.
+        if host.as_deref().is_some_and(|h| !absolute.same_authority(h)) {
+            return Err(HeadError::Malformed("target authority and Host differ"));
+        }
+        host = Some(absolute.authority.to_string());
+        absolute.path.to_string()
     } else {
         return Err(HeadError::Malformed("request target is not a path"));
     };
@@ -188,6 +200,8 @@ struct Fields {
     hosts: usize,
     host: Option<String>,
     content_length: Option<u64>,
+    /// Values seen across every Content-Length line (`5, 5` counts two).
+    content_lengths: usize,
     transfer_encoding: Option<String>,
     upgrade: Option<String>,
     connection_upgrade: bool,
@@ -210,7 +224,8 @@ impl Fields {
                 f.host = Some(text()?.to_string());
             } else if name.eq_ignore_ascii_case("content-length") {
                 for v in text()?.split(',') {
-                    let n: u64 = v.trim().parse().map_err(|_| "bad Content-Length")?;
+                    let n = decimal(v.trim()).ok_or("bad Content-Length")?;
+                    f.content_lengths += 1;
                     if f.content_length.is_some_and(|old| old != n) {
                         return Err("differing Content-Length values");
                     }
@@ -239,6 +254,15 @@ impl Fields {
             }
         }
         Ok(f)
+    }
+}
+
+/// A Content-Length value: decimal digits only (Rust's `parse` would take `+5`, which is no
+/// length in RFC 9110 §8.6 and which a backend may read otherwise).
+fn decimal(v: &str) -> Option<u64> {
+    match !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        true => v.parse().ok(),
+        false => None,
     }
 }
 
@@ -366,19 +390,54 @@ pub enum ReadError {
     Io(std::io::Error),
 }
 
-/// `scheme://authority/path` → (authority, path); the path defaults to `/`.
-fn absolute_form(target: &str) -> Option<(&str, &str)> {
-    let (scheme, rest) = target.split_once("://")?;
-    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
-        return None;
+/// An absolute-form request target (`scheme://authority/path`).
+struct Absolute<'a> {
+    authority: &'a str,
+    /// The path, `/` when the target has none.
+    path: &'a str,
+    /// The port the authority means when it names none.
+    default_port: &'static str,
+}
+
+impl Absolute<'_> {
+    /// Whether a Host header value names the same host and port as the authority
+    /// (case-insensitive; an omitted port is the scheme's default).
+    fn same_authority(&self, host: &str) -> bool {
+        let port = |a: &str| port_of(a).unwrap_or(self.default_port).to_string();
+        normalize_host(self.authority) == normalize_host(host)
+            && port(self.authority) == port(host.trim())
     }
+}
+
+fn absolute_form(target: &str) -> Option<Absolute<'_>> {
+    let (scheme, rest) = target.split_once("://")?;
+    let default_port = match scheme.to_ascii_lowercase().as_str() {
+        "http" => "80",
+        "https" => "443",
+        _ => return None,
+    };
     let end = rest.find(['/', '?']).unwrap_or(rest.len());
     let (authority, path) = rest.split_at(end);
     let authority = authority.rsplit('@').next().unwrap_or(authority);
     if authority.is_empty() {
         return None;
     }
-    Some((authority, if path.starts_with('/') { path } else { "/" }))
+    let path = if path.starts_with('/') { path } else { "/" };
+    Some(Absolute {
+        authority,
+        path,
+        default_port,
+    })
+}
+
+/// The port of `host:port` or `[v6]:port`, if it names one.
+fn port_of(authority: &str) -> Option<&str> {
+    let after_host = match authority.strip_prefix('[') {
+        Some(rest) => &rest[rest.find(']')? + 1..],
+        None => authority,
+    };
+    let (_, port) = after_host.rsplit_once(':')?;
+    (!port.is_empty() && port.bytes().all(|b| b.is_ascii_digit())).then_some(port)
 }
 
 /// True when the request line ends in `HTTP/<digit>...` that httparse refused: a real HTTP
@@ -440,9 +499,10 @@ mod tests {
 
     #[test]
     fn absolute_form_gives_host_and_path() {
-        let head = parse(b"GET http://api.example.com:80/v1?q HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap()
-            .unwrap();
+        let head =
+            parse(b"GET http://api.example.com:80/v1?q HTTP/1.1\r\nHost: api.example.com\r\n\r\n")
+                .unwrap()
+                .unwrap();
         assert_eq!(head.host.as_deref(), Some("api.example.com:80"));
         assert_eq!(head.target, "/v1?q");
     }
@@ -475,12 +535,20 @@ mod tests {
             b"GET / HTTP/1.1\r\nHost: a\nX: b\r\n\r\n",
             b"GET /a\x00b HTTP/1.1\r\nHost: a\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: a\r\nX: a\x01b\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0x5\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length:\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n",
+            b"GET http://a.localhost/x HTTP/1.1\r\nHost: b.localhost\r\n\r\n",
+            b"GET https://a.localhost:8443/x HTTP/1.1\r\nHost: a.localhost\r\n\r\n",
         ] {
             assert!(refused(raw), "{:?}", String::from_utf8_lossy(raw));
         }
-        let same_twice =
-            parse(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n");
-        assert_eq!(same_twice.unwrap().unwrap().body, Body::Length(3));
+        let zero = parse(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n");
+        assert_eq!(zero.unwrap().unwrap().body, Body::Done);
         let http10 = parse(b"GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
         assert_eq!(http10.host, None);
         assert_eq!(
@@ -517,6 +585,25 @@ mod tests {
         assert_eq!(chunked.unwrap().unwrap().body, Body::chunked());
         let close = parse_response(b"HTTP/1.0 200 OK\r\n\r\n").unwrap().unwrap();
         assert_eq!(close.body, Body::UntilClose);
+    }
+
+    #[test]
+    fn absolute_form_must_name_the_host_it_carries() {
+        for (target, host) in [
+            ("http://A.localhost/x", "a.localhost"),
+            ("http://a.localhost:80/x", "a.localhost"),
+            ("https://a.localhost/x", "a.localhost:443"),
+            ("http://[::1]:8080/x", "[::1]:8080"),
+        ] {
+            let raw = format!("GET {target} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+            let head = parse(raw.as_bytes()).unwrap().unwrap();
+            assert_eq!(head.target, "/x", "{raw}");
+        }
+        let http10 = parse(b"GET http://a.localhost/ HTTP/1.0\r\n\r\n");
+        assert_eq!(
+            http10.unwrap().unwrap().host.as_deref(),
+            Some("a.localhost")
+        );
     }
 
     #[test]
