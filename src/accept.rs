@@ -1,5 +1,8 @@
 //! The `accept` stage: listening sockets, the accept loop and the connection limit.
 //!
+//! [`Listeners`] are made here, from the flags, and kept as owned descriptors by the server
+//! for as long as it accepts (so they can be handed on); `main` binds nothing itself.
+//!
 //! A connection over `--max-connections` is still accepted and answered 503 (a client that
 //! gets an answer retries sensibly; one that hangs in the backlog does not), but only a few
 //! such answers run at once so an overload cannot turn into unbounded work. Accept errors,
@@ -16,7 +19,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 
 use crate::cidr::Cidr;
-use crate::config::Config;
+use crate::config::{Config, Settings};
 use crate::conn::Accepted;
 use crate::metrics::Outcome;
 use crate::proxy::{self, Header};
@@ -28,6 +31,70 @@ const BACKLOG: i32 = 1024;
 /// Accept error back-off: from 10 ms doubling to 1 s.
 const BACKOFF_MIN: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// The sockets a server serves on, all bound before it starts (so a port in use fails
+/// start-up, not a task).
+#[derive(Debug, Default)]
+pub struct Listeners {
+    /// TLS listeners (`--listen`); the first one's port goes into redirects.
+    pub tls: Vec<std::net::TcpListener>,
+    /// Plain-HTTP redirect listeners (`--redirect-http`).
+    pub redirect: Vec<std::net::TcpListener>,
+    /// The admin listener (`--admin`): metrics and health, up until the process exits.
+    pub admin: Option<std::net::TcpListener>,
+}
+
+impl From<Vec<std::net::TcpListener>> for Listeners {
+    fn from(tls: Vec<std::net::TcpListener>) -> Self {
+        Listeners {
+            tls,
+            ..Listeners::default()
+        }
+    }
+}
+
+impl Listeners {
+    /// Binds every listener the settings name; an error names the flag and address. The
+    /// IPv6 twin of `:PORT` is bound where the machine has IPv6, and skipped (logged) where
+    /// it has not.
+    pub fn bind(settings: &Settings) -> anyhow::Result<Listeners> {
+        let bind = |flag: &str, addrs: &[SocketAddr]| {
+            addrs
+                .iter()
+                .map(|addr| bind_for(flag, *addr))
+                .collect::<anyhow::Result<Vec<_>>>()
+        };
+        let mut tls = bind("--listen", &settings.listen)?;
+        for addr in &settings.listen_if_possible {
+            match bind_for("--listen", *addr) {
+                Ok(listener) => tls.push(listener),
+                // `:443` means IPv6 too where the machine has it; without it, IPv4 alone.
+                Err(e) => tracing::info!("not listening on {addr}: {e:#}"),
+            }
+        }
+        Ok(Listeners {
+            tls,
+            redirect: bind("--redirect-http", &settings.redirect_http)?,
+            admin: bind("--admin", settings.admin.as_slice())?.pop(),
+        })
+    }
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit (a tunnel needs two descriptors, and the
+/// usual soft limit of 1024 would cap wssbridge at ~500 tunnels). Process state, so `main`
+/// does it, before the configuration sizes `--max-connections` from the limit.
+pub fn raise_fd_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if let Some(hard) = limit.maximum
+        && limit.current.is_some_and(|soft| soft < hard)
+    {
+        limit.current = Some(hard);
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            tracing::warn!("could not raise the file-descriptor limit to {hard}: {e}");
+        }
+    }
+}
 
 /// Binds a listening socket. IPv6 sockets are v6-only, so `[::]:443` and `0.0.0.0:443` can
 /// both be given, as with nginx. TCP_NODELAY and keepalive are set here, once: Linux copies
@@ -66,7 +133,7 @@ pub enum Service {
 /// Accepts until shutdown starts; every connection runs as a task on the state's tracker,
 /// under the same limits whatever the listener serves.
 pub async fn accept_loop(listener: TcpListener, state: Arc<State>, service: Service) {
-    let stop = state.stopping.clone();
+    let stop = state.life.stop().clone();
     let mut backoff = BACKOFF_MIN;
     let mut last_warning: Option<Instant> = None;
     loop {
@@ -118,7 +185,7 @@ pub async fn accept_loop(listener: TcpListener, state: Arc<State>, service: Serv
             },
         };
         let conn_state = state.clone();
-        state.tracker.spawn(async move {
+        state.life.spawn_connection(async move {
             let state = conn_state;
             // The task lives as long as the connection: what runs only at its start (the
             // PROXY header) or on the other listener (redirects) runs boxed, so a tunnel's

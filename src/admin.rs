@@ -111,7 +111,7 @@ fn route(request: &head::Head, state: &State) -> (u16, &'static str, String) {
 
 /// Why the proxy should not be sent new connections now, if it should not.
 fn unready(state: &State) -> Option<String> {
-    if state.draining.is_cancelled() {
+    if state.life.drain().is_cancelled() {
         return Some("shutting down".to_string());
     }
     if !state.running() {

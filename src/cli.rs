@@ -22,7 +22,14 @@ use crate::tls::CertPaths;
 /// TLS in front of WebSocket and HTTP servers: terminate wss:// and https://, route the first
 /// request by host and path, then tunnel the bytes unchanged.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None)]
+#[command(
+    version,
+    about,
+    long_about = None,
+    after_help = "Exit status: 0 after a clean shutdown; 2 when it cannot start (a bad flag, an \
+                  unreadable file, a port in use: nothing was served); 1 when serving fails \
+                  after start."
+)]
 pub struct Args {
     /// Address to listen on: ADDR:PORT (0.0.0.0:443, [::]:443, 127.0.0.1:8443,
     /// localhost:8443), or :PORT / PORT for every address (IPv4, and IPv6 where the machine

@@ -259,21 +259,6 @@ impl Config {
 /// connections that are over the limit and are being answered 503.
 const RESERVED_FDS: u64 = 128;
 
-/// Raises the soft RLIMIT_NOFILE to the hard limit (a tunnel needs two descriptors, and the
-/// usual soft limit of 1024 would cap wssbridge at ~500 tunnels).
-pub fn raise_fd_limit() {
-    use rustix::process::{Resource, getrlimit, setrlimit};
-    let mut limit = getrlimit(Resource::Nofile);
-    if let Some(hard) = limit.maximum
-        && limit.current.is_some_and(|soft| soft < hard)
-    {
-        limit.current = Some(hard);
-        if let Err(e) = setrlimit(Resource::Nofile, limit) {
-            tracing::warn!("could not raise the file-descriptor limit to {hard}: {e}");
-        }
-    }
-}
-
 /// Four handshakes per core keep every core busy with crypto while leaving room for the
 /// established tunnels, so a handshake flood cannot starve them.
 pub fn default_max_handshakes() -> usize {

@@ -23,6 +23,7 @@ pub mod conn;
 pub mod connect;
 pub mod deadline;
 pub mod http;
+pub mod lifecycle;
 pub mod metrics;
 pub mod proxy;
 pub mod redirect;
@@ -37,8 +38,9 @@ pub mod tls;
 
 use std::future::Future;
 
+pub use accept::Listeners;
 pub use config::{Config, Settings};
-pub use server::{Listeners, Server};
+pub use server::Server;
 
 /// Runs `config` on already-bound `listeners` until `shutdown` resolves.
 pub async fn run(

@@ -1,7 +1,7 @@
-//! The wssbridge command: flags → Settings → Config → bind → run → exit code.
+//! The wssbridge command: signals → flags → Settings → Config → listeners → run → exit code.
 //!
-//! Exit codes: 0 after a clean shutdown, 2 for a usage or configuration error (a bad flag,
-//! an unreadable certificate), 1 for a failure at run time (a port in use).
+//! Exit codes: 0 after a clean shutdown; 2 when it cannot start (a bad flag, an unreadable
+//! certificate, a port in use: anything before it serves); 1 when serving fails after start.
 #![forbid(unsafe_code)]
 
 use std::io::IsTerminal;
@@ -11,64 +11,53 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 use wssbridge::cli::{Args, LogFormat};
 
+/// Start-up failed: nothing was served.
+const CANNOT_START: u8 = 2;
+/// Serving failed after start.
+const FAILED: u8 = 1;
+
 fn main() -> ExitCode {
     let args = Args::parse();
     init_logging(&args);
-    wssbridge::config::raise_fd_limit();
-    let config = match args
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(CANNOT_START, &anyhow::anyhow!("starting the runtime: {e}")),
+    };
+    runtime.block_on(start_and_serve(args))
+}
+
+async fn start_and_serve(args: Args) -> ExitCode {
+    // Signals are listened for before anything else (certificates may take a while to read,
+    // a FIFO or a slow disk): a SIGTERM during start-up drains like any other, and SIGHUP
+    // (systemctl reload, certbot's deploy hooks) never ends the process.
+    let signals = match wssbridge::signals::listen() {
+        Ok(signals) => signals,
+        Err(e) => return fail(CANNOT_START, &e),
+    };
+    wssbridge::accept::raise_fd_limit();
+    let started = args
         .into_settings()
         .and_then(|settings| wssbridge::Config::build(&settings))
-    {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("wssbridge: error: {e:#}");
-            return ExitCode::from(2);
-        }
+        .and_then(|config| {
+            let listeners = wssbridge::Listeners::bind(&config.settings)?;
+            Ok((wssbridge::Server::new(config)?, listeners))
+        });
+    let (server, listeners) = match started {
+        Ok(started) => started,
+        Err(e) => return fail(CANNOT_START, &e),
     };
-    match serve(config) {
+    match server.serve(listeners, signals).await {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("wssbridge: error: {e:#}");
-            ExitCode::from(1)
-        }
+        Err(e) => fail(FAILED, &e),
     }
 }
 
-fn serve(config: wssbridge::Config) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        // Signals are listened for before anything else: a SIGTERM during start-up drains
-        // like any other, and SIGHUP (systemctl reload, certbot's deploy hooks) never ends
-        // the process.
-        let shutdown = wssbridge::signals::shutdown();
-        let hangups = wssbridge::signals::hangups()?;
-        let bind = |flag: &str, addrs: &[std::net::SocketAddr]| {
-            addrs
-                .iter()
-                .map(|addr| wssbridge::accept::bind_for(flag, *addr))
-                .collect::<anyhow::Result<Vec<_>>>()
-        };
-        let mut tls = bind("--listen", &config.listen)?;
-        for addr in &config.settings.listen_if_possible {
-            match wssbridge::accept::bind(*addr) {
-                Ok(listener) => tls.push(listener),
-                // `:443` means IPv6 too where the machine has it; without it, IPv4 alone.
-                Err(e) => tracing::info!("not listening on {addr}: {:#}", e),
-            }
-        }
-        let listeners = wssbridge::Listeners {
-            tls,
-            redirect: bind("--redirect-http", &config.settings.redirect_http)?,
-            admin: bind("--admin", config.settings.admin.as_slice())?.pop(),
-        };
-        wssbridge::log_startup(&config, &listeners);
-        let server = wssbridge::Server::new(config)?;
-        let reloader = server.clone();
-        tokio::spawn(hangups.for_each(move || reloader.reload_on_signal()));
-        server.run(listeners, shutdown).await
-    })
+fn fail(code: u8, e: &anyhow::Error) -> ExitCode {
+    eprintln!("wssbridge: error: {e:#}");
+    ExitCode::from(code)
 }
 
 fn init_logging(args: &Args) {

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::config::Config;
+use crate::lifecycle::Event;
 use crate::state::State;
 use crate::tls::certs::EXPIRY_WARNING;
 
@@ -25,9 +26,26 @@ pub enum Trigger {
     Call,
 }
 
-/// Builds the configuration again from its files and swaps it in; logs the outcome.
+impl Trigger {
+    fn name(self) -> &'static str {
+        match self {
+            Trigger::Signal => "signal",
+            Trigger::Poll => "poll",
+            Trigger::Call => "call",
+        }
+    }
+}
+
+/// Builds the configuration again from its files and swaps it in; logs the outcome and
+/// tells the lifecycle's listeners.
 pub fn from_files(state: &State, trigger: Trigger) -> anyhow::Result<()> {
+    state.life.emit(Event::Reloading {
+        why: trigger.name(),
+    });
     let result = rebuild(state);
+    state.life.emit(Event::Reloaded {
+        result: result.as_ref().map(drop).map_err(|e| format!("{e:#}")),
+    });
     state.metrics.reloaded(result.is_ok());
     match &result {
         Ok(config) => {
@@ -87,7 +105,7 @@ pub async fn expiry_daily(state: Arc<State>) {
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + DAY, DAY);
     loop {
         tokio::select! {
-            _ = state.stopping.cancelled() => return,
+            _ = state.life.stop().cancelled() => return,
             _ = ticks.tick() => check_expiry(&state.config.load(), SystemTime::now()),
         }
     }
@@ -101,7 +119,7 @@ pub async fn poll_files(state: Arc<State>, interval: Duration) {
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     loop {
         tokio::select! {
-            _ = state.stopping.cancelled() => return,
+            _ = state.life.stop().cancelled() => return,
             _ = ticks.tick() => {}
         }
         let now = digest(&state.config.load());

@@ -1,8 +1,9 @@
-//! The server: its one [`State`], the accept loops, and shutdown.
+//! The supervisor: the one owner of the process's life.
 //!
-//! `run` starts an accept loop per listener and waits for the shutdown future; then it stops
-//! accepting (the ports close at once), lets live connections go on for `--shutdown-grace`,
-//! and closes whatever is left. `reload` swaps the configuration under running loops.
+//! [`Server::run`] starts everything (the admin listener, an accept loop per listener, the
+//! background work) as tasks of the state's [`Lifecycle`], reports ready, and when the
+//! shutdown future resolves, stops them in the one order written below. [`Server::serve`] is
+//! the same with the process's signals. `reload` swaps the configuration under running loops.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -10,32 +11,13 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
-use crate::accept::{self, Service};
+use crate::accept::{self, Listeners, Service};
 use crate::admin;
 use crate::config::Config;
+use crate::lifecycle::Event;
 use crate::reload::{self, Trigger};
+use crate::signals::Signals;
 use crate::state::State;
-
-/// The sockets a server serves on, all bound before it starts (so a port in use fails
-/// start-up, not a task).
-#[derive(Debug, Default)]
-pub struct Listeners {
-    /// TLS listeners (`--listen`); the first one's port goes into redirects.
-    pub tls: Vec<std::net::TcpListener>,
-    /// Plain-HTTP redirect listeners (`--redirect-http`).
-    pub redirect: Vec<std::net::TcpListener>,
-    /// The admin listener (`--admin`): metrics and health, up until the process exits.
-    pub admin: Option<std::net::TcpListener>,
-}
-
-impl From<Vec<std::net::TcpListener>> for Listeners {
-    fn from(tls: Vec<std::net::TcpListener>) -> Self {
-        Listeners {
-            tls,
-            ..Listeners::default()
-        }
-    }
-}
 
 /// A running or ready server; cheap to clone, so a test can keep a handle while `run` goes
 /// on, and a signal handler can reload it.
@@ -53,12 +35,17 @@ impl Server {
 
     /// Connections being served right now (in any stage).
     pub fn connections(&self) -> usize {
-        self.state.tracker.len()
+        self.state.life.connections()
     }
 
     /// The configuration new connections get.
     pub fn config(&self) -> Arc<Config> {
         self.state.config.load_full()
+    }
+
+    /// The lifecycle events from now on (ready, reloads, draining, stopped).
+    pub fn events(&self) -> tokio::sync::broadcast::Receiver<Event> {
+        self.state.life.events()
     }
 
     /// Serves `config` to every connection accepted from now on. A connection accepted
@@ -76,15 +63,36 @@ impl Server {
         reload::from_files(&self.state, Trigger::Call)
     }
 
-    /// As [`Server::reload_files`], logged as caused by a signal.
-    pub fn reload_on_signal(&self) {
-        let _ = reload::from_files(&self.state, Trigger::Signal);
+    /// [`Server::run`] with the process's signals: SIGHUP reloads until the listeners
+    /// close, and the first SIGTERM or SIGINT shuts down.
+    pub async fn serve(self, listeners: Listeners, signals: Signals) -> anyhow::Result<()> {
+        let Signals { shutdown, hangups } = signals;
+        let state = self.state.clone();
+        let stop = state.life.stop().clone();
+        self.state.life.spawn_background(async move {
+            let reload = || {
+                let _ = reload::from_files(&state, Trigger::Signal);
+            };
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = hangups.for_each(reload) => {}
+            }
+        });
+        self.run(listeners, shutdown).await
     }
 
-    /// Serves on `listeners` (made by `accept::bind`, which sets the socket options accepted
-    /// sockets inherit) until `shutdown` resolves, then drains. Background work (polling
-    /// certificate files, the daily expiry check) runs beside the accept loops and stops
-    /// with them.
+    /// Serves on `listeners` until `shutdown` resolves, then shuts down in this order, the
+    /// only place it is written:
+    ///
+    /// 1. **drain**: `/readyz` answers 503 and every connection ends at its next safe point
+    ///    (a keep-alive connection at its next request boundary); the listeners still accept
+    ///    for `--shutdown-delay`, so a balancer in front stops sending first;
+    /// 2. **stop**: the listeners close; background work (polls, checks, SIGHUP) ends;
+    /// 3. connections finish within `--shutdown-grace`;
+    /// 4. **force**: whatever is left closes now, then the admin listener.
+    ///
+    /// The listening descriptors are held here until step 2: they are the process's, not the
+    /// accept loops'.
     pub async fn run(
         self,
         listeners: impl Into<Listeners>,
@@ -92,68 +100,76 @@ impl Server {
     ) -> anyhow::Result<()> {
         let listeners = listeners.into();
         let state = self.state;
-        let admin_stop = tokio_util::sync::CancellationToken::new();
-        let admin = match listeners.admin {
-            Some(listener) => {
-                let listener = TcpListener::from_std(listener)?;
-                let stop = admin_stop.clone();
-                Some(tokio::spawn(admin::serve(listener, state.clone(), stop)))
-            }
-            None => None,
-        };
+        let life = &state.life;
+        crate::log_startup(&state.config.load(), &listeners);
+
+        if let Some(listener) = &listeners.admin {
+            let serve = admin::serve(accepting(listener)?, state.clone(), life.force().clone());
+            life.spawn_background(serve);
+        }
         let https_port = match listeners.tls.first() {
             Some(l) => l.local_addr()?.port(),
             None => 443,
         };
+        let services = listeners.tls.iter().map(|l| (l, Service::Tls)).chain(
+            listeners
+                .redirect
+                .iter()
+                .map(|l| (l, Service::Redirect { https_port })),
+        );
         let mut loops = JoinSet::new();
-        for listener in listeners.tls {
-            let listener = TcpListener::from_std(listener)?;
-            loops.spawn(accept::accept_loop(listener, state.clone(), Service::Tls));
-        }
-        for listener in listeners.redirect {
-            let listener = TcpListener::from_std(listener)?;
-            let service = Service::Redirect { https_port };
+        for (listener, service) in services {
+            let listener = accepting(listener)?;
             loops.spawn(accept::accept_loop(listener, state.clone(), service));
         }
         state.start_background();
         if let Some(interval) = state.config.load().settings.cert_poll {
-            loops.spawn(reload::poll_files(state.clone(), interval));
+            life.spawn_background(reload::poll_files(state.clone(), interval));
         }
-        loops.spawn(reload::expiry_daily(state.clone()));
+        life.spawn_background(reload::expiry_daily(state.clone()));
+        life.emit(Event::Ready);
 
         shutdown.await;
-        // Not ready from now on; the listeners go on accepting for --shutdown-delay, so a
-        // balancer in front sees /readyz fail and stops sending before they close.
-        state.draining.cancel();
+        life.drain().cancel();
+        life.emit(Event::Draining);
         let delay = state.config.load().settings.shutdown_delay;
         if !delay.is_zero() {
             tracing::info!("not ready: closing the listeners in {delay:?}");
             tokio::time::sleep(delay).await;
         }
-        state.stopping.cancel();
+
+        life.stop().cancel();
         while loops.join_next().await.is_some() {}
+        drop(listeners);
         let grace = state.config.load().timeouts.shutdown_grace;
-        let tracker = &state.tracker;
         tracing::info!(
-            connections = tracker.len(),
+            connections = life.connections(),
             "listeners closed; draining for up to {grace:?}"
         );
-        tracker.close();
-        if tokio::time::timeout(grace, tracker.wait()).await.is_ok() {
+
+        if tokio::time::timeout(grace, life.connections_done())
+            .await
+            .is_ok()
+        {
             tracing::info!("drained: all connections finished");
+            life.force().cancel();
         } else {
-            let left = tracker.len();
-            state.force.cancel();
-            tracker.wait().await;
+            let left = life.connections();
+            life.force().cancel();
+            life.connections_done().await;
             tracing::info!(
                 closed = left,
                 "shutdown grace over: closed the connections left"
             );
         }
-        admin_stop.cancel();
-        if let Some(admin) = admin {
-            let _ = admin.await;
-        }
+        life.background_done().await;
+        life.emit(Event::Stopped);
         Ok(())
     }
+}
+
+/// An accept loop's handle on a listener the server keeps: a second descriptor for the same
+/// socket, so the loop can end without closing the port.
+fn accepting(listener: &std::net::TcpListener) -> anyhow::Result<TcpListener> {
+    Ok(TcpListener::from_std(listener.try_clone()?)?)
 }

@@ -5,8 +5,26 @@
 //! for the configuration files to be read again.
 
 use std::future::Future;
+use std::pin::Pin;
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
+
+/// Every signal wssbridge acts on, listened for from the moment [`listen`] returns.
+pub struct Signals {
+    /// Resolves at the first SIGTERM or SIGINT.
+    pub shutdown: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// SIGHUP: reload.
+    pub hangups: Hangups,
+}
+
+/// Starts listening for every signal at once: from here on none of them ends the process by
+/// its default action. Called first thing in `main`.
+pub fn listen() -> anyhow::Result<Signals> {
+    Ok(Signals {
+        shutdown: Box::pin(shutdown()),
+        hangups: hangups()?,
+    })
+}
 
 /// Starts listening for SIGTERM and SIGINT at once (from then on they no longer end the
 /// process on their own), and resolves on the first of them.

@@ -89,6 +89,10 @@ pub trait Gate {
 
     /// `wait` ran out: the gate says through [`Gate::finished`] how the connection ends.
     fn expired(&mut self, wait: Wait);
+
+    /// Shutdown asks the connection to end at its next safe point; the gate says through
+    /// [`Gate::finished`] when that is.
+    fn drain(&mut self);
 }
 
 /// A wait for the client that a gate asks the splice to bound in time. The number tells one
@@ -218,8 +222,19 @@ pub struct Preread {
     pub held: Vec<u8>,
 }
 
+/// Resolves when shutdown asks the connection to end at its next safe point.
+pub type Drain<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+/// A gate, and shutdown's drain, which is handed on to the gate while it is in place.
+/// Once the tunnel is blind, the drain is dropped with the gate: an open tunnel goes on
+/// until the shutdown grace is over.
+pub struct Gated<'a, G> {
+    pub gate: Box<G>,
+    pub drain: Option<Drain<'a>>,
+}
+
 /// Copies until both directions end, a timeout fires, or an error tears the tunnel down.
-/// `gate`, when given, says what may pass until it opens.
+/// `gated`, when given, says what may pass until its gate opens.
 /// The counts are written to `transfer` (this connection's) and `traffic` (the process's)
 /// as bytes move, so they are right even if the caller drops this future (e.g. when the
 /// shutdown grace runs out). When the gate opens (or with no gate), `transfer.opened` is set
@@ -228,7 +243,7 @@ pub async fn splice<C, G>(
     client: &mut C,
     backend: &mut TcpStream,
     preread: Preread,
-    gate: Option<Box<G>>,
+    gated: Option<Gated<'_, G>>,
     timeouts: Timeouts,
     transfer: &mut Transfer,
     traffic: &Traffic,
@@ -237,10 +252,14 @@ where
     C: Client,
     G: Gate,
 {
-    if gate.is_none() {
-        transfer.opened = true;
-        traffic.opened();
-    }
+    let (gate, drain) = match gated {
+        Some(Gated { gate, drain }) => (Some(gate), drain),
+        None => {
+            transfer.opened = true;
+            traffic.opened();
+            (None, None)
+        }
+    };
     let mut state = Splice {
         client,
         backend,
@@ -254,6 +273,7 @@ where
         send_timer: None,
         waits: (timeouts.keepalive, timeouts.head),
         wait_timer: None,
+        drain,
         stalled: [None, None],
         up_blocked: false,
         close_timer: None,
@@ -303,6 +323,8 @@ struct Splice<'a, C, G: Gate> {
     waits: (Option<Duration>, Option<Duration>),
     /// The gate's current wait and its timer; armed only while a gate waits for the client.
     wait_timer: Option<(Wait, Pin<Box<Sleep>>)>,
+    /// Shutdown's request to end at the next safe point, while a gate can act on it.
+    drain: Option<Drain<'a>>,
     half_closed_at: Option<Instant>,
     up_first: bool,
     /// Client bytes read before the splice that the gate has not seen yet.
@@ -375,6 +397,7 @@ where
                 return Poll::Ready(end);
             }
         }
+        self.poll_drain(cx);
         self.poll_wait(cx);
         if let Some(stop) = self.gate.as_ref().and_then(|g| g.finished())
             && self.down == Dir::Done
@@ -428,6 +451,23 @@ where
             return Poll::Ready(End::SendTimeout(side));
         }
         Poll::Pending
+    }
+
+    /// Hands shutdown's drain on to the gate once it fires; with no gate (a blind tunnel),
+    /// lets it go.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) {
+        let Some(drain) = &mut self.drain else {
+            return;
+        };
+        let Some(gate) = &mut self.gate else {
+            self.drain = None;
+            return;
+        };
+        if drain.as_mut().poll(cx).is_ready() {
+            self.drain = None;
+            gate.drain();
+            cx.waker().wake_by_ref();
+        }
     }
 
     /// Bounds what the gate waits for from the client: a timer per wait, restarted when the

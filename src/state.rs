@@ -1,6 +1,7 @@
 //! The one value that lives as long as the process: the configuration that may change (behind
 //! an `ArcSwap`), and everything that must not be reset when it does — limits and their
-//! semaphores, shutdown tokens, the task tracker, the TLS server, balancing state.
+//! semaphores, the lifecycle (shutdown tokens, task trackers, events), the TLS server,
+//! balancing state.
 //!
 //! Each connection loads one configuration snapshot when it is accepted and keeps it to its
 //! end, so a reload changes what new connections get and nothing that is live. Per-connection
@@ -14,11 +15,10 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::balance::Registry;
 use crate::config::{Config, Limits};
+use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::tls::Tls;
 
@@ -33,15 +33,8 @@ pub struct State {
     pub tls: Tls,
     pub balance: Registry,
     pub metrics: Metrics,
-    /// Set when shutdown starts: /readyz answers 503 from then on.
-    pub draining: CancellationToken,
-    /// Set when the listeners close (`--shutdown-delay` after `draining`): heads still
-    /// arriving are answered 503.
-    pub stopping: CancellationToken,
-    /// Set when the shutdown grace is over: every connection is closed.
-    pub force: CancellationToken,
-    /// Every connection's task.
-    pub tracker: TaskTracker,
+    /// Shutdown's tokens, every task, the lifecycle events.
+    pub life: Lifecycle,
     /// Handshakes in progress (`--max-handshakes`).
     pub handshakes: Semaphore,
     /// Connections being served (`--max-connections`).
@@ -66,10 +59,7 @@ impl State {
             tls,
             balance,
             metrics: Metrics::default(),
-            draining: CancellationToken::new(),
-            stopping: CancellationToken::new(),
-            force: CancellationToken::new(),
-            tracker: TaskTracker::new(),
+            life: Lifecycle::default(),
             handshakes: Semaphore::new(limits.max_handshakes),
             permits: Arc::new(Semaphore::new(limits.max_connections)),
             overflow: Arc::new(Semaphore::new(OVERFLOW_ANSWERS)),
@@ -93,7 +83,7 @@ impl State {
     fn follow(&self, config: &Config) {
         if self.running.load(Ordering::Relaxed) {
             let health = &self.balance.health;
-            health.reconcile(&config.pools, config.health, &self.stopping);
+            health.reconcile(&config.pools, config.health, &self.life);
         }
     }
 

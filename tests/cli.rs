@@ -1,6 +1,7 @@
 //! The command-line contract, against the real binary: bad configuration fails at start with
-//! a message naming the flag or file (exit 2; 1 for run-time failures), flags come from the
-//! environment too, signals drain, and every connection writes one log line.
+//! a message naming the flag or file (exit 2 for anything before serving starts; 1 for
+//! failures after), flags come from the environment too, signals drain, and every connection
+//! writes one log line.
 
 mod support;
 
@@ -71,11 +72,11 @@ fn bad_configuration_fails_with_a_message_naming_the_flag_or_file() {
 }
 
 #[test]
-fn port_in_use_exits_1() {
+fn port_in_use_exits_2_as_every_start_up_failure() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let (code, stderr) = fails(&["--listen", &addr, "--to", "127.0.0.1:3000"]);
-    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains(&format!("--listen {addr}")), "{stderr}");
     assert!(stderr.contains("in use"), "{stderr}");
 }
@@ -85,6 +86,7 @@ fn help_documents_every_flag_and_version_works() {
     let help = wssbridge().arg("--help").output().unwrap();
     assert!(help.status.success());
     let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("Exit status: 0 after a clean shutdown; 2 when it cannot start"));
     for flag in [
         "--listen",
         "--cert",

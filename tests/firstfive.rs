@@ -152,7 +152,7 @@ fn a_start_up_failure_comes_before_the_development_certificate_warning() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let (code, stderr) = fails(&["--listen", &addr, "--to", "127.0.0.1:3000"]);
-    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("in use"), "{stderr}");
     assert!(
         !stderr.contains("ephemeral"),

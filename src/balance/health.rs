@@ -18,6 +18,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::{BackendState, Pools};
+use crate::lifecycle::Lifecycle;
 use crate::proxy;
 use crate::route::Backend;
 
@@ -97,8 +98,9 @@ struct Running {
 impl Checks {
     /// Makes the running loops those `pools` ask for: starts the missing ones, restarts those
     /// whose check changed, stops those no longer asked for. A backend named by several
-    /// routes with different checks gets the first route's. `shutdown` ends them all.
-    pub fn reconcile(&self, pools: &Pools, timing: Timing, shutdown: &CancellationToken) {
+    /// routes with different checks gets the first route's. They run as `life`'s background
+    /// work and end when it stops.
+    pub fn reconcile(&self, pools: &Pools, timing: Timing, life: &Lifecycle) {
         let mut wanted: HashMap<Backend, (Probe, Arc<BackendState>)> = HashMap::new();
         for pool in pools.iter() {
             let Some(check) = &pool.check else { continue };
@@ -133,8 +135,8 @@ impl Checks {
             if running.contains_key(&backend) {
                 continue;
             }
-            let stop = shutdown.child_token();
-            tokio::spawn(run(state, probe.clone(), timing, stop.clone()));
+            let stop = life.stop().child_token();
+            life.spawn_background(run(state, probe.clone(), timing, stop.clone()));
             running.insert(
                 backend,
                 Running {

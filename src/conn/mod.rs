@@ -67,7 +67,7 @@ pub async fn serve(state: &State, accepted: Accepted, config: Arc<Config>, admit
     let (peer, client) = (accepted.peer, accepted.client);
     let outcome = tokio::select! {
         outcome = pipeline(state, &config, accepted, started, admitted, &mut summary) => outcome,
-        _ = state.force.cancelled() => Outcome::Forced,
+        _ = state.life.force().cancelled() => Outcome::Forced,
     };
     summary.finish(&outcome, peer, client, started, &state.metrics);
 }
@@ -135,7 +135,7 @@ async fn pipeline(
     };
     summary.method = Some(head.method.clone());
     summary.path = Some(head.target.clone());
-    if !admitted || state.stopping.is_cancelled() {
+    if !admitted || state.life.stop().is_cancelled() {
         return answer(&mut client, Status::Unavailable).await;
     }
     let admitted = match http::admit(config, &head, summary.sni.as_deref(), None) {
@@ -207,12 +207,15 @@ async fn pipeline(
         head: config.timeouts.header,
     };
     let (transfer, traffic) = (&mut summary.transfer, &state.metrics.traffic);
-    let gate = Some(Box::new(gate));
+    let gated = splice::Gated {
+        gate: Box::new(gate),
+        drain: Some(Box::pin(state.life.drain().cancelled())),
+    };
     let end = splice::splice(
         &mut client,
         &mut backend,
         preread,
-        gate,
+        Some(gated),
         timeouts,
         transfer,
         traffic,

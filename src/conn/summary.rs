@@ -114,6 +114,9 @@ impl Summary {
             Outcome::Tunnel(End::Stopped(Stop::KeepaliveTimeout)) => {
                 "http keepalive-timeout".to_string()
             }
+            Outcome::Tunnel(End::Stopped(Stop::Drained)) => {
+                "http closed at a request boundary: shutting down".to_string()
+            }
             Outcome::Tunnel(End::Failed(f)) => {
                 let side = match f.side {
                     Side::Client => "client",

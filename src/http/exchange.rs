@@ -41,6 +41,8 @@ pub enum Stop {
     BadBody,
     /// No next request within `--keepalive-timeout`: closed without an answer.
     KeepaliveTimeout,
+    /// Shutdown: closed at a request boundary, once every response before it is complete.
+    Drained,
 }
 
 /// Why a backend's bytes cannot be relayed.
@@ -67,6 +69,8 @@ pub struct Exchange {
     stop_now: bool,
     /// Requests forwarded so far: tells one wait for the client from the next.
     requests: u64,
+    /// Shutdown asked: stop at the next request boundary.
+    draining: bool,
     upgraded: bool,
     /// Set when a backend event may let held client bytes move.
     changed: bool,
@@ -107,6 +111,7 @@ impl Exchange {
             stop: None,
             stop_now: false,
             requests: 0,
+            draining: false,
             upgraded: false,
             changed: false,
             forwarding: None,
@@ -190,7 +195,7 @@ impl Exchange {
                         out.extend_from_slice(&rest[..n]);
                         taken += n;
                         if body.is_done() {
-                            self.up = Up::Head;
+                            self.next_request();
                         }
                     }
                     Err(_) => self.body_broken(),
@@ -240,12 +245,12 @@ impl Exchange {
 
     /// A request head went to the backend: follow its body, and expect its response.
     fn forwarded(&mut self, head: &Head, upgrade: Option<Upgrade>) {
-        self.up = match (&upgrade, &head.body) {
-            (Some(_), _) => Up::AwaitResponse,
-            (None, Body::Done) => Up::Head,
-            (None, body) => Up::Body(body.clone()),
-        };
         self.requests += 1;
+        match (&upgrade, &head.body) {
+            (Some(_), _) => self.up = Up::AwaitResponse,
+            (None, Body::Done) => self.next_request(),
+            (None, body) => self.up = Up::Body(body.clone()),
+        };
         self.pending.push_back(Pending {
             head_method: head.method == "HEAD",
             upgrade,
@@ -264,6 +269,26 @@ impl Exchange {
             false => Stop::BadBody,
         });
         self.stop_now = true;
+    }
+
+    /// A request is wholly forwarded: the next one may begin, unless shutdown asked the
+    /// connection to end here.
+    fn next_request(&mut self) {
+        self.up = Up::Head;
+        if self.draining {
+            self.halt(Stop::Drained);
+        }
+    }
+
+    /// Shutdown asks the connection to end at its next request boundary: now, if it is at
+    /// one (no head begun); else once the request under way is wholly forwarded. A request
+    /// already forwarded gets its response first; an upgrade that succeeds is a tunnel, which
+    /// drains on its own terms.
+    pub fn drain(&mut self) {
+        self.draining = true;
+        if matches!(self.up, Up::Head) && self.up_head.is_empty() {
+            self.halt(Stop::Drained);
+        }
     }
 
     fn halt(&mut self, stop: Stop) {
@@ -349,7 +374,7 @@ impl Exchange {
         // A final response to an upgrade request that was refused: the client may go on, as
         // plain HTTP under the same rules.
         if matches!(self.up, Up::AwaitResponse) {
-            self.up = Up::Head;
+            self.next_request();
             self.changed = true;
         }
         match body {
@@ -397,7 +422,7 @@ impl Gate for Exchange {
     fn answer(stop: Stop) -> Option<Vec<u8>> {
         match stop {
             Stop::Refused(status) => Some(status.response().into_bytes()),
-            Stop::Confined | Stop::BadBody | Stop::KeepaliveTimeout => None,
+            Stop::Confined | Stop::BadBody | Stop::KeepaliveTimeout | Stop::Drained => None,
         }
     }
 
@@ -407,6 +432,10 @@ impl Gate for Exchange {
 
     fn expired(&mut self, wait: Wait) {
         Exchange::expired(self, wait)
+    }
+
+    fn drain(&mut self) {
+        Exchange::drain(self)
     }
 }
 

@@ -92,8 +92,8 @@ impl Tls {
     }
 
     /// Completes the handshake on `stream` (whose first bytes, `early`, were already read),
-    /// within `timeout` and by `outer` (the header deadline) at the latest; `started` is when
-    /// the connection was accepted, for the error.
+    /// within `timeout` of `started` (when the connection was accepted: a PROXY header read
+    /// first does not extend it) and by `outer` (the header deadline) at the latest.
     ///
     /// The ClientHello is read first, holding nothing. Only then does the handshake take one
     /// of `slots` (`--max-handshakes`) for its costly part (key exchange, signature): a
@@ -109,7 +109,7 @@ impl Tls {
         started: Instant,
     ) -> Result<Client, HandshakeError> {
         let server = self.current.load_full();
-        let deadline = match (timeout.map(|t| Instant::now() + t), outer) {
+        let deadline = match (timeout.map(|t| started + t), outer) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };

@@ -1,0 +1,129 @@
+//! The process's life: one token tree every task hears, the trackers every task is spawned
+//! on, and the lifecycle events.
+//!
+//! Shutdown is three tokens, each the child of the next, so a later stage implies the
+//! earlier ones:
+//!
+//! ```text
+//! drain ──► stop ──► force
+//! ```
+//!
+//! - **drain**: shutdown began. `/readyz` answers 503; each connection ends at its next safe
+//!   point (a keep-alive connection at its next request boundary);
+//! - **stop**: `--shutdown-delay` later. The listeners close and background work ends;
+//! - **force**: `--shutdown-grace` later, or once every connection is done. What is left
+//!   closes now; the admin listener, which answered through the drain, goes last.
+//!
+//! `server` fires them in that order, in one place. Every background task and every
+//! connection is spawned here, so nothing outlives the process's own shutdown.
+//!
+//! Events (ready, reloading, reloaded, draining, stopped) go out on one broadcast channel:
+//! whoever needs to tell the outside world (systemd's readiness, a status page) listens to
+//! it, and nothing else knows about them. A leaf: imports nothing of the crate.
+
+use std::future::Future;
+
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Events kept for a listener that is slow to read; an older one is dropped, not waited for.
+const EVENTS: usize = 64;
+
+/// Something that happened to the process as a whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The listeners accept and background work runs.
+    Ready,
+    /// A reload began (`why`: "signal", "poll", "call").
+    Reloading { why: &'static str },
+    /// A reload ended: `Ok`, or the error that kept the previous configuration.
+    Reloaded { result: Result<(), String> },
+    /// Shutdown began: not ready; connections end at their next safe point.
+    Draining,
+    /// Every connection is done and every task ended.
+    Stopped,
+}
+
+pub struct Lifecycle {
+    drain: CancellationToken,
+    stop: CancellationToken,
+    force: CancellationToken,
+    /// Every connection's task.
+    connections: TaskTracker,
+    /// Every background task (polls, checks, listeners other than the TLS ones' connections).
+    background: TaskTracker,
+    events: broadcast::Sender<Event>,
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        let force = CancellationToken::new();
+        let stop = force.child_token();
+        let drain = stop.child_token();
+        Lifecycle {
+            drain,
+            stop,
+            force,
+            connections: TaskTracker::new(),
+            background: TaskTracker::new(),
+            events: broadcast::channel(EVENTS).0,
+        }
+    }
+}
+
+impl Lifecycle {
+    /// Fired when shutdown begins.
+    pub fn drain(&self) -> &CancellationToken {
+        &self.drain
+    }
+
+    /// Fired when the listeners close and background work ends.
+    pub fn stop(&self) -> &CancellationToken {
+        &self.stop
+    }
+
+    /// Fired when whatever is left must close now.
+    pub fn force(&self) -> &CancellationToken {
+        &self.force
+    }
+
+    /// Runs a connection's task; shutdown waits for it (within the grace).
+    pub fn spawn_connection(&self, task: impl Future<Output = ()> + Send + 'static) {
+        self.connections.spawn(task);
+    }
+
+    /// Connections being served now.
+    pub fn connections(&self) -> usize {
+        self.connections.len()
+    }
+
+    /// Runs background work that ends when `until` fires (a token of this tree or a child
+    /// of one); shutdown waits for it after the connections.
+    pub fn spawn_background(&self, task: impl Future<Output = ()> + Send + 'static) {
+        self.background.spawn(task);
+    }
+
+    /// Tells every listener `event`; nobody listening is fine.
+    pub fn emit(&self, event: Event) {
+        tracing::debug!(?event, "lifecycle");
+        let _ = self.events.send(event);
+    }
+
+    /// Events from now on.
+    pub fn events(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// No more connections will be spawned; waits until those there are have ended.
+    pub async fn connections_done(&self) {
+        self.connections.close();
+        self.connections.wait().await;
+    }
+
+    /// Waits until every background task has ended (after `force`, at the latest).
+    pub async fn background_done(&self) {
+        self.background.close();
+        self.background.wait().await;
+    }
+}
