@@ -21,8 +21,8 @@ use tokio::net::TcpListener;
 use crate::cidr::Cidr;
 use crate::config::{Config, Settings};
 use crate::conn::Accepted;
-use crate::metrics::Outcome;
-use crate::proxy::{self, Header};
+use crate::metrics::OutcomeLabel;
+use crate::proxy_protocol::{self, Header};
 use crate::state::{IpSlot, State};
 use crate::{conn, redirect};
 
@@ -179,7 +179,7 @@ pub async fn accept_loop(listener: TcpListener, state: Arc<State>, service: Serv
                 Ok(p) => (p, false),
                 Err(_) => {
                     tracing::debug!(%peer, "over capacity and over the 503 budget: closing");
-                    state.metrics.counted(Outcome::Refused);
+                    state.metrics.counted(OutcomeLabel::Refused);
                     continue;
                 }
             },
@@ -226,7 +226,7 @@ fn enter(state: &State, client: SocketAddr) -> Result<Option<IpSlot>, ()> {
         Some(slot) => Ok(Some(slot)),
         None => {
             tracing::debug!(%client, "at --max-connections-per-ip: closing");
-            state.metrics.counted(Outcome::Refused);
+            state.metrics.counted(OutcomeLabel::Refused);
             Err(())
         }
     }
@@ -244,7 +244,7 @@ async fn arrive(
 ) -> Option<(Accepted, Option<IpSlot>)> {
     let at = tokio::time::Instant::now();
     let deadline = config.timeouts.header.map(|t| at + t);
-    let read = crate::deadline::within(deadline, proxy::read(&mut stream))
+    let read = crate::deadline::within(deadline, proxy_protocol::read(&mut stream))
         .await
         .unwrap_or_else(|| Err(io::Error::new(io::ErrorKind::TimedOut, "timed out")));
     let (client, local, early) = match read {
@@ -259,7 +259,7 @@ async fn arrive(
         Ok((Header::Local, early)) => (peer, None, early),
         Err(e) => {
             tracing::debug!(%peer, "no valid PROXY header from a --accept-proxy-from peer, closing: {e}");
-            state.metrics.counted(Outcome::Refused);
+            state.metrics.counted(OutcomeLabel::Refused);
             return None;
         }
     };

@@ -15,7 +15,7 @@ use clap::{ArgAction, Parser, ValueEnum};
 use crate::balance::{Balancing, Check, PerRoute, Policy};
 use crate::cidr::Cidr;
 use crate::config::{Security, Settings, Timeouts};
-use crate::proxy;
+use crate::proxy_protocol;
 use crate::route::{Backend, RouteSpec};
 use crate::tls::CertPaths;
 
@@ -153,7 +153,7 @@ pub struct Args {
     /// or [HOST]PATH=v1|v2 for one; repeatable.
     #[arg(long = "send-proxy", env = "WSSBRIDGE_SEND_PROXY", value_name = "[[HOST]PATH=]v1|v2",
           value_delimiter = ' ', action = ArgAction::Append)]
-    pub send_proxy: Vec<PerRoute<proxy::Version>>,
+    pub send_proxy: Vec<PerRoute<proxy_protocol::Version>>,
 
     /// Connections from this address or range (a load balancer) must begin with a PROXY v1
     /// or v2 header, whose client address is then used for everything; repeatable.

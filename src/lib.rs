@@ -25,7 +25,7 @@ pub mod deadline;
 pub mod http;
 pub mod lifecycle;
 pub mod metrics;
-pub mod proxy;
+pub mod proxy_protocol;
 pub mod redirect;
 pub mod reload;
 pub mod respond;

@@ -54,7 +54,7 @@ const STATUSES: [(u16, &str); 10] = [
 
 /// How a connection ended, as `wssbridge_connections_total{outcome}` counts it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub enum OutcomeLabel {
     /// Upgraded (a WebSocket), then closed.
     Tunnel,
     /// HTTP requests and responses, then closed.
@@ -73,7 +73,7 @@ pub enum Outcome {
     Forced,
 }
 
-impl Outcome {
+impl OutcomeLabel {
     const ALL: [&'static str; 8] = [
         "tunnel",
         "http",
@@ -87,14 +87,14 @@ impl Outcome {
 
     fn label(self) -> &'static str {
         match self {
-            Outcome::Tunnel => "tunnel",
-            Outcome::Http => "http",
-            Outcome::HttpError => "http_error",
-            Outcome::TlsError => "tls_error",
-            Outcome::Refused => "refused",
-            Outcome::NoRequest => "no_request",
-            Outcome::Aborted => "aborted",
-            Outcome::Forced => "forced",
+            OutcomeLabel::Tunnel => "tunnel",
+            OutcomeLabel::Http => "http",
+            OutcomeLabel::HttpError => "http_error",
+            OutcomeLabel::TlsError => "tls_error",
+            OutcomeLabel::Refused => "refused",
+            OutcomeLabel::NoRequest => "no_request",
+            OutcomeLabel::Aborted => "aborted",
+            OutcomeLabel::Forced => "forced",
         }
     }
 }
@@ -108,7 +108,7 @@ impl Default for Metrics {
             "TLS connections open now, in any stage",
             connections_active.clone(),
         );
-        let connections = Known::new("outcome", Outcome::ALL);
+        let connections = Known::new("outcome", OutcomeLabel::ALL);
         registry.register(
             "wssbridge_connections",
             "TLS connections ended, by outcome",
@@ -169,13 +169,13 @@ impl Metrics {
         self.connections_active.inc();
     }
 
-    pub fn ended(&self, outcome: Outcome) {
+    pub fn ended(&self, outcome: OutcomeLabel) {
         self.connections_active.dec();
         self.counted(outcome);
     }
 
     /// A connection that never became one (refused at accept).
-    pub fn counted(&self, outcome: Outcome) {
+    pub fn counted(&self, outcome: OutcomeLabel) {
         self.connections.inc(outcome.label());
     }
 
@@ -392,8 +392,8 @@ mod tests {
     #[test]
     fn counters_and_the_histogram_encode_as_families() {
         let m = Metrics::default();
-        m.counted(Outcome::Refused);
-        m.counted(Outcome::Refused);
+        m.counted(OutcomeLabel::Refused);
+        m.counted(OutcomeLabel::Refused);
         m.handshake("ok", Some(0.003));
         m.handshake("ok", Some(0.2));
         m.handshake("ok", Some(20.0));

@@ -281,12 +281,12 @@ where
         up_first: false,
         deferred: None,
         up_error: None,
-        initial: Pending::new(preread.held),
+        initial: Outbox::new(preread.held),
         gate,
-        up_out: Pending::new(preread.first),
+        up_out: Outbox::new(preread.first),
         uncounted: preread.uncounted,
         traffic,
-        down_out: Pending::default(),
+        down_out: Outbox::default(),
         down_burst: false,
         stopped: None,
     };
@@ -328,16 +328,16 @@ struct Splice<'a, C, G: Gate> {
     half_closed_at: Option<Instant>,
     up_first: bool,
     /// Client bytes read before the splice that the gate has not seen yet.
-    initial: Pending,
+    initial: Outbox,
     /// Until the tunnel is blind: what may pass.
     gate: Option<Box<G>>,
     /// Bytes the gate approved, on their way to the backend / the client.
-    up_out: Pending,
+    up_out: Outbox,
     /// Bytes at the start of `up_out` that are not the client's (a PROXY header).
     uncounted: usize,
     /// The process's counts.
     traffic: &'a Traffic,
-    down_out: Pending,
+    down_out: Outbox,
     /// The last backend read filled the buffer: more is probably coming.
     down_burst: bool,
     /// Set when the gate stopped the connection.
@@ -356,14 +356,14 @@ fn fail(side: Side, op: Op) -> impl FnOnce(io::Error) -> Failure {
 
 /// Bytes waiting to be written, released as soon as they are.
 #[derive(Default)]
-struct Pending {
+struct Outbox {
     bytes: Vec<u8>,
     pos: usize,
 }
 
-impl Pending {
+impl Outbox {
     fn new(bytes: Vec<u8>) -> Self {
-        Pending { bytes, pos: 0 }
+        Outbox { bytes, pos: 0 }
     }
 
     fn rest(&self) -> &[u8] {
@@ -377,7 +377,7 @@ impl Pending {
         }
         self.pos += n;
         if self.pos >= self.bytes.len() {
-            *self = Pending::default();
+            *self = Outbox::default();
         }
         Ok(())
     }
@@ -792,7 +792,7 @@ where
                 .queue(data)
                 .map_err(fail(Side::Client, Op::Write))?;
             if n < data.len() {
-                self.down_out = Pending::new(data[n..].to_vec());
+                self.down_out = Outbox::new(data[n..].to_vec());
             }
             self.sent_down(n);
         }
@@ -828,7 +828,7 @@ where
         self.gate = None;
         self.stopped = Some(stop);
         if let Some(answer) = G::answer(stop) {
-            self.down_out = Pending::new(answer);
+            self.down_out = Outbox::new(answer);
         }
         if self.up != Dir::Done {
             self.up = Dir::Closing;
@@ -859,7 +859,7 @@ fn write_or_keep<W: AsyncWrite + Unpin>(
     dst: &mut W,
     cx: &mut Context<'_>,
     data: &[u8],
-    out: &mut Pending,
+    out: &mut Outbox,
 ) -> io::Result<usize> {
     let n = match Pin::new(dst).poll_write(cx, data) {
         Poll::Pending => 0,
@@ -867,7 +867,7 @@ fn write_or_keep<W: AsyncWrite + Unpin>(
         Poll::Ready(result) => result?,
     };
     if n < data.len() {
-        *out = Pending::new(data[n..].to_vec());
+        *out = Outbox::new(data[n..].to_vec());
     }
     Ok(n)
 }

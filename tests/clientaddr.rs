@@ -11,7 +11,7 @@ use support::peers::{Peer, free_port};
 use support::{Backend, Tunnel, WAIT, echo, read_head, tls_connect_from, ws_connect};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use wssbridge::proxy::{self, Header};
+use wssbridge::proxy_protocol::{self, Header};
 
 const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 7));
 
@@ -234,7 +234,7 @@ async fn a_v2_header_carries_the_addresses_the_sni_and_the_tls_version() {
         let n = s.read(&mut chunk).await.unwrap();
         assert!(n > 0);
         got.extend_from_slice(&chunk[..n]);
-        if let Some(parsed) = proxy::parse(&got).unwrap() {
+        if let Some(parsed) = proxy_protocol::parse(&got).unwrap() {
             break parsed;
         }
     };
@@ -250,12 +250,12 @@ async fn a_v2_header_carries_the_addresses_the_sni_and_the_tls_version() {
     assert_eq!(source, SocketAddr::new(CLIENT, port));
     assert_eq!(destination, tunnel.addr);
     assert_eq!(
-        proxy::find(&tlvs, proxy::AUTHORITY),
+        proxy_protocol::find(&tlvs, proxy_protocol::AUTHORITY),
         Some(&b"localhost"[..])
     );
-    let ssl = proxy::find(&tlvs, proxy::SSL).expect("PP2_TYPE_SSL");
+    let ssl = proxy_protocol::find(&tlvs, proxy_protocol::SSL).expect("PP2_TYPE_SSL");
     assert_eq!(ssl[0] & 0x01, 0x01, "PP2_CLIENT_SSL");
-    assert_eq!(proxy::ssl_version(ssl).as_deref(), Some("TLSv1.3"));
+    assert_eq!(proxy_protocol::ssl_version(ssl).as_deref(), Some("TLSv1.3"));
     assert!(
         got[len..].starts_with(b"GET / HTTP/1.1\r\n"),
         "the request right after it"
@@ -376,7 +376,7 @@ async fn proxy_headers_are_refused_from_strangers_and_required_from_balancers() 
     let tunnel =
         Tunnel::start(&["--to", &app.address(), "--accept-proxy-from", "10.0.0.0/8"]).await;
     let mut forged = TcpStream::connect(tunnel.addr).await.unwrap();
-    let origin = proxy::Origin {
+    let origin = proxy_protocol::Origin {
         client: "1.2.3.4:5".parse().unwrap(),
         local: tunnel.addr,
         sni: None,
@@ -384,7 +384,10 @@ async fn proxy_headers_are_refused_from_strangers_and_required_from_balancers() 
         client_cert: false,
     };
     forged
-        .write_all(&proxy::encode(proxy::Version::V1, &origin))
+        .write_all(&proxy_protocol::encode(
+            proxy_protocol::Version::V1,
+            &origin,
+        ))
         .await
         .unwrap();
     let mut reply = Vec::new();
@@ -406,7 +409,7 @@ async fn proxy_headers_are_refused_from_strangers_and_required_from_balancers() 
     assert!(bare.is_err(), "no PROXY header from a balancer: closed");
     // ...a v2 LOCAL (the balancer's own check) is a plain connection...
     let mut tcp = TcpStream::connect(tunnel.addr).await.unwrap();
-    tcp.write_all(&proxy::local(proxy::Version::V2))
+    tcp.write_all(&proxy_protocol::local(proxy_protocol::Version::V2))
         .await
         .unwrap();
     let mut tls = tokio_rustls::TlsConnector::from(support::client_config())
@@ -420,7 +423,7 @@ async fn proxy_headers_are_refused_from_strangers_and_required_from_balancers() 
     drop(tls);
     // ...and a header cut in pieces, with the ClientHello right behind it, works.
     let mut tcp = TcpStream::connect(tunnel.addr).await.unwrap();
-    let header = proxy::encode(proxy::Version::V2, &origin);
+    let header = proxy_protocol::encode(proxy_protocol::Version::V2, &origin);
     for piece in header.chunks(5) {
         tcp.write_all(piece).await.unwrap();
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -742,14 +745,14 @@ async fn a_redirect_behind_a_balancer_keeps_the_request_that_came_with_the_heade
     ])
     .await;
     let mut tcp = TcpStream::connect(tunnel.redirect_addrs[0]).await.unwrap();
-    let origin = proxy::Origin {
+    let origin = proxy_protocol::Origin {
         client: "203.0.113.9:5000".parse().unwrap(),
         local: tunnel.redirect_addrs[0],
         sni: None,
         tls_version: None,
         client_cert: false,
     };
-    let mut first = proxy::encode(proxy::Version::V1, &origin);
+    let mut first = proxy_protocol::encode(proxy_protocol::Version::V1, &origin);
     first.extend_from_slice(b"GET /x?y=1 HTTP/1.1\r\nHost: example.com\r\n\r\n");
     tcp.write_all(&first).await.unwrap(); // one segment: header and request together
     let mut reply = String::new();
@@ -777,7 +780,7 @@ async fn the_header_deadline_counts_from_accept_even_behind_a_proxy_header() {
     let started = std::time::Instant::now();
     let mut tcp = TcpStream::connect(tunnel.addr).await.unwrap();
     tokio::time::sleep(Duration::from_millis(800)).await;
-    tcp.write_all(&proxy::local(proxy::Version::V2))
+    tcp.write_all(&proxy_protocol::local(proxy_protocol::Version::V2))
         .await
         .unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();

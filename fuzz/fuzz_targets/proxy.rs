@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use wssbridge::proxy::parse;
+use wssbridge::proxy_protocol::parse;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(Some((_, len))) = parse(data) {

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{BackendState, Pools};
 use crate::lifecycle::Lifecycle;
-use crate::proxy;
+use crate::proxy_protocol;
 use crate::route::Backend;
 
 /// What one check does. To a backend that gets PROXY headers (`--send-proxy`), a check first
@@ -62,14 +62,18 @@ impl fmt::Display for Check {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Probe {
     check: Check,
-    send_proxy: Option<proxy::Version>,
+    send_proxy: Option<proxy_protocol::Version>,
 }
 
 impl fmt::Display for Probe {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.send_proxy {
-            Some(proxy::Version::V1) => write!(f, "{} after a PROXY v1 header", self.check),
-            Some(proxy::Version::V2) => write!(f, "{} after a PROXY v2 header", self.check),
+            Some(proxy_protocol::Version::V1) => {
+                write!(f, "{} after a PROXY v1 header", self.check)
+            }
+            Some(proxy_protocol::Version::V2) => {
+                write!(f, "{} after a PROXY v2 header", self.check)
+            }
             None => write!(f, "{}", self.check),
         }
     }
@@ -176,7 +180,7 @@ async fn check(backend: &Backend, probe: &Probe) -> Result<(), String> {
         .map_err(|e| format!("connect: {e}"))?;
     if let Some(version) = probe.send_proxy {
         stream
-            .write_all(&proxy::local(version))
+            .write_all(&proxy_protocol::local(version))
             .await
             .map_err(|e| format!("write: {e}"))?;
     }

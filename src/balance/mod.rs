@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use crate::proxy;
+use crate::proxy_protocol;
 use crate::route::{Backend, RouteSpec, RouteTable};
 
 pub use health::Check;
@@ -306,7 +306,7 @@ pub struct Pool {
     /// The active check of this route's backends, if any.
     pub check: Option<Check>,
     /// The PROXY header written to this route's backends before any byte (`--send-proxy`).
-    pub send_proxy: Option<proxy::Version>,
+    pub send_proxy: Option<proxy_protocol::Version>,
     /// Where the next round-robin turn starts (also least-conn's tie-break).
     next: Arc<AtomicUsize>,
 }
@@ -357,7 +357,7 @@ impl Pool {
 pub struct Balancing {
     pub policies: Vec<PerRoute<Policy>>,
     pub checks: Vec<PerRoute<Check>>,
-    pub send_proxy: Vec<PerRoute<proxy::Version>>,
+    pub send_proxy: Vec<PerRoute<proxy_protocol::Version>>,
 }
 
 /// One pool per route, indexed like the route table.

@@ -20,7 +20,7 @@ use crate::connect::{Connected, NotConnected};
 use crate::deadline::within;
 use crate::http::forwarded::{self, Forwarding};
 use crate::http::{self, Exchange, Head, ReadError, Refusal};
-use crate::proxy::{self, Origin};
+use crate::proxy_protocol::{self, Origin};
 use crate::respond::{self, Status};
 use crate::splice::{self, Preread};
 use crate::state::State;
@@ -172,10 +172,10 @@ async fn pipeline(
                 client: client_addr,
                 local,
                 sni: summary.sni.as_deref(),
-                tls_version: tls.protocol_version().map(proxy::tls_version),
+                tls_version: tls.protocol_version().map(proxy_protocol::tls_version),
                 client_cert: tls.peer_certificates().is_some(),
             };
-            proxy::encode(version, &origin)
+            proxy_protocol::encode(version, &origin)
         }
         _ => Vec::new(),
     };

@@ -66,8 +66,8 @@ impl Summary {
         self.log(outcome, peer, client, started);
     }
 
-    fn label(&self, outcome: &Outcome) -> metrics::Outcome {
-        use metrics::Outcome as M;
+    fn label(&self, outcome: &Outcome) -> metrics::OutcomeLabel {
+        use metrics::OutcomeLabel as M;
         let exchanged = match self.transfer.opened {
             true => M::Tunnel,
             false => M::Http,

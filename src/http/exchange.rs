@@ -63,7 +63,8 @@ pub struct Exchange {
     up_head: Vec<u8>,
     down: Down,
     down_head: Vec<u8>,
-    pending: VecDeque<Pending>,
+    /// Requests forwarded whose responses are still to come, oldest first.
+    awaited: VecDeque<Awaited>,
     stop: Option<Stop>,
     /// The stop ends the connection at once, not after the responses before it.
     stop_now: bool,
@@ -91,7 +92,8 @@ enum Down {
     Body(Body),
 }
 
-struct Pending {
+/// A forwarded request, as its response will be framed and checked.
+struct Awaited {
     head_method: bool,
     upgrade: Option<Upgrade>,
 }
@@ -107,7 +109,7 @@ impl Exchange {
             up_head: Vec::new(),
             down: Down::Head,
             down_head: Vec::new(),
-            pending: VecDeque::new(),
+            awaited: VecDeque::new(),
             stop: None,
             stop_now: false,
             requests: 0,
@@ -158,7 +160,7 @@ impl Exchange {
 
     /// No response is due or under way.
     fn responses_done(&self) -> bool {
-        self.pending.is_empty() && matches!(self.down, Down::Head) && self.down_head.is_empty()
+        self.awaited.is_empty() && matches!(self.down, Down::Head) && self.down_head.is_empty()
     }
 
     /// What the exchange waits for from the client: the rest of a head it has begun, or,
@@ -251,7 +253,7 @@ impl Exchange {
             (None, Body::Done) => self.next_request(),
             (None, body) => self.up = Up::Body(body.clone()),
         };
-        self.pending.push_back(Pending {
+        self.awaited.push_back(Awaited {
             head_method: head.method == "HEAD",
             upgrade,
         });
@@ -263,7 +265,7 @@ impl Exchange {
     /// is due; otherwise a 400 would read as part of a response, so it is closed.
     fn body_broken(&mut self) {
         let answerable =
-            self.pending.len() == 1 && matches!(self.down, Down::Head) && self.down_head.is_empty();
+            self.awaited.len() == 1 && matches!(self.down, Down::Head) && self.down_head.is_empty();
         self.halt(match answerable {
             true => Stop::Refused(Status::BadRequest),
             false => Stop::BadBody,
@@ -334,7 +336,7 @@ impl Exchange {
             Fed::TooLarge => return Err(Reject::Broken("response head too large")),
             Fed::Invalid(why) => return Err(Reject::Broken(why)),
         };
-        let Some(request) = self.pending.front() else {
+        let Some(request) = self.awaited.front() else {
             return Err(Reject::Broken("a response to no request"));
         };
         let body = match response.status {
@@ -356,7 +358,7 @@ impl Exchange {
                 }
                 out.append(&mut self.down_head);
                 self.down_head = Vec::new();
-                self.pending.pop_front();
+                self.awaited.pop_front();
                 self.upgraded = true;
                 self.changed = true;
                 return Ok(used);
@@ -386,7 +388,7 @@ impl Exchange {
 
     fn response_done(&mut self) {
         self.down = Down::Head;
-        self.pending.pop_front();
+        self.awaited.pop_front();
         self.changed = true;
     }
 }

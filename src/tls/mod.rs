@@ -60,11 +60,11 @@ pub struct TlsConfig {
 pub struct Tls {
     ticketer: Arc<dyn ProducesTickets>,
     sessions: Arc<dyn StoresServerSessions + Send + Sync>,
-    current: ArcSwap<Server>,
+    current: ArcSwap<Snapshot>,
 }
 
-/// One configuration's rustls server.
-struct Server {
+/// One configuration's rustls server, swapped whole by a reload.
+struct Snapshot {
     config: Arc<ServerConfig>,
     certs: Arc<CertStore>,
     strict_sni: bool,
@@ -171,7 +171,7 @@ fn build(
     config: &TlsConfig,
     ticketer: &Arc<dyn ProducesTickets>,
     sessions: &Arc<dyn StoresServerSessions + Send + Sync>,
-) -> anyhow::Result<Server> {
+) -> anyhow::Result<Snapshot> {
     let resolver = Arc::new(Resolver {
         certs: config.certs.clone(),
     });
@@ -189,7 +189,7 @@ fn build(
     server.session_storage = sessions.clone();
     server.ticketer = ticketer.clone();
     let server = Arc::new(server);
-    Ok(Server {
+    Ok(Snapshot {
         config: server,
         certs: config.certs.clone(),
         strict_sni: config.strict_sni,
