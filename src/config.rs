@@ -14,6 +14,8 @@ use std::time::Duration;
 use crate::balance::health::Timing;
 use crate::balance::{Balancing, Pools};
 use crate::cidr::Cidr;
+use crate::http::Policy;
+pub use crate::http::Security;
 use crate::route::{RouteSpec, RouteTable};
 use crate::tls::{CertPaths, CertStore, ClientCas, TlsConfig};
 
@@ -107,8 +109,9 @@ pub struct Config {
     pub settings: Settings,
     pub listen: Vec<SocketAddr>,
     pub tls: TlsConfig,
-    pub routes: RouteTable,
-    /// Balancing state per route, indexed like `routes`; the server shares it across reloads.
+    /// What the `http` stage reads: the route table and its rules.
+    pub http: Arc<Policy>,
+    /// Balancing state per route, indexed like the routes; the server shares it across reloads.
     pub pools: Pools,
     pub fail_timeout: Option<Duration>,
     pub health: Timing,
@@ -118,18 +121,6 @@ pub struct Config {
     pub accept_proxy_from: Vec<Cidr>,
     pub timeouts: Timeouts,
     pub limits: Limits,
-    pub security: Security,
-}
-
-/// The rules that keep a client from reaching what its request does not route to.
-#[derive(Debug, Clone, Default)]
-pub struct Security {
-    /// Upgrade protocols allowed besides `websocket` (lower-case names, e.g. `h2c`).
-    pub allowed_upgrades: Vec<String>,
-    /// Check a `101`'s `Sec-WebSocket-Accept` against the client's key.
-    pub check_websocket_accept: bool,
-    /// Answer 421 when the Host names another host-routed name than the TLS SNI.
-    pub sni_host_check: bool,
 }
 
 /// `None` means off.
@@ -228,16 +219,23 @@ impl Config {
             .map(|p| p.trim().to_ascii_lowercase())
             .filter(|p| !p.is_empty())
             .collect();
+        let certs = Arc::new(certs);
+        let http = Policy {
+            routes,
+            security,
+            max_header_bytes: settings.max_header_bytes,
+            certs: Some(certs.clone()),
+        };
         Ok(Config {
             settings: settings.clone(),
             listen: settings.listen.clone(),
             tls: TlsConfig {
-                certs: Arc::new(certs),
+                certs,
                 client_cas,
                 strict_sni: settings.strict_sni,
             },
             pools,
-            routes,
+            http: Arc::new(http),
             fail_timeout: settings.fail_timeout,
             health,
             add_forwarded: settings.add_forwarded,
@@ -250,7 +248,6 @@ impl Config {
                 max_handshakes,
                 max_connections_per_ip: settings.max_connections_per_ip,
             },
-            security,
         })
     }
 }

@@ -5,9 +5,8 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 use wssbridge::http::framing::Body;
-use wssbridge::http::{Exchange, head};
+use wssbridge::http::{Exchange, Policy, head};
 use wssbridge::route::{RouteTable, match_path};
-use wssbridge::{Config, Settings};
 
 fn token() -> impl Strategy<Value = String> {
     "[a-zA-Z0-9._~-]{1,8}"
@@ -106,11 +105,8 @@ proptest! {
         bodies in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..60), 1..5),
         cuts in prop::collection::vec(any::<usize>(), 0..16),
     ) {
-        let settings = Settings {
-            routes: vec!["/=127.0.0.1:1".parse().unwrap(), "/api/=127.0.0.1:2".parse().unwrap()],
-            ..Settings::default()
-        };
-        let config = Arc::new(Config::build(&settings).unwrap());
+        let routes = vec!["/=127.0.0.1:1".parse().unwrap(), "/api/=127.0.0.1:2".parse().unwrap()];
+        let policy = Policy::with_routes(RouteTable::new(routes).unwrap(), 16 * 1024);
         let mut stream = Vec::new();
         for (i, body) in bodies.iter().enumerate() {
             if i % 2 == 0 {
@@ -121,8 +117,8 @@ proptest! {
                 stream.extend_from_slice(&chunked(body, &[7, 3]));
             }
         }
-        let route = config.routes.find_index(Some("a"), "/").unwrap();
-        let mut exchange = Exchange::new(config, route, None);
+        let route = policy.routes.find_index(Some("a"), "/").unwrap();
+        let mut exchange = Exchange::new(Arc::new(policy), route, None);
         let mut out = Vec::new();
         for piece in pieces(&stream, &cuts) {
             let mut at = 0;

@@ -6,19 +6,15 @@
 use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
-use wssbridge::http::Exchange;
-use wssbridge::{Config, Settings};
+use wssbridge::http::{Exchange, Policy};
+use wssbridge::route::RouteTable;
 
-fn config() -> Arc<Config> {
-    static CONFIG: OnceLock<Arc<Config>> = OnceLock::new();
-    CONFIG
+fn config() -> Arc<Policy> {
+    static POLICY: OnceLock<Arc<Policy>> = OnceLock::new();
+    POLICY
         .get_or_init(|| {
-            let settings = Settings {
-                routes: vec!["/=127.0.0.1:1".parse().unwrap(), "/api/=127.0.0.1:2".parse().unwrap()],
-                max_header_bytes: 1024,
-                ..Settings::default()
-            };
-            Arc::new(Config::build(&settings).unwrap())
+            let routes = vec!["/=127.0.0.1:1".parse().unwrap(), "/api/=127.0.0.1:2".parse().unwrap()];
+            Arc::new(Policy::with_routes(RouteTable::new(routes).unwrap(), 1024))
         })
         .clone()
 }

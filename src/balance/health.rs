@@ -6,6 +6,9 @@
 //! status line. Three failures in a row mark the backend down, two passes bring it back
 //! (see `BackendState::checked`). The loops follow the configuration: a reload starts loops
 //! for newly checked backends and stops those no longer checked. All stop at shutdown.
+//!
+//! The check's HTTP (its request, reading its status line) is `http::probe`'s: this module
+//! does the I/O and keeps the state, and knows no HTTP of its own.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -18,6 +21,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::{BackendState, Pools};
+use crate::http;
 use crate::lifecycle::Lifecycle;
 use crate::proxy_protocol;
 use crate::route::Backend;
@@ -187,29 +191,17 @@ async fn check(backend: &Backend, probe: &Probe) -> Result<(), String> {
     let Check::Http(path) = &probe.check else {
         return Ok(());
     };
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {backend}\r\nUser-Agent: wssbridge-health\r\n\
-         Connection: close\r\n\r\n"
-    );
+    let request = http::probe::request(path, &backend.to_string());
     stream
         .write_all(request.as_bytes())
         .await
         .map_err(|e| format!("write: {e}"))?;
-    // The status line is all a check needs: "HTTP/1.1 200".
-    let mut line = [0u8; 12];
+    let mut line = [0u8; http::probe::STATUS_LINE];
     stream
         .read_exact(&mut line)
         .await
         .map_err(|e| format!("read: {e}"))?;
-    let status = Some(&line)
-        .filter(|l| l.starts_with(b"HTTP/1."))
-        .and_then(|l| std::str::from_utf8(&l[9..12]).ok())
-        .and_then(|code| code.parse::<u16>().ok())
-        .ok_or_else(|| format!("not an HTTP answer: {:?}", String::from_utf8_lossy(&line)))?;
-    match status {
-        200..=399 => Ok(()),
-        other => Err(format!("status {other}")),
-    }
+    http::probe::verdict(&line)
 }
 
 #[cfg(test)]

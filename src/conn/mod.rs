@@ -138,12 +138,12 @@ async fn pipeline(
     if !admitted || state.life.stop().is_cancelled() {
         return answer(&mut client, Status::Unavailable).await;
     }
-    let admitted = match http::admit(config, &head, summary.sni.as_deref(), None) {
+    let admitted = match http::admit(&config.http, &head, summary.sni.as_deref(), None) {
         Ok(admitted) => admitted,
         Err(Refusal::Status(status)) => return answer(&mut client, status).await,
         Err(Refusal::Confined) => return answer(&mut client, Status::NotFound).await,
     };
-    summary.route = Some(config.routes.get(admitted.route).to_string());
+    summary.route = Some(config.http.routes.get(admitted.route).to_string());
 
     // connect: in the route's balancing order, failing over
     let pool = config.pools.get(admitted.route);
@@ -196,7 +196,7 @@ async fn pipeline(
         held,
     };
     let (route, sni) = (admitted.route, summary.sni.clone());
-    let gate = Exchange::after_first(config.clone(), route, sni, &head, admitted.upgrade)
+    let gate = Exchange::after_first(config.http.clone(), route, sni, &head, admitted.upgrade)
         .forwarding(forwarding);
     drop(head); // not kept for the tunnel's life
     let timeouts = splice::Timeouts {

@@ -7,11 +7,11 @@
 //! forwarded (route confinement: the connection closes once the responses before it are
 //! complete, and the client sends it again on a fresh connection).
 
-use crate::config::Config;
 use crate::respond::Status;
 use crate::route::normalize_host;
 
 use super::head::{Head, HeadError};
+use super::policy::Policy;
 
 /// What an upgrade request asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,21 +42,21 @@ pub enum Refusal {
 /// Decides whether `head` may go on. `sni` is the name the client's TLS handshake asked for;
 /// `bound` is the connection's route once its first request has chosen it.
 pub fn admit(
-    config: &Config,
+    policy: &Policy,
     head: &Head,
     sni: Option<&str>,
     bound: Option<usize>,
 ) -> Result<Admitted, Refusal> {
-    if misdirected(config, head, sni) {
+    if misdirected(policy, head, sni) {
         return Err(Refusal::Status(Status::Misdirected));
     }
-    let upgrade = check_upgrade(head, &config.security.allowed_upgrades).map_err(|e| {
+    let upgrade = check_upgrade(head, &policy.security.allowed_upgrades).map_err(|e| {
         tracing::debug!("refusing request: {e}");
         Refusal::Status(Status::BadRequest)
     })?;
     // The Host header, or the SNI name for a request without one (HTTP/1.0).
     let host = head.host.as_deref().or(sni);
-    let found = config.routes.find_index(host, &head.target);
+    let found = policy.routes.find_index(host, &head.target);
     match (found, bound) {
         (Some(route), None) => Ok(Admitted { route, upgrade }),
         (None, None) => Err(Refusal::Status(Status::NotFound)),
@@ -69,18 +69,21 @@ pub fn admit(
 /// served for the SNI does not cover, but that a host route or another certificate names:
 /// domain fronting, a request sent on a connection set up for someone else (RFC 9110
 /// §15.5.20). A client that sent no SNI is not checked: it cannot ask for another name.
-fn misdirected(config: &Config, head: &Head, sni: Option<&str>) -> bool {
+fn misdirected(policy: &Policy, head: &Head, sni: Option<&str>) -> bool {
     let (Some(sni), Some(host)) = (sni, head.host.as_deref()) else {
         return false;
     };
-    if !config.security.sni_host_check {
+    let Some(certs) = policy
+        .certs
+        .as_deref()
+        .filter(|_| policy.security.sni_host_check)
+    else {
         return false;
-    }
+    };
     let host = normalize_host(host);
-    let certs = &config.tls.certs;
     host != normalize_host(sni)
         && !certs.served_covers(Some(sni), &host)
-        && (config.routes.has_host(&host) || certs.knows(&host))
+        && (policy.routes.has_host(&host) || certs.knows(&host))
 }
 
 /// Classifies a request's `Upgrade` (RFC 9110 §7.8). `Ok(None)`: not an upgrade request. Only

@@ -18,7 +18,6 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use crate::config::Config;
 use crate::respond::Status;
 use crate::splice::{Gate, Halt, Wait};
 
@@ -26,6 +25,7 @@ use super::admit::{Refusal, Upgrade, admit};
 use super::forwarded::{self, Forwarding};
 use super::framing::Body;
 use super::head::{self, Fed, Head};
+use super::policy::Policy;
 
 /// A response head larger than this from a backend is treated as a broken backend.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
@@ -55,7 +55,7 @@ pub enum Reject {
 }
 
 pub struct Exchange {
-    config: Arc<Config>,
+    policy: Arc<Policy>,
     /// Index of the connection's route in the route table.
     route: usize,
     sni: Option<String>,
@@ -100,9 +100,9 @@ struct Awaited {
 
 impl Exchange {
     /// An exchange on a connection bound to `route` whose requests are all still to come.
-    pub fn new(config: Arc<Config>, route: usize, sni: Option<String>) -> Self {
+    pub fn new(policy: Arc<Policy>, route: usize, sni: Option<String>) -> Self {
         Exchange {
-            config,
+            policy,
             route,
             sni,
             up: Up::Head,
@@ -130,13 +130,13 @@ impl Exchange {
     /// `upgrade`, and whose head bytes go to the backend as they are: the first head is
     /// parsed once.
     pub fn after_first(
-        config: Arc<Config>,
+        policy: Arc<Policy>,
         route: usize,
         sni: Option<String>,
         first: &Head,
         upgrade: Option<Upgrade>,
     ) -> Self {
-        let mut exchange = Exchange::new(config, route, sni);
+        let mut exchange = Exchange::new(policy, route, sni);
         exchange.forwarded(first, upgrade);
         exchange
     }
@@ -221,14 +221,14 @@ impl Exchange {
                 return blank;
             }
         }
-        let max = self.config.limits.max_header_bytes;
+        let max = self.policy.max_header_bytes;
         let (taken, fed) = head::gather(&mut self.up_head, rest, max, head::parse);
         match fed {
             Fed::More => {}
             Fed::TooLarge => self.halt(Stop::Refused(Status::HeadersTooLarge)),
             Fed::Invalid(e) => self.halt(Stop::Refused(e.status())),
             Fed::Head(head) => {
-                match admit(&self.config, &head, self.sni.as_deref(), Some(self.route)) {
+                match admit(&self.policy, &head, self.sni.as_deref(), Some(self.route)) {
                     Ok(admitted) => {
                         match &self.forwarding {
                             Some(fwd) => forwarded::rewrite(&self.up_head, fwd, out),
@@ -346,7 +346,7 @@ impl Exchange {
                         .upgrade
                         .as_deref()
                         .is_some_and(|p| p.split('/').next() == Some(u.protocol.as_str()))
-                        && (!self.config.security.check_websocket_accept
+                        && (!self.policy.security.check_websocket_accept
                             || u.protocol != "websocket"
                             || accept_matches(
                                 u.websocket_key.as_deref(),

@@ -1,7 +1,7 @@
 //! The exchange on captured-style byte sequences, whole and byte by byte.
 
 use super::*;
-use crate::config::Settings;
+use crate::route::RouteTable;
 
 const UPGRADE: &[u8] =
     b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -11,22 +11,19 @@ const SWITCH: &[u8] =
     Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
 
 fn exchange(extra: &[&str]) -> Exchange {
-    let mut settings = Settings {
-        routes: vec![
-            "/=127.0.0.1:1".parse().unwrap(),
-            "/api/=127.0.0.1:2".parse().unwrap(),
-        ],
-        ..Settings::default()
-    };
+    let routes = vec![
+        "/=127.0.0.1:1".parse().unwrap(),
+        "/api/=127.0.0.1:2".parse().unwrap(),
+    ];
+    let mut policy = Policy::with_routes(RouteTable::new(routes).unwrap(), 16 * 1024);
     for flag in extra {
         match *flag {
-            "--check-websocket-accept" => settings.security.check_websocket_accept = true,
+            "--check-websocket-accept" => policy.security.check_websocket_accept = true,
             other => panic!("no setting for {other}"),
         }
     }
-    let config = Arc::new(Config::build(&settings).unwrap());
-    let index = config.routes.find_index(Some("a"), "/").unwrap();
-    Exchange::new(config, index, None)
+    let index = policy.routes.find_index(Some("a"), "/").unwrap();
+    Exchange::new(Arc::new(policy), index, None)
 }
 
 /// Feeds `input` in pieces of `step` bytes; returns (taken, forwarded).

@@ -7,7 +7,9 @@
 //!   confinement);
 //! - [`exchange`]: follows requests and responses on a connection until a `101`; the splice
 //!   asks it, as its gate, what may pass;
-//! - [`forwarded`]: the client's address in every request head (`--add-forwarded`).
+//! - [`forwarded`]: the client's address in every request head (`--add-forwarded`);
+//! - [`probe`]: an active health check's request and the reading of its answer;
+//! - [`policy`]: what this stage reads of the configuration.
 //!
 //! Pure: no I/O beyond [`head::read`], the thin async reader of the first head.
 
@@ -16,7 +18,10 @@ pub mod exchange;
 pub mod forwarded;
 pub mod framing;
 pub mod head;
+pub mod policy;
+pub mod probe;
 
 pub use admit::{Admitted, Refusal, Upgrade, admit};
 pub use exchange::{Exchange, Stop};
 pub use head::{Head, HeadError, ReadError};
+pub use policy::{Policy, Security};
