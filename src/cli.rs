@@ -529,6 +529,19 @@ impl FromStr for Size {
 mod tests {
     use super::*;
 
+    /// Defaults live in two tables, clap's (what `--help` shows) and `Settings::default`
+    /// (what tests and library users start from): this keeps them one.
+    #[test]
+    fn clap_defaults_and_settings_defaults_agree() {
+        let args = Args::try_parse_from(["wssbridge", "--to", "127.0.0.1:3000"]).unwrap();
+        let from_flags = args.into_settings().unwrap();
+        let defaults = Settings {
+            routes: from_flags.routes.clone(),
+            ..Settings::default()
+        };
+        assert_eq!(format!("{from_flags:?}"), format!("{defaults:?}"));
+    }
+
     #[test]
     fn durations_need_units_and_zero_is_off() {
         let t = |s: &str| s.parse::<Timeout>().map(|t| t.0);

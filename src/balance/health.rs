@@ -21,7 +21,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::{BackendState, Pools};
-use crate::http;
+use crate::http::probe as http_probe;
 use crate::lifecycle::Lifecycle;
 use crate::proxy_protocol;
 use crate::route::Backend;
@@ -191,17 +191,17 @@ async fn check(backend: &Backend, probe: &Probe) -> Result<(), String> {
     let Check::Http(path) = &probe.check else {
         return Ok(());
     };
-    let request = http::probe::request(path, &backend.to_string());
+    let request = http_probe::request(path, &backend.to_string());
     stream
         .write_all(request.as_bytes())
         .await
         .map_err(|e| format!("write: {e}"))?;
-    let mut line = [0u8; http::probe::STATUS_LINE];
+    let mut line = [0u8; http_probe::STATUS_LINE];
     stream
         .read_exact(&mut line)
         .await
         .map_err(|e| format!("read: {e}"))?;
-    http::probe::verdict(&line)
+    http_probe::verdict(&line)
 }
 
 #[cfg(test)]
