@@ -9,9 +9,14 @@
 //!   close), or while a route has none up. The body says why;
 //! - anything else: 404 (405 for a method other than GET or HEAD).
 //!
-//! Bounded like the main listener (`--header-timeout`, `--max-header-bytes`) and by its own
-//! small connection limit, outside `--max-connections`: a scrape still works when the proxy
-//! is full. It stays up until the process exits, so `/livez` answers through the drain.
+//! What is read at scrape time is gathered once per request into a [`Snapshot`] (one walk
+//! of the state), which each view encodes: Prometheus text now.
+//!
+//! Bounded like the main listener (`--header-timeout`, `--max-header-bytes`), in the time an
+//! answer's write may take, and by its own small connection limit, outside
+//! `--max-connections`: a scrape still works when the proxy is full. Answers are written by
+//! `respond::answer`, as every answer wssbridge makes itself. It stays up until the process
+//! exits, so `/livez` answers through the drain.
 
 use std::sync::Arc;
 
@@ -25,10 +30,13 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::http::head;
+use crate::respond;
 use crate::state::State;
 
 /// Admin connections served at once; more are closed at accept.
 const ADMIN_CONNECTIONS: usize = 64;
+/// Time to write one answer: a page of metrics to a client on the same network.
+const WRITE_TIME: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Serves the admin listener until `stop`.
 pub async fn serve(listener: TcpListener, state: Arc<State>, stop: CancellationToken) {
@@ -56,7 +64,8 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, stop: CancellationT
     }
 }
 
-/// One request, one answer, then close.
+/// One request, one answer, then close. The write is bounded like the read: a scraper that
+/// stops reading does not hold a slot.
 async fn answer(stream: TcpStream, state: &State) {
     let config = state.config.load_full();
     let mut stream = BufReader::with_capacity(1024, stream);
@@ -70,22 +79,18 @@ async fn answer(stream: TcpStream, state: &State) {
     let (status, content_type, body) = match read {
         Some(Ok(Some(request))) => route(&request, state),
         Some(Ok(None)) => return,
-        Some(Err(_)) => (400, "text/plain", "bad request\n".to_string()),
-        None => (408, "text/plain", "request timeout\n".to_string()),
+        Some(Err(_)) => (400, respond::TEXT, "bad request\n".to_string()),
+        None => (408, respond::TEXT, "request timeout\n".to_string()),
     };
     let head_only = matches!(read_method(&buf), Some("HEAD"));
-    let response = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
-         Cache-Control: no-store\r\nConnection: close\r\n\r\n",
-        reason(status),
-        body.len()
-    );
+    let extra = [("Cache-Control", "no-store")];
+    let response = respond::answer(status, content_type, &extra, body.as_bytes(), head_only);
     let stream = stream.get_mut();
-    let _ = stream.write_all(response.as_bytes()).await;
-    if !head_only {
-        let _ = stream.write_all(body.as_bytes()).await;
-    }
-    let _ = stream.shutdown().await;
+    let write = async {
+        stream.write_all(&response).await?;
+        stream.shutdown().await
+    };
+    let _ = tokio::time::timeout(WRITE_TIME, write).await;
 }
 
 fn read_method(buf: &[u8]) -> Option<&str> {
@@ -95,17 +100,17 @@ fn read_method(buf: &[u8]) -> Option<&str> {
 
 fn route(request: &head::Head, state: &State) -> (u16, &'static str, String) {
     if request.method != "GET" && request.method != "HEAD" {
-        return (405, "text/plain", "only GET and HEAD\n".to_string());
+        return (405, respond::TEXT, "only GET and HEAD\n".to_string());
     }
     let path = request.target.split('?').next().unwrap_or_default();
     match path {
         "/metrics" => (200, METRICS_TYPE, metrics(state)),
-        "/livez" | "/healthz" => (200, "text/plain", "ok\n".to_string()),
+        "/livez" | "/healthz" => (200, respond::TEXT, "ok\n".to_string()),
         "/readyz" => match unready(state) {
-            None => (200, "text/plain", "ready\n".to_string()),
-            Some(why) => (503, "text/plain", format!("not ready: {why}\n")),
+            None => (200, respond::TEXT, "ready\n".to_string()),
+            Some(why) => (503, respond::TEXT, format!("not ready: {why}\n")),
         },
-        _ => (404, "text/plain", "not found\n".to_string()),
+        _ => (404, respond::TEXT, "not found\n".to_string()),
     }
 }
 
@@ -127,44 +132,103 @@ fn unready(state: &State) -> Option<String> {
     (!down.is_empty()).then(|| format!("no backend up for route {}", down.join(", ")))
 }
 
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        _ => "Service Unavailable",
-    }
-}
-
 const METRICS_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
-/// The counted metrics, then what is read now.
+/// The counted metrics, then the snapshot's.
 fn metrics(state: &State) -> String {
     let mut out = String::new();
     let _ =
         prometheus_client::encoding::prometheus_text::encode(&mut out, state.metrics.registry());
-    let now = read_now(state);
+    let now = prometheus(&Snapshot::gather(state));
     let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &now);
     out
+}
+
+/// What the admin port shows beyond the counters, gathered in one walk of the state; each
+/// view (Prometheus text now) encodes it without walking the state again.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub websockets: i64,
+    /// Bytes moved: client to backend, backend to client.
+    pub bytes: (u64, u64),
+    /// Every backend of every route, in the routes' order.
+    pub backends: Vec<BackendView>,
+    /// Each name a certificate serves, once, with its expiry (Unix time).
+    pub certificates: Vec<(String, i64)>,
+    pub process: ProcessView,
+}
+
+#[derive(Debug)]
+pub struct BackendView {
+    pub route: String,
+    pub backend: String,
+    pub up: bool,
+    pub active: usize,
+    pub connect_failures: u64,
+}
+
+/// The process as `/proc/self` shows it; what could not be read is `None`.
+#[derive(Debug, Default)]
+pub struct ProcessView {
+    pub cpu_seconds: Option<f64>,
+    pub resident_bytes: Option<i64>,
+    pub virtual_bytes: Option<i64>,
+    pub start_time: Option<f64>,
+    pub open_fds: Option<i64>,
+    pub max_fds: Option<i64>,
+}
+
+impl Snapshot {
+    pub fn gather(state: &State) -> Snapshot {
+        let traffic = &state.metrics.traffic;
+        let config = state.config.load();
+        let backends = config
+            .pools
+            .iter()
+            .flat_map(|pool| {
+                pool.backends().iter().map(move |b| BackendView {
+                    route: pool.route(),
+                    backend: b.name().to_string(),
+                    up: b.is_up(),
+                    active: b.active(),
+                    connect_failures: b.connect_failures(),
+                })
+            })
+            .collect();
+        let mut named = std::collections::HashSet::new();
+        let certificates = config
+            .tls
+            .certs
+            .infos()
+            .iter()
+            .flat_map(|cert| cert.names.iter().map(|n| (n.clone(), cert.not_after)))
+            .filter(|(name, _)| named.insert(name.clone()))
+            .collect();
+        Snapshot {
+            websockets: traffic.websockets(),
+            bytes: traffic.bytes(),
+            backends,
+            certificates,
+            process: ProcessView::read(),
+        }
+    }
 }
 
 type Labels2 = [(&'static str, String); 2];
 type Labels1 = [(&'static str, String); 1];
 
-fn read_now(state: &State) -> Registry {
+/// The snapshot in Prometheus's terms.
+fn prometheus(snapshot: &Snapshot) -> Registry {
     let mut registry = Registry::default();
-    let traffic = &state.metrics.traffic;
     let websockets = Gauge::<i64>::default();
-    websockets.set(traffic.websockets());
+    websockets.set(snapshot.websockets);
     registry.register(
         "wssbridge_websockets_active",
         "Upgraded tunnels (WebSockets) open now",
         websockets,
     );
     let bytes = Family::<[(&'static str, &'static str); 1], Counter>::default();
-    let (up, down) = traffic.bytes();
+    let (up, down) = snapshot.bytes;
     bytes
         .get_or_create(&[("direction", "client_to_backend")])
         .inc_by(up);
@@ -177,25 +241,21 @@ fn read_now(state: &State) -> Registry {
         bytes,
     );
 
-    let config = state.config.load();
     let up = Family::<Labels2, Gauge>::default();
     let active = Family::<Labels1, Gauge>::default();
     let failures = Family::<Labels1, Counter>::default();
     // A backend's state is one per backend, whichever routes name it: its own series once.
     let mut seen = std::collections::HashSet::new();
-    for pool in config.pools.iter() {
-        for backend in pool.backends() {
-            let name = backend.name().to_string();
-            up.get_or_create(&[("route", pool.route()), ("backend", name.clone())])
-                .set(i64::from(backend.is_up()));
-            if seen.insert(name.clone()) {
-                active
-                    .get_or_create(&[("backend", name.clone())])
-                    .set(backend.active() as i64);
-                failures
-                    .get_or_create(&[("backend", name)])
-                    .inc_by(backend.connect_failures());
-            }
+    for b in &snapshot.backends {
+        up.get_or_create(&[("route", b.route.clone()), ("backend", b.backend.clone())])
+            .set(i64::from(b.up));
+        if seen.insert(b.backend.clone()) {
+            active
+                .get_or_create(&[("backend", b.backend.clone())])
+                .set(b.active as i64);
+            failures
+                .get_or_create(&[("backend", b.backend.clone())])
+                .inc_by(b.connect_failures);
         }
     }
     registry.register(
@@ -215,85 +275,99 @@ fn read_now(state: &State) -> Registry {
     );
 
     let expiry = Family::<Labels1, Gauge>::default();
-    let mut named = std::collections::HashSet::new();
-    for cert in config.tls.certs.infos() {
-        for name in &cert.names {
-            if named.insert(name.clone()) {
-                expiry
-                    .get_or_create(&[("name", name.clone())])
-                    .set(cert.not_after);
-            }
-        }
+    for (name, not_after) in &snapshot.certificates {
+        expiry
+            .get_or_create(&[("name", name.clone())])
+            .set(*not_after);
     }
     registry.register(
         "wssbridge_certificate_expiry_timestamp_seconds",
         "When the certificate serving the name expires (Unix time)",
         expiry,
     );
-    process(&mut registry);
+    process(&mut registry, &snapshot.process);
     registry
 }
 
-/// The Prometheus client libraries' standard process metrics, from `/proc/self`.
-fn process(registry: &mut Registry) {
-    let ticks = rustix::param::clock_ticks_per_second() as f64;
-    let page = rustix::param::page_size() as i64;
-    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
-        // Fields after the command name, which may hold spaces, in parentheses.
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
-        let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<f64>().ok());
-        if let (Some(utime), Some(stime)) = (field(14), field(15)) {
-            let cpu = Counter::<f64, std::sync::atomic::AtomicU64>::default();
-            cpu.inc_by((utime + stime) / ticks);
-            registry.register(
-                "process_cpu_seconds",
-                "Total user and system CPU time spent in seconds",
-                cpu,
-            );
-        }
-        if let Some(rss) = field(24) {
-            let g = Gauge::<i64>::default();
-            g.set(rss as i64 * page);
-            registry.register(
-                "process_resident_memory_bytes",
-                "Resident memory size in bytes",
-                g,
-            );
-        }
-        if let Some(vsize) = field(23) {
-            let g = Gauge::<i64>::default();
-            g.set(vsize as i64);
-            registry.register(
-                "process_virtual_memory_bytes",
-                "Virtual memory size in bytes",
-                g,
-            );
-        }
-        if let (Some(start), Some(boot)) = (field(22), boot_time()) {
-            let g = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
-            g.set(boot + start / ticks);
-            registry.register(
-                "process_start_time_seconds",
-                "Start time of the process since unix epoch in seconds",
-                g,
-            );
-        }
-    }
-    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
-        let g = Gauge::<i64>::default();
-        g.set(fds.count() as i64);
-        registry.register("process_open_fds", "Number of open file descriptors", g);
-    }
-    if let Some(max) = rustix::process::getrlimit(rustix::process::Resource::Nofile).current {
-        let g = Gauge::<i64>::default();
-        g.set(max.min(i64::MAX as u64) as i64);
+/// The Prometheus client libraries' standard process metrics.
+fn process(registry: &mut Registry, p: &ProcessView) {
+    if let Some(seconds) = p.cpu_seconds {
+        let cpu = Counter::<f64, std::sync::atomic::AtomicU64>::default();
+        cpu.inc_by(seconds);
         registry.register(
+            "process_cpu_seconds",
+            "Total user and system CPU time spent in seconds",
+            cpu,
+        );
+    }
+    let gauges = [
+        (
+            p.resident_bytes,
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes",
+        ),
+        (
+            p.virtual_bytes,
+            "process_virtual_memory_bytes",
+            "Virtual memory size in bytes",
+        ),
+        (
+            p.open_fds,
+            "process_open_fds",
+            "Number of open file descriptors",
+        ),
+        (
+            p.max_fds,
             "process_max_fds",
             "Maximum number of open file descriptors",
+        ),
+    ];
+    for (value, name, help) in gauges {
+        if let Some(value) = value {
+            let g = Gauge::<i64>::default();
+            g.set(value);
+            registry.register(name, help, g);
+        }
+    }
+    if let Some(start) = p.start_time {
+        let g = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        g.set(start);
+        registry.register(
+            "process_start_time_seconds",
+            "Start time of the process since unix epoch in seconds",
             g,
         );
+    }
+}
+
+impl ProcessView {
+    /// From `/proc/self`.
+    fn read() -> ProcessView {
+        let ticks = rustix::param::clock_ticks_per_second() as f64;
+        let page = rustix::param::page_size() as i64;
+        let mut view = ProcessView::default();
+        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+            // Fields after the command name, which may hold spaces, in parentheses.
+            let fields: Vec<&str> = stat
+                .rsplit_once(')')
+                .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+            let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<f64>().ok());
+            view.cpu_seconds = field(14)
+                .zip(field(15))
+                .map(|(utime, stime)| (utime + stime) / ticks);
+            view.resident_bytes = field(24).map(|rss| rss as i64 * page);
+            view.virtual_bytes = field(23).map(|v| v as i64);
+            view.start_time = field(22)
+                .zip(boot_time())
+                .map(|(start, boot)| boot + start / ticks);
+        }
+        view.open_fds = std::fs::read_dir("/proc/self/fd")
+            .ok()
+            .map(|fds| fds.count() as i64);
+        view.max_fds = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+            .current
+            .map(|max| max.min(i64::MAX as u64) as i64);
+        view
     }
 }
 

@@ -40,7 +40,7 @@ pub async fn serve(
     };
     match location(&head, https_port) {
         Some(location) => {
-            respond::send_bytes(&mut stream, redirect(&location).as_bytes()).await;
+            respond::send_bytes(&mut stream, &redirect(&location)).await;
             Some(308)
         }
         None => Some(answer(&mut stream, Status::BadRequest).await),
@@ -76,13 +76,14 @@ pub fn location(head: &Head, https_port: u16) -> Option<String> {
 }
 
 /// A `308` to `location`, with a short body for clients that do not follow redirects.
-fn redirect(location: &str) -> String {
+fn redirect(location: &str) -> Vec<u8> {
     let body = format!("wssbridge: this site is served at {location}\n");
-    format!(
-        "HTTP/1.1 308 Permanent Redirect\r\nLocation: {location}\r\n\
-         Content-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n{body}",
-        body.len()
+    respond::answer(
+        308,
+        respond::TEXT,
+        &[("Location", location)],
+        body.as_bytes(),
+        false,
     )
 }
 

@@ -44,20 +44,6 @@ impl Status {
         }
     }
 
-    fn reason(self) -> &'static str {
-        match self {
-            Status::BadRequest => "Bad Request",
-            Status::NotFound => "Not Found",
-            Status::MethodNotAllowed => "Method Not Allowed",
-            Status::RequestTimeout => "Request Timeout",
-            Status::Misdirected => "Misdirected Request",
-            Status::HeadersTooLarge => "Request Header Fields Too Large",
-            Status::BadGateway => "Bad Gateway",
-            Status::Unavailable => "Service Unavailable",
-            Status::VersionNotSupported => "HTTP Version Not Supported",
-        }
-    }
-
     fn body(self) -> &'static str {
         match self {
             Status::BadRequest => "wssbridge: the request could not be parsed as HTTP/1.1",
@@ -74,20 +60,66 @@ impl Status {
 
     /// The whole response, head and body.
     pub fn response(self) -> String {
-        let body = self.body();
-        let extra = match self {
-            Status::MethodNotAllowed => "Allow: GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH\r\n",
-            Status::Unavailable => "Retry-After: 1\r\n",
-            _ => "",
+        let body = format!("{}\n", self.body());
+        let extra: &[(&str, &str)] = match self {
+            Status::MethodNotAllowed => {
+                &[("Allow", "GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH")]
+            }
+            Status::Unavailable => &[("Retry-After", "1")],
+            _ => &[],
         };
-        format!(
-            "HTTP/1.1 {} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\
-             {extra}Connection: close\r\n\r\n{body}\n",
-            self.code(),
-            self.reason(),
-            body.len() + 1,
-        )
+        let response = answer(self.code(), TEXT, extra, body.as_bytes(), false);
+        String::from_utf8_lossy(&response).into_owned()
     }
+}
+
+/// The content type of every text answer.
+pub const TEXT: &str = "text/plain; charset=utf-8";
+
+/// The reason phrase of every status wssbridge writes itself (errors, redirects, the admin
+/// port): one table.
+pub fn reason(code: u16) -> &'static str {
+    match code {
+        200 => "OK",
+        308 => "Permanent Redirect",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        421 => "Misdirected Request",
+        431 => "Request Header Fields Too Large",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        505 => "HTTP Version Not Supported",
+        _ => "",
+    }
+}
+
+/// An HTTP/1.1 answer that closes the connection: status line, `Content-Type`,
+/// `Content-Length`, the `extra` headers in order, `Connection: close`, then the body (left
+/// out for a HEAD request, its length still given). The one writer of the answers wssbridge
+/// makes itself.
+pub fn answer(
+    code: u16,
+    content_type: &str,
+    extra: &[(&str, &str)],
+    body: &[u8],
+    head_only: bool,
+) -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 {code} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n",
+        reason(code),
+        body.len()
+    );
+    for (name, value) in extra {
+        out.push_str(&format!("{name}: {value}\r\n"));
+    }
+    out.push_str("Connection: close\r\n\r\n");
+    let mut out = out.into_bytes();
+    if !head_only {
+        out.extend_from_slice(body);
+    }
+    out
 }
 
 /// Sends `status`, closes our side (close_notify, then FIN) and lingers briefly; errors are
@@ -123,6 +155,29 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_status_has_its_reason_phrase() {
+        for s in [
+            Status::BadRequest,
+            Status::NotFound,
+            Status::MethodNotAllowed,
+            Status::RequestTimeout,
+            Status::Misdirected,
+            Status::HeadersTooLarge,
+            Status::BadGateway,
+            Status::Unavailable,
+            Status::VersionNotSupported,
+        ] {
+            assert!(!reason(s.code()).is_empty(), "{s:?}");
+        }
+        let head = answer(200, TEXT, &[("Cache-Control", "no-store")], b"ok\n", true);
+        assert_eq!(
+            String::from_utf8(head).unwrap(),
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 3\r\n\
+             Cache-Control: no-store\r\nConnection: close\r\n\r\n"
+        );
+    }
 
     #[test]
     fn responses_are_complete_http() {
