@@ -67,6 +67,7 @@ const RULES: &[(&str, &[&str])] = &[
     (
         "conn",
         &[
+            "balance",
             "cidr",
             "config",
             "connect",

@@ -14,15 +14,16 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::balance::{Lease, Pool};
 use crate::cidr::Cidr;
 use crate::config::Config;
-use crate::connect::{Connected, NotConnected};
+use crate::connect::{self, Connected, NotConnected};
 use crate::deadline::within;
 use crate::http::forwarded::{self, Forwarding};
 use crate::http::{self, Exchange, Head, ReadError, Refusal};
 use crate::proxy_protocol::{self, Origin};
 use crate::respond::{self, Status};
-use crate::splice::{self, Preread};
+use crate::splice;
 use crate::state::State;
 use crate::tls::Client;
 use summary::{Outcome, Summary};
@@ -90,46 +91,19 @@ async fn pipeline(
         early,
         ..
     } = accepted;
-    // Linux hands accepted sockets the listener's TCP_NODELAY and keepalive settings.
-    #[cfg(not(target_os = "linux"))]
-    crate::connect::tune(socket2::SockRef::from(&stream));
-    // The address the client connected to, for PROXY headers to backends.
-    let local = local.or_else(|| {
-        config
-            .pools
-            .any_send_proxy()
-            .then(|| stream.local_addr().ok())
-            .flatten()
-    });
+    let local = local.or_else(|| proxy_local(config, &stream));
 
-    // tls
-    let slots = &state.handshakes;
-    let handshake = state.tls.handshake(
-        stream,
-        early,
-        slots,
-        config.timeouts.handshake,
-        header_deadline,
-        started,
-    );
-    // Every stage before the splice runs boxed: its state is freed when it ends, so a tunnel
-    // open for a day does not carry the handshake's (several KiB) in its task.
+    // tls. Every stage before the splice runs boxed: its state is freed when it ends, so a
+    // tunnel open for a day does not carry the handshake's (several KiB) in its task.
+    let handshake = handshake(state, config, stream, early, header_deadline, started);
     let mut client = match Box::pin(handshake).await {
-        Ok(client) => {
-            state
-                .metrics
-                .handshake("ok", Some(started.elapsed().as_secs_f64()));
-            client
-        }
-        Err(e) => {
-            state.metrics.handshake(e.label(), None);
-            return Outcome::TlsFailed(e);
-        }
+        Ok(client) => client,
+        Err(outcome) => return outcome,
     };
     summary.sni = client.get_ref().1.server_name().map(str::to_string);
 
     // http: the first head, then its admission.
-    let (head, mut buf) = match Box::pin(first_head(&mut client, config, header_deadline)).await {
+    let (head, buf) = match Box::pin(first_head(&mut client, config, header_deadline)).await {
         Ok(read) => read,
         Err(outcome) => return outcome,
     };
@@ -145,72 +119,41 @@ async fn pipeline(
     };
     summary.route = Some(config.http.routes.get(admitted.route).to_string());
 
-    // connect: in the route's balancing order, failing over
+    // connect: in the route's balancing order, failing over.
     let pool = config.pools.get(admitted.route);
-    let (timeout, fail_timeout) = (config.timeouts.connect, config.fail_timeout);
-    let connect = crate::connect::connect(pool, client_addr.ip(), timeout, fail_timeout);
-    let connected = Box::pin(connect).await;
-    let Connected {
-        stream: mut backend,
-        backend: to,
-        lease: _lease,
-    } = match connected {
+    let (mut backend, _lease) = match Box::pin(dial(config, pool, client_addr, summary)).await {
         Ok(connected) => connected,
-        Err(NotConnected::Backends) => return answer(&mut client, Status::BadGateway).await,
-        Err(NotConnected::Local(_)) => return answer(&mut client, Status::Unavailable).await,
+        Err(status) => return answer(&mut client, status).await,
     };
-    summary.backend = Some(to.name().to_string());
-    drop(to);
 
-    // splice: a PROXY header if the route asks, the first head as it came (with the
-    // client's address if asked), then the two-way copy, under the HTTP rules of the
-    // exchange until an upgrade opens the tunnel.
-    let mut first = match (pool.send_proxy, local) {
-        (Some(version), Some(local)) => {
-            let tls = client.get_ref().1;
-            let origin = Origin {
-                client: client_addr,
-                local,
-                sni: summary.sni.as_deref(),
-                tls_version: tls.protocol_version().map(proxy_protocol::tls_version),
-                client_cert: tls.peer_certificates().is_some(),
-            };
-            proxy_protocol::encode(version, &origin)
-        }
+    // splice: a PROXY header if the route asks, the first head as it came (with the client's
+    // address if asked), what came after it, then the two-way copy under the HTTP rules of
+    // the exchange until an upgrade opens the tunnel.
+    let proxy_header = match (pool.send_proxy, local) {
+        (Some(version), Some(local)) => origin_header(version, client_addr, local, &client),
         _ => Vec::new(),
     };
     let forwarding = config.add_forwarded.then(|| Forwarding {
         client: client_addr.ip(),
         trusted: Cidr::any(&config.trust_forwarded, client_addr.ip()),
     });
-    let uncounted = first.len();
-    let held = buf.split_off(head.len);
-    match &forwarding {
-        Some(fwd) => forwarded::rewrite(&buf, fwd, &mut first),
-        None if first.is_empty() => first = buf,
-        None => first.extend_from_slice(&buf),
-    }
-    let preread = Preread {
-        first,
-        uncounted,
-        held,
-    };
-    let (route, sni) = (admitted.route, summary.sni.clone());
-    let gate = Exchange::after_first(config.http.clone(), route, sni, &head, admitted.upgrade)
-        .forwarding(forwarding);
+    let preread = forwarded::preread(proxy_header, buf, head.len, forwarding.as_ref());
+    let sni = summary.sni.clone();
+    let gate = Exchange::after_first(
+        config.http.clone(),
+        admitted.route,
+        sni,
+        &head,
+        admitted.upgrade,
+    )
+    .forwarding(forwarding);
     drop(head); // not kept for the tunnel's life
-    let timeouts = splice::Timeouts {
-        idle: config.timeouts.idle,
-        close: config.timeouts.close,
-        send: config.timeouts.send,
-        keepalive: config.timeouts.keepalive,
-        head: config.timeouts.header,
-    };
-    let (transfer, traffic) = (&mut summary.transfer, &state.metrics.traffic);
     let gated = splice::Gated {
         gate: Box::new(gate),
         drain: Some(Box::pin(state.life.drain().cancelled())),
     };
+    let (transfer, traffic) = (&mut summary.transfer, &state.metrics.traffic);
+    let timeouts = splice_timeouts(&config.timeouts);
     let end = splice::splice(
         &mut client,
         &mut backend,
@@ -221,6 +164,102 @@ async fn pipeline(
         traffic,
     );
     Outcome::Tunnel(end.await)
+}
+
+/// A connection to one of `pool`'s backends (named in the summary), or the status that
+/// answers the client when none could be had.
+async fn dial(
+    config: &Config,
+    pool: &Pool,
+    client: std::net::SocketAddr,
+    summary: &mut Summary,
+) -> Result<(TcpStream, Lease), Status> {
+    let timeouts = (config.timeouts.connect, config.fail_timeout);
+    match connect::connect(pool, client.ip(), timeouts.0, timeouts.1).await {
+        Ok(Connected {
+            stream,
+            backend,
+            lease,
+        }) => {
+            summary.backend = Some(backend.name().to_string());
+            Ok((stream, lease))
+        }
+        Err(NotConnected::Backends) => Err(Status::BadGateway),
+        Err(NotConnected::Local(_)) => Err(Status::Unavailable),
+    }
+}
+
+/// The TLS handshake, counted in the metrics; a failure is the connection's outcome.
+async fn handshake(
+    state: &State,
+    config: &Config,
+    stream: TcpStream,
+    early: Vec<u8>,
+    header_deadline: Option<Instant>,
+    started: Instant,
+) -> Result<Client, Outcome> {
+    let timeout = config.timeouts.handshake;
+    let handshake = state.tls.handshake(
+        stream,
+        early,
+        &state.handshakes,
+        timeout,
+        header_deadline,
+        started,
+    );
+    match handshake.await {
+        Ok(client) => {
+            let took = started.elapsed().as_secs_f64();
+            state.metrics.handshake("ok", Some(took));
+            Ok(client)
+        }
+        Err(e) => {
+            state.metrics.handshake(e.label(), None);
+            Err(Outcome::TlsFailed(e))
+        }
+    }
+}
+
+/// The address the client connected to, for PROXY headers to backends: asked of the socket
+/// only when some route sends them.
+fn proxy_local(config: &Config, stream: &TcpStream) -> Option<std::net::SocketAddr> {
+    // Linux hands accepted sockets the listener's TCP_NODELAY and keepalive settings.
+    #[cfg(not(target_os = "linux"))]
+    crate::connect::tune(socket2::SockRef::from(stream));
+    config
+        .pools
+        .any_send_proxy()
+        .then(|| stream.local_addr().ok())
+        .flatten()
+}
+
+/// The PROXY header naming the client, with what the TLS handshake established.
+fn origin_header(
+    version: proxy_protocol::Version,
+    client: std::net::SocketAddr,
+    local: std::net::SocketAddr,
+    tls: &Client,
+) -> Vec<u8> {
+    let tls = tls.get_ref().1;
+    let origin = Origin {
+        client,
+        local,
+        sni: tls.server_name(),
+        tls_version: tls.protocol_version().map(proxy_protocol::tls_version),
+        client_cert: tls.peer_certificates().is_some(),
+    };
+    proxy_protocol::encode(version, &origin)
+}
+
+/// The splice's timers from the configuration's.
+fn splice_timeouts(t: &crate::config::Timeouts) -> splice::Timeouts {
+    splice::Timeouts {
+        idle: t.idle,
+        close: t.close,
+        send: t.send,
+        keepalive: t.keepalive,
+        head: t.header,
+    }
 }
 
 /// Reads the first request head under the header deadline, which counts from accept so

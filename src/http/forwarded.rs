@@ -25,6 +25,8 @@
 
 use std::net::IpAddr;
 
+use crate::splice::Preread;
+
 /// Who the forwarded headers name, and whether what the client says of its own origin counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Forwarding {
@@ -119,6 +121,34 @@ fn owned(name: &[u8]) -> Option<Owned> {
     match name.contains(&b'_') {
         true => Some(Owned::Ours),
         false => Some(*kind),
+    }
+}
+
+/// What goes to the backend before the splice copies: `header` (a PROXY header, not the
+/// client's bytes), the first request head (`buf[..head_len]`) rewritten when `forwarding`
+/// asks, and whatever the client sent after the head, which the exchange still frames.
+pub fn preread(
+    header: Vec<u8>,
+    mut buf: Vec<u8>,
+    head_len: usize,
+    forwarding: Option<&Forwarding>,
+) -> Preread {
+    let uncounted = header.len();
+    let held = buf.split_off(head_len);
+    let first = match forwarding {
+        Some(fwd) => {
+            let mut first = header;
+            rewrite(&buf, fwd, &mut first);
+            first
+        }
+        // The head's own buffer, when nothing comes before it: no copy.
+        None if header.is_empty() => buf,
+        None => [header, buf].concat(),
+    };
+    Preread {
+        first,
+        uncounted,
+        held,
     }
 }
 
