@@ -153,7 +153,10 @@ class Peer:
     def start(self, cert, key, backend):
         self.port = free_port()
         if self.name.startswith("wssbridge"):
-            cmd = [WSSBRIDGE, "--listen", f"127.0.0.1:{self.port}", "--cert", cert, "--key", key,
+            # wssbridge-base: an earlier build (WSSBRIDGE_BASE=path), for a before/after
+            # comparison paired in one run.
+            binary = os.environ["WSSBRIDGE_BASE"] if self.name == "wssbridge-base" else WSSBRIDGE
+            cmd = [binary, "--listen", f"127.0.0.1:{self.port}", "--cert", cert, "--key", key,
                    "--to", f"127.0.0.1:{backend}", "-q"]
             if self.name == "wssbridge-full":
                 # The features a production deployment turns on: forwarded headers on every
@@ -367,7 +370,8 @@ def main():
     parser.add_argument("--idle", type=int, help="idle connections to hold")
     parser.add_argument("--rtt-windows", type=int, help="1-second RTT windows per peer per round")
     parser.add_argument("--peers", default="wssbridge,nginx,nginx-16k,haproxy",
-                        help="also: wssbridge-full (with --add-forwarded and --admin)")
+                        help="also: wssbridge-full (with --add-forwarded and --admin), "
+                        "wssbridge-base (the binary at $WSSBRIDGE_BASE, for before/after)")
     parser.add_argument("--skip", default="", help="comma-separated parts to leave out: "
                         "rsa, ecdsa, sweep, keepalive, rtt, idle")
     opts = parser.parse_args()

@@ -22,6 +22,7 @@
 //! it, and nothing else knows about them. A leaf: imports nothing of the crate.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -46,6 +47,9 @@ pub enum Event {
 }
 
 pub struct Lifecycle {
+    /// Set just before `drain` fires: connections read it at every poll, an atomic load
+    /// where the token would take a lock.
+    draining: AtomicBool,
     drain: CancellationToken,
     stop: CancellationToken,
     force: CancellationToken,
@@ -62,6 +66,7 @@ impl Default for Lifecycle {
         let stop = force.child_token();
         let drain = stop.child_token();
         Lifecycle {
+            draining: AtomicBool::new(false),
             drain,
             stop,
             force,
@@ -76,6 +81,17 @@ impl Lifecycle {
     /// Fired when shutdown begins.
     pub fn drain(&self) -> &CancellationToken {
         &self.drain
+    }
+
+    /// Set when shutdown begins, before [`Lifecycle::drain`] fires.
+    pub fn draining(&self) -> &AtomicBool {
+        &self.draining
+    }
+
+    /// Shutdown begins: the flag, then the token (whose waiters then see the flag set).
+    pub fn begin_drain(&self) {
+        self.draining.store(true, Ordering::Release);
+        self.drain.cancel();
     }
 
     /// Fired when the listeners close and background work ends.

@@ -68,6 +68,13 @@ impl Server {
     pub async fn serve(self, listeners: Listeners, signals: Signals) -> anyhow::Result<()> {
         let Signals { shutdown, hangups } = signals;
         let state = self.state.clone();
+            let counts = move || (state.life.connections(), state.metrics.traffic.websockets());
+            let until = self.state.life.force().clone().cancelled_owned();
+            self.state
+                .life
+                .spawn_background(notifier.follow(events, counts, until));
+        }
+        let state = self.state.clone();
         let stop = state.life.stop().clone();
         self.state.life.spawn_background(async move {
             let reload = || {
@@ -130,7 +137,7 @@ impl Server {
         life.emit(Event::Ready);
 
         shutdown.await;
-        life.drain().cancel();
+        life.begin_drain();
         life.emit(Event::Draining);
         let delay = state.config.load().settings.shutdown_delay;
         if !delay.is_zero() {

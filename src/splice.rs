@@ -31,6 +31,7 @@ use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -222,8 +223,29 @@ pub struct Preread {
     pub held: Vec<u8>,
 }
 
-/// Resolves when shutdown asks the connection to end at its next safe point.
-pub type Drain<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+/// Shutdown's request that a connection end at its next safe point.
+pub struct Drain<'a> {
+    /// Set when it is asked: read at every poll, an atomic load.
+    asked: &'a AtomicBool,
+    /// Resolves when it is asked: polled once, so the task is woken then, and kept (not
+    /// polled again) until the drain is handled or the gate is gone.
+    wake: Pin<Box<dyn Future<Output = ()> + Send + 'a>>,
+    registered: bool,
+}
+
+impl<'a> Drain<'a> {
+    /// `asked` must be set (with `Release`) before `wake` resolves.
+    pub fn new(
+        asked: &'a AtomicBool,
+        wake: Pin<Box<dyn Future<Output = ()> + Send + 'a>>,
+    ) -> Drain<'a> {
+        Drain {
+            asked,
+            wake,
+            registered: false,
+        }
+    }
+}
 
 /// A gate, and shutdown's drain, which is handed on to the gate while it is in place.
 /// Once the tunnel is blind, the drain is dropped with the gate: an open tunnel goes on
@@ -272,6 +294,7 @@ where
         send: timeouts.send,
         send_timer: None,
         waits: (timeouts.keepalive, timeouts.head),
+        wait_current: None,
         wait_timer: None,
         drain,
         stalled: [None, None],
@@ -321,8 +344,10 @@ struct Splice<'a, C, G: Gate> {
     up_blocked: bool,
     /// The bounds of a gate's waits: `Wait::Next`, `Wait::Head`.
     waits: (Option<Duration>, Option<Duration>),
-    /// The gate's current wait and its timer; armed only while a gate waits for the client.
-    wait_timer: Option<(Wait, Pin<Box<Sleep>>)>,
+    /// The gate's current wait and its deadline.
+    wait_current: Option<(Wait, Instant)>,
+    /// The one timer for the gate's waits, made at the first and dropped with the gate.
+    wait_timer: Option<Pin<Box<Sleep>>>,
     /// Shutdown's request to end at the next safe point, while a gate can act on it.
     drain: Option<Drain<'a>>,
     half_closed_at: Option<Instant>,
@@ -453,8 +478,9 @@ where
         Poll::Pending
     }
 
-    /// Hands shutdown's drain on to the gate once it fires; with no gate (a blind tunnel),
-    /// lets it go.
+    /// Hands shutdown's drain on to the gate once it is asked; with no gate (a blind
+    /// tunnel), lets it go. The wake-up is registered once; after that each poll reads the
+    /// flag, an atomic load, not a lock.
     fn poll_drain(&mut self, cx: &mut Context<'_>) {
         let Some(drain) = &mut self.drain else {
             return;
@@ -463,19 +489,28 @@ where
             self.drain = None;
             return;
         };
-        if drain.as_mut().poll(cx).is_ready() {
+        if !drain.registered {
+            drain.registered = true;
+            // Registers the task to be woken; whether it is already asked, the flag says.
+            let _ = drain.wake.as_mut().poll(cx);
+        }
+        if drain.asked.load(Ordering::Acquire) {
             self.drain = None;
             gate.drain();
             cx.waker().wake_by_ref();
         }
     }
 
-    /// Bounds what the gate waits for from the client: a timer per wait, restarted when the
-    /// wait changes, none while the gate waits for nothing (or once it is gone). When one
-    /// runs out the gate is told, and decides the end through `finished`.
+    /// Bounds what the gate waits for from the client: each wait gets its deadline when it
+    /// begins (a new wait, a new deadline). One timer serves them all, armed lazily: moved
+    /// earlier when a wait needs it sooner, otherwise left to fire and then re-armed for the
+    /// current deadline, so a keep-alive request costs no timer-wheel update. When a deadline
+    /// passes the gate is told, and decides the end through `finished`. No timer once the
+    /// gate is gone.
     fn poll_wait(&mut self, cx: &mut Context<'_>) {
         let Some(gate) = &mut self.gate else {
             self.wait_timer = None;
+            self.wait_current = None;
             return;
         };
         let wait = gate.waiting();
@@ -485,17 +520,32 @@ where
             None => None,
         };
         let (Some(wait), Some(limit)) = (wait, limit) else {
-            self.wait_timer = None;
+            // An armed timer stays: it fires once, harmlessly, and is re-armed if needed.
+            self.wait_current = None;
             return;
         };
-        let timer = match &mut self.wait_timer {
-            Some((current, timer)) if *current == wait => timer,
-            slot => &mut slot.insert((wait, Box::pin(tokio::time::sleep(limit)))).1,
+        let deadline = match self.wait_current {
+            Some((current, deadline)) if current == wait => deadline,
+            _ => {
+                let deadline = Instant::now() + limit;
+                self.wait_current = Some((wait, deadline));
+                deadline
+            }
         };
-        if timer.as_mut().poll(cx).is_ready() {
-            self.wait_timer = None;
-            gate.expired(wait);
-            cx.waker().wake_by_ref();
+        let timer = self
+            .wait_timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.deadline() > deadline {
+            timer.as_mut().reset(deadline);
+        }
+        while timer.as_mut().poll(cx).is_ready() {
+            if deadline <= Instant::now() {
+                self.wait_current = None;
+                gate.expired(wait);
+                cx.waker().wake_by_ref();
+                return;
+            }
+            timer.as_mut().reset(deadline);
         }
     }
 

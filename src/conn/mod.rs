@@ -150,7 +150,10 @@ async fn pipeline(
     drop(head); // not kept for the tunnel's life
     let gated = splice::Gated {
         gate: Box::new(gate),
-        drain: Some(Box::pin(state.life.drain().cancelled())),
+        drain: Some(splice::Drain::new(
+            state.life.draining(),
+            Box::pin(state.life.drain().cancelled()),
+        )),
     };
     let (transfer, traffic) = (&mut summary.transfer, &state.metrics.traffic);
     let timeouts = splice_timeouts(&config.timeouts);
