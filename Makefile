@@ -17,7 +17,7 @@ TLS_AUDIT_PORT ?= 9443
 
 BENCH_ARGS ?=
 
-.PHONY: all build release test unit e2e lint check certs demo demo-check fuzz tls-audit bench bench-quick soak micro clean
+.PHONY: all build release test unit e2e lint check certs demo demo-check fuzz tls-audit bench bench-quick soak micro dist deb deb-check install clean
 
 all: build
 
@@ -131,6 +131,39 @@ demo: certs
 ## Checks that `make demo` starts, stops with make, and refuses a taken backend port.
 demo-check:
 	tests/demo.sh
+
+## The man page and the bash, zsh and fish completions, generated from the flags.
+DIST := target/dist
+dist:
+	$(CARGO) run --quiet --example dist -- $(DIST)
+	gzip -9nkf $(DIST)/wssbridge.1
+
+## A Debian package in target/debian/ (cargo-deb, installed when missing): the release
+## binary stripped, its man page and completions, the systemd units, /etc/default/wssbridge.
+deb: dist
+	@$(CARGO) deb --version >/dev/null 2>&1 || $(CARGO) install --locked cargo-deb
+	@command -v dpkg-shlibdeps >/dev/null || \
+	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q dpkg-dev)
+	$(CARGO) deb
+
+## Installs the package made by `make deb`, checks it (binary, man page, completions, units,
+## certificates readable as the unit would read them, make install) and removes it. Root.
+deb-check: deb
+	$(CARGO) build --quiet --example gencerts
+	deploy/check-package.sh
+
+## The binary, man page and completions under $(DESTDIR)$(PREFIX) (default /usr/local).
+PREFIX ?= /usr/local
+DESTDIR ?=
+install: dist
+	$(CARGO) build --release --bin wssbridge
+	install -Dm755 target/release/wssbridge $(DESTDIR)$(PREFIX)/bin/wssbridge
+	install -Dm644 $(DIST)/wssbridge.1 $(DESTDIR)$(PREFIX)/share/man/man1/wssbridge.1
+	install -Dm644 $(DIST)/completions/wssbridge.bash \
+	  $(DESTDIR)$(PREFIX)/share/bash-completion/completions/wssbridge
+	install -Dm644 $(DIST)/completions/_wssbridge $(DESTDIR)$(PREFIX)/share/zsh/site-functions/_wssbridge
+	install -Dm644 $(DIST)/completions/wssbridge.fish \
+	  $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/wssbridge.fish
 
 clean:
 	$(CARGO) clean

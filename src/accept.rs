@@ -54,6 +54,80 @@ impl From<Vec<std::net::TcpListener>> for Listeners {
 }
 
 impl Listeners {
+    /// The listeners to serve on: the sockets the service manager passed (socket activation),
+    /// or, when it passed none, every listener the settings name, bound here.
+    pub fn open(settings: &Settings) -> anyhow::Result<Listeners> {
+        let Some(mut inherited) = Listeners::inherited()? else {
+            return Listeners::bind(settings);
+        };
+        if settings.listen_given {
+            let given: Vec<String> = settings.listen.iter().map(|a| a.to_string()).collect();
+            anyhow::bail!(
+                "--listen {} and the sockets systemd passed (LISTEN_FDS): give one or the other \
+                 (ListenStream= in the .socket unit, or --listen without it)",
+                given.join(" ")
+            );
+        }
+        // What the manager did not pass may still come from the flags.
+        match (
+            inherited.redirect.is_empty(),
+            settings.redirect_http.is_empty(),
+        ) {
+            (true, false) => {
+                for addr in &settings.redirect_http {
+                    inherited.redirect.push(bind_for("--redirect-http", *addr)?);
+                }
+            }
+            (false, false) => anyhow::bail!(
+                "--redirect-http and a socket named http passed by systemd: give one or the other"
+            ),
+            _ => {}
+        }
+        match (&inherited.admin, settings.admin) {
+            (None, Some(addr)) => inherited.admin = Some(bind_for("--admin", addr)?),
+            (Some(_), Some(_)) => anyhow::bail!(
+                "--admin and a socket named admin passed by systemd: give one or the other"
+            ),
+            _ => {}
+        }
+        Ok(inherited)
+    }
+
+    /// The sockets passed by the `LISTEN_FDS` convention (systemd's socket activation, and
+    /// the path a binary upgrade will take): a TLS listener each, the redirect listener for
+    /// one named `http` and the admin listener for one named `admin` (`LISTEN_FDNAMES`,
+    /// `FileDescriptorName=` in the unit). `None` when none were passed to this process.
+    ///
+    /// They were not bound here, so they lack the options `bind` sets: TCP_NODELAY and
+    /// keepalive are set on each now, and Linux hands them on to every socket it accepts.
+    pub fn inherited() -> anyhow::Result<Option<Listeners>> {
+        let mut fds = listenfd::ListenFd::from_env();
+        if fds.len() == 0 {
+            return Ok(None);
+        }
+        let names = std::env::var("LISTEN_FDNAMES").unwrap_or_default();
+        let names: Vec<&str> = names.split(':').collect();
+        let mut listeners = Listeners::default();
+        for i in 0..fds.len() {
+            let fd = 3 + i;
+            let listener = fds
+                .take_tcp_listener(i)
+                .with_context(|| format!("LISTEN_FDS: descriptor {fd} is not a TCP listener"))?
+                .with_context(|| format!("LISTEN_FDS: descriptor {fd} was already taken"))?;
+            listener.set_nonblocking(true)?;
+            crate::connect::tune(socket2::SockRef::from(&listener));
+            match names.get(i).copied() {
+                Some("http") => listeners.redirect.push(listener),
+                Some("admin") => listeners.admin = Some(listener),
+                _ => listeners.tls.push(listener),
+            }
+        }
+        if listeners.tls.is_empty() {
+            anyhow::bail!("LISTEN_FDS: no socket for TLS among those passed (only http or admin)");
+        }
+        Ok(Some(listeners))
+    }
+
     /// Binds every listener the settings name; an error names the flag and address. The
     /// IPv6 twin of `:PORT` is bound where the machine has IPv6, and skipped (logged) where
     /// it has not.

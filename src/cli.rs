@@ -304,6 +304,17 @@ pub struct Args {
     /// Less logging (-q warnings only, -qq errors only).
     #[arg(short, long, env = "WSSBRIDGE_QUIET", action = ArgAction::Count, conflicts_with = "verbose")]
     pub quiet: u8,
+
+    /// Check the configuration as a start would (flags, files, routes, backend names), print
+    /// what would be served, and exit: 0, or 2 with the message a start would give. Binds
+    /// and connects to nothing (like nginx -t).
+    #[arg(long, env = "WSSBRIDGE_CHECK")]
+    pub check: bool,
+
+    /// Whether --listen was given (on the command line or in the environment) rather than
+    /// defaulted: beside inherited sockets it is an error.
+    #[arg(skip)]
+    pub listen_given: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -319,6 +330,19 @@ pub enum LogFormat {
 }
 
 impl Args {
+    /// The process's flags (exits with clap's message on a bad one), noting which defaults
+    /// were overridden where that matters.
+    pub fn from_env() -> Args {
+        let matches = <Args as clap::CommandFactory>::command().get_matches();
+        let mut args =
+            <Args as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        args.listen_given = matches!(
+            matches.value_source("listen"),
+            Some(clap::parser::ValueSource::CommandLine | clap::parser::ValueSource::EnvVariable)
+        );
+        args
+    }
+
     /// The default log filter these flags ask for.
     pub fn log_level(&self) -> &'static str {
         match (self.verbose, self.quiet) {
@@ -367,6 +391,7 @@ impl Args {
         Ok(Settings {
             listen: self.listen.iter().map(|l| l.addr).collect(),
             listen_if_possible: self.listen.iter().filter_map(|l| l.also).collect(),
+            listen_given: self.listen_given,
             certs,
             strict_sni: self.strict_sni,
             client_cas: self.client_cas,
@@ -441,7 +466,10 @@ impl FromStr for ListenArg {
         };
         let number = s.rsplit(':').next().unwrap_or(s);
         let Some(port) = port(number) else {
-            return Err(format!("'{s}': bad port '{number}' (expected 0 to 65535)"));
+            return Err(format!(
+                "'{s}': bad port '{number}' (expected 0 to 65535): write ADDR:PORT \
+                 (0.0.0.0:443, [::]:443, 127.0.0.1:8443), or :443 or 443 for every address"
+            ));
         };
         Ok(ListenArg {
             addr: SocketAddr::from((v4, port)),
@@ -569,6 +597,11 @@ mod tests {
         assert_eq!(l("[::]:443").unwrap().also, None);
         assert!(l("example.com:443").unwrap_err().contains(":443 or 443"));
         assert!(l(":99999").unwrap_err().contains("bad port"));
+        let typo = l("443x").unwrap_err();
+        assert!(
+            typo.contains("bad port '443x'") && typo.contains("0.0.0.0:443"),
+            "{typo}"
+        );
     }
 
     #[test]

@@ -25,6 +25,8 @@ pub struct Settings {
     pub listen: Vec<SocketAddr>,
     /// Listened on too when the machine allows (the IPv6 twin of `:443`).
     pub listen_if_possible: Vec<SocketAddr>,
+    /// `--listen` was given, not defaulted: an error beside sockets systemd passes.
+    pub listen_given: bool,
     /// Certificate and key files, the first pair the default; none means an ephemeral
     /// self-signed certificate.
     pub certs: Vec<CertPaths>,
@@ -73,6 +75,7 @@ impl Default for Settings {
         Settings {
             listen: vec![SocketAddr::from(([0, 0, 0, 0], 8443))],
             listen_if_possible: Vec::new(),
+            listen_given: false,
             certs: Vec::new(),
             strict_sni: false,
             client_cas: Vec::new(),

@@ -16,6 +16,7 @@
 pub mod accept;
 pub mod admin;
 pub mod balance;
+pub mod check;
 pub mod cidr;
 pub mod cli;
 pub mod config;
@@ -25,6 +26,7 @@ pub mod deadline;
 pub mod http;
 pub mod lifecycle;
 pub mod metrics;
+pub mod notify;
 pub mod proxy_protocol;
 pub mod redirect;
 pub mod reload;

@@ -7,7 +7,6 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::Parser;
 use tracing_subscriber::EnvFilter;
 use wssbridge::cli::{Args, LogFormat};
 
@@ -17,7 +16,7 @@ const CANNOT_START: u8 = 2;
 const FAILED: u8 = 1;
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = Args::from_env();
     init_logging(&args);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -38,13 +37,24 @@ async fn start_and_serve(args: Args) -> ExitCode {
         Err(e) => return fail(CANNOT_START, &e),
     };
     wssbridge::accept::raise_fd_limit();
-    let started = args
+    let check = args.check;
+    let config = args
         .into_settings()
-        .and_then(|settings| wssbridge::Config::build(&settings))
-        .and_then(|config| {
-            let listeners = wssbridge::Listeners::bind(&config.settings)?;
-            Ok((wssbridge::Server::new(config)?, listeners))
-        });
+        .and_then(|settings| wssbridge::Config::build(&settings));
+    if check {
+        return match config.and_then(|config| wssbridge::check::report(&config)) {
+            Ok(report) => {
+                print!("{report}");
+                println!("wssbridge: the configuration is ok");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(CANNOT_START, &e),
+        };
+    }
+    let started = config.and_then(|config| {
+        let listeners = wssbridge::Listeners::open(&config.settings)?;
+        Ok((wssbridge::Server::new(config)?, listeners))
+    });
     let (server, listeners) = match started {
         Ok(started) => started,
         Err(e) => return fail(CANNOT_START, &e),

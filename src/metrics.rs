@@ -214,12 +214,19 @@ struct Known<const N: usize> {
 }
 
 impl<const N: usize> Known<N> {
+    /// Every known series exists from the start, at 0: an alert on the rate of failed
+    /// reloads needs the series before the first failure (Prometheus's practice of
+    /// initialising known label values).
     fn new(label: &'static str, values: [&'static str; N]) -> Known<N> {
+        let family: Family<Label, Counter> = Family::default();
+        let counters = std::array::from_fn(|i| {
+            OnceLock::from(family.get_or_create_owned(&[(label, values[i])]))
+        });
         Known {
-            family: Family::default(),
+            family,
             label,
             values,
-            counters: std::array::from_fn(|_| OnceLock::new()),
+            counters,
         }
     }
 
@@ -418,7 +425,14 @@ mod tests {
         ] {
             assert!(out.contains(line), "no {line:?} in\n{out}");
         }
-        assert!(!out.contains("outcome=\"tunnel\""), "{out}");
-        assert!(!out.contains("wssbridge_config_reloads_total{"), "{out}");
+        // Known series exist from the start, at 0: an alert on failures has a series to read.
+        for zero in [
+            "wssbridge_connections_total{outcome=\"tunnel\"} 0\n",
+            "wssbridge_config_reloads_total{result=\"success\"} 0\n",
+            "wssbridge_config_reloads_total{result=\"failure\"} 0\n",
+            "wssbridge_tls_handshakes_total{result=\"unknown_name\"} 0\n",
+        ] {
+            assert!(out.contains(zero), "no {zero:?} in\n{out}");
+        }
     }
 }

@@ -15,6 +15,7 @@ use crate::accept::{self, Listeners, Service};
 use crate::admin;
 use crate::config::Config;
 use crate::lifecycle::Event;
+use crate::notify;
 use crate::reload::{self, Trigger};
 use crate::signals::Signals;
 use crate::state::State;
@@ -64,10 +65,14 @@ impl Server {
     }
 
     /// [`Server::run`] with the process's signals: SIGHUP reloads until the listeners
-    /// close, and the first SIGTERM or SIGINT shuts down.
+    /// close, and the first SIGTERM or SIGINT shuts down. Under systemd (`NOTIFY_SOCKET`),
+    /// the lifecycle's events are told to it (`notify`).
     pub async fn serve(self, listeners: Listeners, signals: Signals) -> anyhow::Result<()> {
         let Signals { shutdown, hangups } = signals;
-        let state = self.state.clone();
+        if let Some(notifier) = notify::Notifier::from_env() {
+            // Subscribed before `run` reports ready, so READY=1 is not missed.
+            let events = self.state.life.events();
+            let state = self.state.clone();
             let counts = move || (state.life.connections(), state.metrics.traffic.websockets());
             let until = self.state.life.force().clone().cancelled_owned();
             self.state

@@ -97,6 +97,8 @@ fn help_documents_every_flag_and_version_works() {
         "--header-timeout",
         "--connect-timeout",
         "--idle-timeout",
+        "--keepalive-timeout",
+        "--check",
         "--close-timeout",
         "--shutdown-grace",
         "--max-header-bytes",

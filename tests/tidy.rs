@@ -37,6 +37,10 @@ const RULES: &[(&str, &[&str])] = &[
         ],
     ),
     ("connect", &["balance", "route", "metrics"]),
+    // systemd's readiness: the lifecycle's events, and nothing else of the crate.
+    ("notify", &["lifecycle"]),
+    // `--check`: a built configuration, shown.
+    ("check", &["config"]),
     // Configuration is built, not run: no process state, nothing that binds or spawns.
     ("config", &["balance", "cidr", "http", "route", "tls"]),
     (
@@ -104,6 +108,7 @@ const RULES: &[(&str, &[&str])] = &[
             "config",
             "lifecycle",
             "log_startup",
+            "notify",
             "reload",
             "signals",
             "state",

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Installs the package make deb built, checks what it installed, and removes it: the binary
+# runs, the man page renders, the units verify, the unit's identity (a dynamic user in group
+# ssl-cert) can read certificates kept as docs/operations.md says, and dpkg -r leaves nothing.
+# Run as root on a Debian machine (CI does: make deb-check).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+deb=$(ls -t target/debian/wssbridge_*.deb | head -1)
+echo "== installing $deb"
+if ! dpkg -i "$deb"; then
+  apt-get install -f -y -q
+fi
+trap 'dpkg -r wssbridge >/dev/null 2>&1 || true' EXIT
+
+/usr/bin/wssbridge --version
+man -l /usr/share/man/man1/wssbridge.1.gz | grep -q -- '--keepalive-timeout' \
+  || { echo "the man page does not render the flags"; exit 1; }
+for f in /usr/share/bash-completion/completions/wssbridge \
+         /usr/share/zsh/vendor-completions/_wssbridge \
+         /usr/share/fish/vendor_completions.d/wssbridge.fish \
+         /lib/systemd/system/wssbridge.service /lib/systemd/system/wssbridge.socket \
+         /lib/systemd/system/wssbridge-http.socket /etc/default/wssbridge; do
+  [ -s "$f" ] || { echo "missing: $f"; exit 1; }
+done
+grep -q -- '--listen' /usr/share/bash-completion/completions/wssbridge
+
+if command -v systemd-analyze >/dev/null; then
+  echo "== systemd-analyze verify"
+  out=$(systemd-analyze verify /lib/systemd/system/wssbridge.service \
+        /lib/systemd/system/wssbridge.socket /lib/systemd/system/wssbridge-http.socket 2>&1 || true)
+  echo "$out"
+  if echo "$out" | grep -i 'wssbridge' | grep -vi 'Failed to connect\|bus\|/proc' | grep -qi 'warn\|error\|unknown\|invalid\|fail'; then
+    echo "systemd-analyze has something to say about wssbridge's units"; exit 1
+  fi
+fi
+
+echo "== certificates under a letsencrypt-style tree, readable by group ssl-cert only"
+le=$(mktemp -d)
+mkdir -p "$le/live/example" "$le/archive/example"
+target/debug/examples/gencerts "$le/gen" >/dev/null 2>&1 || cargo run --quiet --example gencerts -- "$le/gen" >/dev/null
+cp "$le/gen/server.pem" "$le/archive/example/fullchain1.pem"
+cp "$le/gen/server.key" "$le/archive/example/privkey1.pem"
+ln -s ../../archive/example/fullchain1.pem "$le/live/example/fullchain.pem"
+ln -s ../../archive/example/privkey1.pem "$le/live/example/privkey.pem"
+# What docs/operations.md tells a user to run (and certbot's deploy hook keeps).
+chgrp -R ssl-cert "$le/live" "$le/archive"
+chmod 0750 "$le/live" "$le/archive" "$le/live/example" "$le/archive/example"
+chmod 0640 "$le/archive/example/privkey1.pem"
+chmod 0711 "$le"
+group=$(getent group ssl-cert | cut -d: -f3)
+args=(--check --to 127.0.0.1:3000 --cert "$le/live/example/fullchain.pem" --key "$le/live/example/privkey.pem")
+setpriv --reuid=65534 --regid=65534 --groups="$group" /usr/bin/wssbridge "${args[@]}" >/dev/null \
+  || { echo "the unit's identity (group ssl-cert) cannot read the certificates"; exit 1; }
+if setpriv --reuid=65534 --regid=65534 --clear-groups /usr/bin/wssbridge "${args[@]}" >/dev/null 2>&1; then
+  echo "without group ssl-cert the key was readable: the check proves nothing"; exit 1
+fi
+rm -rf "$le"
+
+echo "== make install DESTDIR"
+dest=$(mktemp -d)
+make --no-print-directory install DESTDIR="$dest" PREFIX=/usr/local >/dev/null
+for f in bin/wssbridge share/man/man1/wssbridge.1 share/bash-completion/completions/wssbridge \
+         share/zsh/site-functions/_wssbridge share/fish/vendor_completions.d/wssbridge.fish; do
+  [ -s "$dest/usr/local/$f" ] || { echo "make install did not write $f"; exit 1; }
+done
+"$dest/usr/local/bin/wssbridge" --version >/dev/null
+rm -rf "$dest"
+
+echo "== removing"
+trap - EXIT
+dpkg -r wssbridge
+for f in /usr/bin/wssbridge /lib/systemd/system/wssbridge.service /usr/share/man/man1/wssbridge.1.gz; do
+  [ ! -e "$f" ] || { echo "left after dpkg -r: $f"; exit 1; }
+done
+echo "package: ok"

@@ -1,0 +1,78 @@
+//! `--check`: the configuration exactly as a start would build it (every flag and file
+//! checked by `Config::build`), with backend names resolved as a connect would, shown as a
+//! table. It binds and connects to nothing (as `nginx -t`).
+
+use std::fmt::Write;
+use std::net::ToSocketAddrs;
+use std::time::SystemTime;
+
+use anyhow::Context;
+
+use crate::config::Config;
+
+/// What `config` would serve, one line each: listeners, certificates, routes. Fails, naming
+/// the route and backend, when a backend's name does not resolve.
+pub fn report(config: &Config) -> anyhow::Result<String> {
+    let settings = &config.settings;
+    let mut out = String::new();
+    let mut line = |text: String| {
+        let _ = writeln!(out, "{text}");
+    };
+    for addr in &settings.listen {
+        line(format!("listen      {addr}  TLS"));
+    }
+    for addr in &settings.listen_if_possible {
+        line(format!(
+            "listen      {addr}  TLS, where the machine has IPv6"
+        ));
+    }
+    for addr in &settings.redirect_http {
+        line(format!(
+            "listen      {addr}  plain HTTP, redirected to https"
+        ));
+    }
+    if let Some(addr) = settings.admin {
+        line(format!(
+            "listen      {addr}  admin: /metrics /livez /healthz /readyz"
+        ));
+    }
+    let now = SystemTime::now();
+    for cert in config.tls.certs.infos() {
+        line(format!(
+            "certificate {}  names {}  expires {} (in {} days)  issuer {}",
+            cert.file,
+            cert.names.join(","),
+            cert.expires(),
+            cert.seconds_left(now) / 86_400,
+            cert.issuer,
+        ));
+    }
+    for pool in config.pools.iter() {
+        let mut backends = Vec::new();
+        for state in pool.backends() {
+            let backend = &state.backend;
+            let addrs: Vec<String> = (backend.host(), backend.port())
+                .to_socket_addrs()
+                .with_context(|| {
+                    format!("route {}: backend {backend}: cannot resolve", pool.route())
+                })?
+                .map(|a| a.to_string())
+                .collect();
+            backends.push(match addrs.as_slice() {
+                [one] if *one == backend.to_string() => one.clone(),
+                _ => format!("{backend} ({})", addrs.join(" ")),
+            });
+        }
+        let check = pool
+            .check
+            .as_ref()
+            .map_or("off".to_string(), ToString::to_string);
+        line(format!(
+            "route       {}  -> {}  balance {}  health check {check}",
+            pool.route(),
+            backends.join(", "),
+            pool.policy,
+        ));
+    }
+    Ok(out)
+}
