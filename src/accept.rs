@@ -192,7 +192,18 @@ pub fn bind_for(flag: &str, addr: SocketAddr) -> anyhow::Result<std::net::TcpLis
         socket.set_nonblocking(true)?;
         Ok(socket.into())
     };
-    attempt().with_context(|| format!("{flag} {addr}: cannot listen"))
+    attempt().map_err(|e| {
+        let hint = match (e.kind(), addr.port()) {
+            (io::ErrorKind::PermissionDenied, 1..1024) => {
+                ": a port below 1024 needs CAP_NET_BIND_SERVICE: run as root, give the binary \
+                 the capability (sudo setcap 'cap_net_bind_service=+ep' \"$(command -v \
+                 wssbridge)\"), or run it as the package's unit, which has \
+                 AmbientCapabilities=CAP_NET_BIND_SERVICE"
+            }
+            _ => "",
+        };
+        anyhow::anyhow!("{flag} {addr}: cannot listen: {e}{hint}")
+    })
 }
 
 /// What a listener serves.

@@ -333,9 +333,12 @@ impl Args {
     /// The process's flags (exits with clap's message on a bad one), noting which defaults
     /// were overridden where that matters.
     pub fn from_env() -> Args {
-        let matches = <Args as clap::CommandFactory>::command().get_matches();
-        let mut args =
-            <Args as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        let matches = match <Args as clap::CommandFactory>::command().try_get_matches() {
+            Ok(matches) => matches,
+            Err(e) => usage_error(e),
+        };
+        let mut args = <Args as clap::FromArgMatches>::from_arg_matches(&matches)
+            .unwrap_or_else(|e| usage_error(e));
         args.listen_given = matches!(
             matches.value_source("listen"),
             Some(clap::parser::ValueSource::CommandLine | clap::parser::ValueSource::EnvVariable)
@@ -435,6 +438,24 @@ impl Args {
     }
 }
 
+/// Exits on a flag clap refused, with its message as every other start-up error reads
+/// (`wssbridge: error: …`, exit 2); `--help` and `--version` print and exit 0 as usual.
+fn usage_error(e: clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    let text = e.to_string();
+    let text = text.strip_prefix("error: ").unwrap_or(&text);
+    eprint!("wssbridge: error: {text}");
+    std::process::exit(2);
+}
+
 /// One `--listen` value: an address, and for `:PORT`, `PORT` and `localhost:PORT` the IPv6
 /// twin, bound when the machine has IPv6.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -450,6 +471,16 @@ impl FromStr for ListenArg {
         let s = s.trim();
         if let Ok(addr) = s.parse::<SocketAddr>() {
             return Ok(ListenArg { addr, also: None });
+        }
+        let bare = s.trim_start_matches('[').trim_end_matches(']');
+        if bare.parse::<std::net::IpAddr>().is_ok() || s.eq_ignore_ascii_case("localhost") {
+            let with_port = match bare.parse::<std::net::Ipv6Addr>() {
+                Ok(_) => format!("[{bare}]:443"),
+                Err(_) => format!("{s}:443"),
+            };
+            return Err(format!(
+                "'{s}' is an address without a port: write {with_port}"
+            ));
         }
         let port = |p: &str| p.parse::<u16>().ok();
         let (v4, v6): ([u8; 4], [u16; 8]) = match s.rsplit_once(':') {
@@ -516,7 +547,12 @@ impl FromStr for Timeout {
             "s" => number,
             "m" => number * 60.0,
             "h" => number * 3600.0,
-            _ => return Err(format!("'{s}': unknown unit '{unit}' (use ms, s, m or h)")),
+            "d" => number * 86400.0,
+            _ => {
+                return Err(format!(
+                    "'{s}': unknown unit '{unit}' (use ms, s, m, h or d)"
+                ));
+            }
         };
         let d = Duration::try_from_secs_f64(seconds)
             .ok()

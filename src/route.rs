@@ -73,6 +73,11 @@ impl FromStr for Backend {
             None => s.to_string(),
         };
         let s = s.as_str();
+        if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(format!(
+                "'{s}' is a port without a host: write 127.0.0.1:{s}"
+            ));
+        }
         let (host, port) = s
             .rsplit_once(':')
             .ok_or_else(|| format!("backend '{s}' needs a port, as in 127.0.0.1:3000"))?;

@@ -612,7 +612,10 @@ async fn a_broken_file_on_sighup_changes_nothing_and_is_logged_once() {
     for (broken, what) in [
         ("not a certificate\n", "no CERTIFICATE"),
         // A well-formed certificate whose key is elsewhere: the pair must match.
-        (other_key.as_str(), "does not belong"),
+        (
+            other_key.as_str(),
+            "does not match the certificate in --cert",
+        ),
     ] {
         std::fs::write(&cert, broken).unwrap();
         running.signal("HUP");
@@ -726,7 +729,7 @@ fn certificates_and_keys_must_pair_up() {
     ]);
     assert_eq!(code, 2, "{stderr}");
     assert!(
-        stderr.contains(&format!("does not belong to --cert {b}")),
+        stderr.contains(&format!("does not match the certificate in --cert {b}")),
         "{stderr}"
     );
     // Pairs from the environment, space-separated lists.

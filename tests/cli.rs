@@ -36,11 +36,14 @@ fn bad_configuration_fails_with_a_message_naming_the_flag_or_file() {
             vec!["--cert", cert, "--key", "/nonexistent/k.pem"],
             "--key /nonexistent/k.pem: cannot read",
         ),
-        (vec!["--cert", key, "--key", key], "no CERTIFICATE"),
+        (
+            vec!["--cert", key, "--key", key],
+            "the file holds a private key, not a certificate: were --cert and --key swapped?",
+        ),
         (vec!["--cert", cert, "--key", cert], "no private key"),
         (
             vec!["--cert", cert, "--key", path(&other_key)],
-            "does not belong to --cert",
+            "does not match the certificate in --cert",
         ),
         (vec!["--cert", cert], "--key"),
         (vec!["--route", "/ws"], "no '='"),

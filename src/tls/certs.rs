@@ -267,21 +267,46 @@ pub fn fingerprint(der: &CertificateDer<'_>) -> String {
 fn load_pair(paths: &CertPaths) -> anyhow::Result<CertifiedKey> {
     let chain = read_chain(&paths.cert)?;
     let key = read_key(&paths.key)?;
-    CertifiedKey::from_der(chain, key, &provider()).with_context(|| {
-        format!(
-            "--key {} does not belong to --cert {} (or is not a usable key)",
-            paths.key.display(),
-            paths.cert.display()
-        )
+    let (key_file, cert_file) = (paths.key.display(), paths.cert.display());
+    CertifiedKey::from_der(chain, key, &provider()).map_err(|e| match e {
+        rustls::Error::InconsistentKeys(_) => {
+            anyhow::anyhow!("--key {key_file} does not match the certificate in --cert {cert_file}")
+        }
+        _ => anyhow::anyhow!(
+            "--key {key_file}: not a key wssbridge can sign with (RSA, ECDSA P-256/P-384 or \
+             Ed25519), for --cert {cert_file}"
+        ),
+    })
+}
+
+/// Reads a certificate or key file; an unreadable one under certbot's tree points at the
+/// permissions recipe, the usual cause under the unit.
+fn read_file(flag: &str, path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| {
+        let shown = path.display();
+        let hint = match (e.kind(), path.starts_with("/etc/letsencrypt")) {
+            (std::io::ErrorKind::PermissionDenied, true) => {
+                " (certbot keeps it readable by root only: see \"Certificates from Let's \
+                 Encrypt under the unit\" in /usr/share/doc/wssbridge/operations.md, or \
+                 docs/operations.md)"
+            }
+            _ => "",
+        };
+        anyhow::anyhow!("{flag} {shown}: cannot read: {e}{hint}")
     })
 }
 
 fn read_chain(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
     let shown = path.display();
-    let pem = std::fs::read(path).with_context(|| format!("--cert {shown}: cannot read"))?;
+    let pem = read_file("--cert", path)?;
     let chain = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("--cert {shown}: bad PEM"))?;
+    if chain.is_empty() && PrivateKeyDer::from_pem_slice(&pem).is_ok() {
+        bail!(
+            "--cert {shown}: the file holds a private key, not a certificate: were --cert and --key swapped?"
+        );
+    }
     if chain.is_empty() {
         bail!("--cert {shown}: no CERTIFICATE in the file");
     }
@@ -290,7 +315,7 @@ fn read_chain(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
 
 fn read_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
     let shown = path.display();
-    let pem = std::fs::read(path).with_context(|| format!("--key {shown}: cannot read"))?;
+    let pem = read_file("--key", path)?;
     PrivateKeyDer::from_pem_slice(&pem).map_err(|e| match e {
         rustls::pki_types::pem::Error::NoItemsFound => anyhow::anyhow!(
             "--key {shown}: no private key in the file (expected PKCS#8, PKCS#1 or SEC1 PEM)"
