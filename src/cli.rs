@@ -19,6 +19,34 @@ use crate::proxy_protocol;
 use crate::route::{Backend, RouteSpec};
 use crate::tls::CertPaths;
 
+/// The end of `-h`.
+const AFTER_HELP: &str = "Every flag can also be set as WSSBRIDGE_<FLAG> (WSSBRIDGE_LISTEN, …). \
+Examples and each flag in full: wssbridge --help, or man wssbridge.\n\
+Exit status: 0 after a clean shutdown; 2 when it cannot start (a bad flag, an unreadable file, \
+a port in use: nothing was served); 1 when serving fails after start.";
+
+/// The end of `--help`: three commands people start from.
+const AFTER_LONG_HELP: &str = "Examples:
+  The one command: TLS on 443, HTTP on 80 redirected, all to the app on 3000:
+    wssbridge --listen :443 --redirect-http :80 \\
+      --cert fullchain.pem --key privkey.pem --to 127.0.0.1:3000
+
+  A socket.io cluster: a Node process per core, sticky by address, checked:
+    wssbridge --listen :443 --cert chat.pem --key chat.key \\
+      --route /socket.io/=127.0.0.1:3000,127.0.0.1:3001 \\
+      --balance ip-hash --health-check /healthz --to 127.0.0.1:8080
+
+  Certbot's files, reloaded within a minute of a renewal (at once on SIGHUP):
+    wssbridge --listen :443 --cert-poll 1m --to 127.0.0.1:3000 \\
+      --cert /etc/letsencrypt/live/chat.example.com/fullchain.pem \\
+      --key /etc/letsencrypt/live/chat.example.com/privkey.pem
+
+Every flag can also be set as WSSBRIDGE_<FLAG> (WSSBRIDGE_LISTEN, WSSBRIDGE_CERT, …); a \
+repeatable flag takes space-separated values there.
+
+Exit status: 0 after a clean shutdown; 2 when it cannot start (a bad flag, an unreadable file, \
+a port in use: nothing was served); 1 when serving fails after start.";
+
 /// TLS in front of WebSocket and HTTP servers: terminate wss:// and https://, route the first
 /// request by host and path, then tunnel the bytes unchanged.
 #[derive(Debug, Parser)]
@@ -26,39 +54,63 @@ use crate::tls::CertPaths;
     version,
     about,
     long_about = None,
-    after_help = "Exit status: 0 after a clean shutdown; 2 when it cannot start (a bad flag, an \
-                  unreadable file, a port in use: nothing was served); 1 when serving fails \
-                  after start."
+    max_term_width = 100,
+    after_help = AFTER_HELP,
+    after_long_help = AFTER_LONG_HELP
 )]
 pub struct Args {
+    /// Address to listen on for TLS (:443, 0.0.0.0:443, localhost:8443).
+    ///
     /// Address to listen on: ADDR:PORT (0.0.0.0:443, [::]:443, 127.0.0.1:8443,
     /// localhost:8443), or :PORT / PORT for every address (IPv4, and IPv6 where the machine
     /// has it); repeatable.
+    #[arg(help_heading = "Listening", hide_env = true)]
     #[arg(long, env = "WSSBRIDGE_LISTEN", value_name = "ADDR", default_value = "0.0.0.0:8443",
           value_delimiter = ' ', action = ArgAction::Append)]
     pub listen: Vec<ListenArg>,
 
+    /// Plain-HTTP address that redirects to https (e.g. :80).
+    ///
+    /// Plain-HTTP address answering every request 308 Permanent Redirect to https://
+    /// (e.g. 0.0.0.0:80); repeatable.
+    #[arg(help_heading = "Listening", hide_env = true)]
+    #[arg(long = "redirect-http", env = "WSSBRIDGE_REDIRECT_HTTP", value_name = "ADDR",
+          value_delimiter = ' ', action = ArgAction::Append)]
+    pub redirect_http: Vec<SocketAddr>,
+
+    /// PEM certificate chain (repeat with --key for several names).
+    ///
     /// PEM certificate chain: the server certificate first, then intermediates. Repeat with
     /// --key for several names: the n-th --cert goes with the n-th --key; the one whose SAN
     /// names the client's SNI serves it (exact, then wildcard), the first is the default.
     /// Without --cert/--key an ephemeral self-signed certificate for localhost is generated.
+    #[arg(help_heading = "Certificates", hide_env = true)]
     #[arg(long = "cert", env = "WSSBRIDGE_CERT", value_name = "PATH", requires = "keys",
           value_delimiter = ' ', action = ArgAction::Append)]
     pub certs: Vec<PathBuf>,
 
+    /// PEM private key, one per --cert.
+    ///
     /// PEM private key (PKCS#8, PKCS#1 or SEC1; RSA, ECDSA P-256/P-384 or Ed25519), one per
     /// --cert, in the same order.
+    #[arg(help_heading = "Certificates", hide_env = true)]
     #[arg(long = "key", env = "WSSBRIDGE_KEY", value_name = "PATH", requires = "certs",
           value_delimiter = ' ', action = ArgAction::Append)]
     pub keys: Vec<PathBuf>,
 
+    /// Refuse a TLS name no certificate has.
+    ///
     /// Refuse a TLS name (SNI) that no certificate has, with the unrecognized_name alert,
     /// instead of serving the first certificate. Clients that send no SNI get the first.
+    #[arg(help_heading = "Certificates", hide_env = true)]
     #[arg(long, env = "WSSBRIDGE_STRICT_SNI")]
     pub strict_sni: bool,
 
+    /// Reload certificate files when they change, checked this often.
+    ///
     /// Check certificate, key and CA files this often and reload them when their content
     /// changed (certbot renewals, symlinks included); 0 = off. SIGHUP reloads at once.
+    #[arg(help_heading = "Certificates", hide_env = true)]
     #[arg(
         long,
         env = "WSSBRIDGE_CERT_POLL",
@@ -67,44 +119,79 @@ pub struct Args {
     )]
     pub cert_poll: Timeout,
 
+    /// CA certificates clients must present a certificate from (mTLS).
+    ///
     /// PEM file of CA certificates: clients must present a certificate that chains to one
     /// of them (mutual TLS); repeatable.
+    #[arg(help_heading = "Certificates", hide_env = true)]
     #[arg(long = "client-ca", env = "WSSBRIDGE_CLIENT_CA", value_name = "PATH",
           value_delimiter = ' ', action = ArgAction::Append)]
     pub client_cas: Vec<PathBuf>,
 
+    /// With --client-ca: required or optional.
+    ///
     /// With --client-ca: `required` refuses clients without a certificate; `optional` lets
     /// them through (a certificate that does not chain is still refused).
+    #[arg(help_heading = "Certificates", hide_env = true)]
     #[arg(long, env = "WSSBRIDGE_CLIENT_AUTH", value_enum, default_value_t = ClientAuth::Required,
           requires = "client_cas")]
     pub client_auth: ClientAuth,
 
-    /// Plain-HTTP address answering every request 308 Permanent Redirect to https://
-    /// (e.g. 0.0.0.0:80); repeatable.
-    #[arg(long = "redirect-http", env = "WSSBRIDGE_REDIRECT_HTTP", value_name = "ADDR",
-          value_delimiter = ' ', action = ArgAction::Append)]
-    pub redirect_http: Vec<SocketAddr>,
-
+    /// Route [HOST]PATH=BACKEND[,BACKEND...] (e.g. /socket.io/=127.0.0.1:3000).
+    ///
     /// Route rule [HOST]PATH=BACKEND[,BACKEND...], e.g. /socket.io/=127.0.0.1:3000; repeatable.
     /// A host route beats a hostless one, then the longest path prefix wins (at '/' boundaries).
     /// Several backends are used round-robin, failing over to the next.
+    #[arg(help_heading = "Routing", hide_env = true)]
     #[arg(long = "route", env = "WSSBRIDGE_ROUTE", value_name = "RULE", value_delimiter = ' ',
           action = ArgAction::Append)]
     pub routes: Vec<RouteSpec>,
 
     /// Shorthand for --route /=BACKEND[,BACKEND...].
+    #[arg(help_heading = "Routing", hide_env = true)]
     #[arg(long, env = "WSSBRIDGE_TO", value_name = "BACKEND", value_parser = parse_backends)]
     pub to: Option<Backends>,
 
+    /// Allow Upgrade to this protocol besides websocket.
+    ///
+    /// Allow `Upgrade` to this protocol besides websocket (e.g. h2c); repeatable. Any other
+    /// upgrade is answered 400.
+    #[arg(help_heading = "Routing", hide_env = true)]
+    #[arg(long = "allow-upgrade", env = "WSSBRIDGE_ALLOW_UPGRADE", value_name = "PROTOCOL",
+          value_delimiter = ' ', action = ArgAction::Append)]
+    pub allow_upgrades: Vec<String>,
+
+    /// Open a tunnel only if the backend's Sec-WebSocket-Accept is right.
+    ///
+    /// Open a WebSocket tunnel only if the backend's Sec-WebSocket-Accept matches the
+    /// client's key (RFC 6455).
+    #[arg(help_heading = "Routing", hide_env = true)]
+    #[arg(long, env = "WSSBRIDGE_CHECK_WEBSOCKET_ACCEPT")]
+    pub check_websocket_accept: bool,
+
+    /// Do not answer 421 when Host and the TLS name differ.
+    ///
+    /// Do not answer 421 when the Host header names a different host-routed name than the
+    /// TLS SNI (domain fronting).
+    #[arg(help_heading = "Routing", hide_env = true)]
+    #[arg(long, env = "WSSBRIDGE_ALLOW_SNI_MISMATCH")]
+    pub allow_sni_mismatch: bool,
+
+    /// round-robin, least-conn or ip-hash, for every route or one.
+    ///
     /// How a route spreads connections over its backends: round-robin, least-conn (fewest
     /// live connections) or ip-hash (sticky by client address); POLICY for every route or
     /// [HOST]PATH=POLICY for one, named as its --route names it; repeatable.
+    #[arg(help_heading = "Balancing", hide_env = true)]
     #[arg(long = "balance", env = "WSSBRIDGE_BALANCE", value_name = "[[HOST]PATH=]POLICY",
           value_delimiter = ' ', action = ArgAction::Append)]
     pub balance: Vec<PerRoute<Policy>>,
 
+    /// How long a failed connect marks a backend down.
+    ///
     /// A failed connect marks that backend down this long: connections try the others first
     /// (0 = off). When every backend of a route is down, all are tried anyway.
+    #[arg(help_heading = "Balancing", hide_env = true)]
     #[arg(
         long,
         env = "WSSBRIDGE_FAIL_TIMEOUT",
@@ -113,14 +200,18 @@ pub struct Args {
     )]
     pub fail_timeout: Timeout,
 
+    /// Active health check: tcp or a path such as /healthz.
+    ///
     /// Active health check: tcp (a connect) or a path such as /healthz (GET, 2xx or 3xx
     /// passes); CHECK for every route or [HOST]PATH=CHECK for one; repeatable. Down after 3
     /// failures in a row, up after 2 passes.
+    #[arg(help_heading = "Balancing", hide_env = true)]
     #[arg(long = "health-check", env = "WSSBRIDGE_HEALTH_CHECK", value_name = "[[HOST]PATH=]CHECK",
           value_delimiter = ' ', action = ArgAction::Append)]
     pub health_checks: Vec<PerRoute<Check>>,
 
     /// Time between two health checks of one backend.
+    #[arg(help_heading = "Balancing", hide_env = true)]
     #[arg(
         long,
         env = "WSSBRIDGE_HEALTH_INTERVAL",
@@ -130,6 +221,7 @@ pub struct Args {
     pub health_interval: Timeout,
 
     /// Time one health check may take.
+    #[arg(help_heading = "Balancing", hide_env = true)]
     #[arg(
         long,
         env = "WSSBRIDGE_HEALTH_TIMEOUT",
@@ -138,35 +230,45 @@ pub struct Args {
     )]
     pub health_timeout: Timeout,
 
+    /// Add the client's address: X-Forwarded-For, X-Real-IP, Forwarded.
+    ///
     /// Add X-Forwarded-For, X-Forwarded-Proto, X-Real-IP and Forwarded (the client's address)
     /// to every request head forwarded; the client's own are removed first.
+    #[arg(help_heading = "Forwarding", hide_env = true)]
     #[arg(long, env = "WSSBRIDGE_ADD_FORWARDED")]
     pub add_forwarded: bool,
 
+    /// A proxy in front whose X-Forwarded-For is kept and extended.
+    ///
     /// A proxy in front whose X-Forwarded-For and Forwarded are kept and extended, not
     /// removed (address or CIDR range); repeatable.
+    #[arg(help_heading = "Forwarding", hide_env = true)]
     #[arg(long = "trust-forwarded", env = "WSSBRIDGE_TRUST_FORWARDED", value_name = "CIDR",
           value_delimiter = ' ', action = ArgAction::Append)]
     pub trust_forwarded: Vec<Cidr>,
 
+    /// Send a PROXY protocol header (v1 or v2) to backends.
+    ///
     /// Write a PROXY protocol header (v1 or v2) to backends before any byte; for every route
     /// or [HOST]PATH=v1|v2 for one; repeatable.
+    #[arg(help_heading = "Forwarding", hide_env = true)]
     #[arg(long = "send-proxy", env = "WSSBRIDGE_SEND_PROXY", value_name = "[[HOST]PATH=]v1|v2",
           value_delimiter = ' ', action = ArgAction::Append)]
     pub send_proxy: Vec<PerRoute<proxy_protocol::Version>>,
 
+    /// Read a PROXY header from this address or range (a balancer).
+    ///
     /// Connections from this address or range (a load balancer) must begin with a PROXY v1
     /// or v2 header, whose client address is then used for everything; repeatable.
+    #[arg(help_heading = "Forwarding", hide_env = true)]
     #[arg(long = "accept-proxy-from", env = "WSSBRIDGE_ACCEPT_PROXY_FROM", value_name = "CIDR",
           value_delimiter = ' ', action = ArgAction::Append)]
     pub accept_proxy_from: Vec<Cidr>,
 
-    /// Plain-HTTP address for /metrics (Prometheus), /livez, /healthz and /readyz, e.g.
-    /// 127.0.0.1:9090 (keep it private).
-    #[arg(long, env = "WSSBRIDGE_ADMIN", value_name = "ADDR")]
-    pub admin: Option<SocketAddr>,
-
+    /// Time for the TLS handshake.
+    ///
     /// Time allowed for the TLS handshake (0 = off).
+    #[arg(help_heading = "Timeouts", hide_env = true)]
     #[arg(
         long,
         env = "WSSBRIDGE_HANDSHAKE_TIMEOUT",
@@ -175,8 +277,11 @@ pub struct Args {
     )]
     pub handshake_timeout: Timeout,
 
+    /// Time for a request head (the first from accept).
+    ///
     /// Time from accept to the end of the first request head, and from the first byte of
     /// each later head on a keep-alive connection to its end (0 = off).
+    #[arg(help_heading = "Timeouts", hide_env = true)]
     #[arg(
         long,
         env = "WSSBRIDGE_HEADER_TIMEOUT",
@@ -185,7 +290,10 @@ pub struct Args {
     )]
     pub header_timeout: Timeout,
 
+    /// Time to connect to one backend.
+    ///
     /// Time allowed to connect to one backend (0 = off).
+    #[arg(help_heading = "Timeouts", hide_env = true)]
     #[arg(
         long,
         env = "WSSBRIDGE_CONNECT_TIMEOUT",
@@ -194,8 +302,11 @@ pub struct Args {
     )]
     pub connect_timeout: Timeout,
 
+    /// Close a tunnel silent this long (off: WebSockets idle for hours).
+    ///
     /// Close a tunnel after this long with no bytes either way (0 = off: WebSockets may be
     /// silent for hours; TCP keepalive finds dead peers instead).
+    #[arg(help_heading = "Timeouts", hide_env = true)]
     #[arg(
         long,
         env = "WSSBRIDGE_IDLE_TIMEOUT",
@@ -204,8 +315,11 @@ pub struct Args {
     )]
     pub idle_timeout: Timeout,
 
+    /// How long a keep-alive connection may wait for its next request.
+    ///
     /// How long a keep-alive connection may wait for its next request before it is closed
     /// quietly (0 = off). Upgraded tunnels are not affected: see --idle-timeout.
+    #[arg(help_heading = "Timeouts", hide_env = true)]
     #[arg(
         long,
         env = "WSSBRIDGE_KEEPALIVE_TIMEOUT",
@@ -214,8 +328,11 @@ pub struct Args {
     )]
     pub keepalive_timeout: Timeout,
 
+    /// How long a half-closed tunnel may stay silent.
+    ///
     /// Once one direction of a tunnel has closed, how long the other may be silent before the
     /// tunnel is closed (0 = off).
+    #[arg(help_heading = "Timeouts", hide_env = true)]
     #[arg(
         long,
         env = "WSSBRIDGE_CLOSE_TIMEOUT",
@@ -224,8 +341,11 @@ pub struct Args {
     )]
     pub close_timeout: Timeout,
 
+    /// End a tunnel whose peer stopped reading for this long.
+    ///
     /// A write to a client or backend that makes no progress this long (the peer stopped
     /// reading) ends the tunnel and frees what it held (0 = off).
+    #[arg(help_heading = "Timeouts", hide_env = true)]
     #[arg(
         long,
         env = "WSSBRIDGE_SEND_TIMEOUT",
@@ -234,8 +354,11 @@ pub struct Args {
     )]
     pub send_timeout: Timeout,
 
+    /// On SIGTERM, how long /readyz says 503 before the listeners close.
+    ///
     /// On SIGTERM/SIGINT, how long /readyz answers 503 while the listeners still accept, so
     /// a balancer in front stops sending first (0 = close the listeners at once).
+    #[arg(help_heading = "Timeouts", hide_env = true)]
     #[arg(
         long,
         env = "WSSBRIDGE_SHUTDOWN_DELAY",
@@ -244,7 +367,10 @@ pub struct Args {
     )]
     pub shutdown_delay: Timeout,
 
+    /// On SIGTERM, how long live tunnels may go on.
+    ///
     /// On SIGTERM/SIGINT, how long live tunnels may go on before they are closed.
+    #[arg(help_heading = "Timeouts", hide_env = true)]
     #[arg(
         long,
         env = "WSSBRIDGE_SHUTDOWN_GRACE",
@@ -253,7 +379,10 @@ pub struct Args {
     )]
     pub shutdown_grace: Timeout,
 
+    /// Largest request head (431 beyond).
+    ///
     /// Largest first request head accepted (answered 431 beyond).
+    #[arg(help_heading = "Limits", hide_env = true)]
     #[arg(
         long,
         env = "WSSBRIDGE_MAX_HEADER_BYTES",
@@ -262,54 +391,65 @@ pub struct Args {
     )]
     pub max_header_bytes: Size,
 
+    /// Connections served at once (503 beyond).
+    ///
     /// Connections served at once; more are answered 503 [default: from the file-descriptor
     /// limit, two descriptors per tunnel].
+    #[arg(help_heading = "Limits", hide_env = true)]
     #[arg(long, env = "WSSBRIDGE_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
 
+    /// TLS handshakes in progress at once.
+    ///
     /// TLS handshakes in progress at once; more wait for a slot (within --handshake-timeout),
     /// so a handshake flood cannot starve established tunnels [default: 4 per core].
+    #[arg(help_heading = "Limits", hide_env = true)]
     #[arg(long, env = "WSSBRIDGE_MAX_HANDSHAKES", value_name = "N")]
     pub max_handshakes: Option<usize>,
 
+    /// Connections one client address may hold.
+    ///
     /// Connections one client IP address may hold at once; more are closed at accept
     /// [default: no limit].
+    #[arg(help_heading = "Limits", hide_env = true)]
     #[arg(long, env = "WSSBRIDGE_MAX_CONNECTIONS_PER_IP", value_name = "N")]
     pub max_connections_per_ip: Option<usize>,
 
-    /// Allow `Upgrade` to this protocol besides websocket (e.g. h2c); repeatable. Any other
-    /// upgrade is answered 400.
-    #[arg(long = "allow-upgrade", env = "WSSBRIDGE_ALLOW_UPGRADE", value_name = "PROTOCOL",
-          value_delimiter = ' ', action = ArgAction::Append)]
-    pub allow_upgrades: Vec<String>,
+    /// Plain-HTTP address for /metrics, /livez, /readyz (keep it private).
+    ///
+    /// Plain-HTTP address for /metrics (Prometheus), /livez, /healthz and /readyz, e.g.
+    /// 127.0.0.1:9090 (keep it private).
+    #[arg(help_heading = "Admin", hide_env = true)]
+    #[arg(long, env = "WSSBRIDGE_ADMIN", value_name = "ADDR")]
+    pub admin: Option<SocketAddr>,
 
-    /// Open a WebSocket tunnel only if the backend's Sec-WebSocket-Accept matches the
-    /// client's key (RFC 6455).
-    #[arg(long, env = "WSSBRIDGE_CHECK_WEBSOCKET_ACCEPT")]
-    pub check_websocket_accept: bool,
-
-    /// Do not answer 421 when the Host header names a different host-routed name than the
-    /// TLS SNI (domain fronting).
-    #[arg(long, env = "WSSBRIDGE_ALLOW_SNI_MISMATCH")]
-    pub allow_sni_mismatch: bool,
-
-    /// Log format.
-    #[arg(long, env = "WSSBRIDGE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
-
-    /// More logging (-v debug, -vv trace); RUST_LOG overrides.
-    #[arg(short, long, env = "WSSBRIDGE_VERBOSE", action = ArgAction::Count)]
-    pub verbose: u8,
-
-    /// Less logging (-q warnings only, -qq errors only).
-    #[arg(short, long, env = "WSSBRIDGE_QUIET", action = ArgAction::Count, conflicts_with = "verbose")]
-    pub quiet: u8,
-
+    /// Check the configuration, print what would be served, and exit.
+    ///
     /// Check the configuration as a start would (flags, files, routes, backend names), print
     /// what would be served, and exit: 0, or 2 with the message a start would give. Binds
     /// and connects to nothing (like nginx -t).
+    #[arg(help_heading = "Admin", hide_env = true)]
     #[arg(long, env = "WSSBRIDGE_CHECK")]
     pub check: bool,
+
+    /// Log format.
+    #[arg(help_heading = "Logging", hide_env = true)]
+    #[arg(long, env = "WSSBRIDGE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// More logging (-v debug, -vv trace).
+    ///
+    /// More logging (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(help_heading = "Logging", hide_env = true)]
+    #[arg(short, long, env = "WSSBRIDGE_VERBOSE", action = ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Less logging (-q warnings, -qq errors).
+    ///
+    /// Less logging (-q warnings only, -qq errors only).
+    #[arg(help_heading = "Logging", hide_env = true)]
+    #[arg(short, long, env = "WSSBRIDGE_QUIET", action = ArgAction::Count, conflicts_with = "verbose")]
+    pub quiet: u8,
 
     /// Whether --listen was given (on the command line or in the environment) rather than
     /// defaulted: beside inherited sockets it is an error.

@@ -89,7 +89,8 @@ fn help_documents_every_flag_and_version_works() {
     let help = wssbridge().arg("--help").output().unwrap();
     assert!(help.status.success());
     let help = String::from_utf8_lossy(&help.stdout);
-    assert!(help.contains("Exit status: 0 after a clean shutdown; 2 when it cannot start"));
+    let flat = help.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(flat.contains("Exit status: 0 after a clean shutdown; 2 when it cannot start"));
     for flag in [
         "--listen",
         "--cert",
@@ -115,6 +116,60 @@ fn help_documents_every_flag_and_version_works() {
     let version = wssbridge().arg("--version").output().unwrap();
     assert!(version.status.success());
     assert!(String::from_utf8_lossy(&version.stdout).contains(env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn short_help_is_grouped_and_long_help_wraps_and_ends_with_examples() {
+    let short = wssbridge().arg("-h").output().unwrap();
+    let long = wssbridge()
+        .arg("--help")
+        .env("COLUMNS", "80")
+        .output()
+        .unwrap();
+    assert!(short.status.success() && long.status.success());
+    let (short, long) = (
+        String::from_utf8_lossy(&short.stdout).into_owned(),
+        String::from_utf8_lossy(&long.stdout).into_owned(),
+    );
+    let headings = [
+        "Listening:",
+        "Certificates:",
+        "Routing:",
+        "Balancing:",
+        "Forwarding:",
+        "Timeouts:",
+        "Limits:",
+        "Admin:",
+        "Logging:",
+    ];
+    let mut at = 0;
+    for heading in headings {
+        let found = short[at..].find(&format!("\n{heading}\n"));
+        assert!(
+            found.is_some(),
+            "{heading} missing or out of order in -h:\n{short}"
+        );
+        at += found.unwrap() + 1;
+    }
+    assert!(
+        short.lines().count() * 3 < long.lines().count(),
+        "-h is the short form"
+    );
+    assert!(!short.contains("[env: "), "-h stays short: {short}");
+    assert!(
+        long.lines().all(|l| l.chars().count() <= 80),
+        "wrapped at COLUMNS=80:\n{long}"
+    );
+    let examples = long
+        .rfind("Examples:")
+        .expect("examples at the end of --help");
+    for example in ["--to 127.0.0.1:3000", "--balance ip-hash", "--cert-poll 1m"] {
+        assert!(
+            long[examples..].contains(example),
+            "{example} in\n{}",
+            &long[examples..]
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
