@@ -17,7 +17,7 @@ TLS_AUDIT_PORT ?= 9443
 
 BENCH_ARGS ?=
 
-.PHONY: all build release test unit e2e lint check certs demo demo-check fuzz tls-audit bench bench-quick soak micro dist deb deb-check install clean
+.PHONY: all build release test unit e2e lint check certs demo demo-socketio demo-check FORCE fuzz tls-audit bench bench-quick soak micro dist deb deb-check install clean
 
 all: build
 
@@ -120,13 +120,34 @@ CERT_NAMES ?= localhost 127.0.0.1 ::1
 certs: certs/server.pem
 
 certs/server.pem:
-	$(CARGO) run --quiet --example gencerts -- certs $(CERT_NAMES)
+	@echo "make certs: building the certificate tool (the first build of all takes several minutes)…"
+	$(CARGO) run --example gencerts -- certs $(CERT_NAMES)
 
 ## The chat demo behind wssbridge: open the printed URL in two tabs. Every demo process stops
-## when make stops (Ctrl-C, or any signal to make's PID).
-demo: certs
+## when make stops: Ctrl-C, or SIGINT, SIGTERM, SIGHUP or SIGQUIT to make's PID alone. (On
+## those, make deletes the recipe's target file, target/demo.running, which the demo
+## watches: make forwards only SIGTERM to its children, and waits for them on the others.
+## A make started in the background by a script ignores SIGINT, as every such job does.)
+demo: target/demo.running
+
+target/demo.running: FORCE certs
+	@echo "make demo: building wssbridge and the chat backend (the first build takes several minutes)…"
 	$(CARGO) build --bin wssbridge --example chat
-	@examples/demo.sh $$PPID "$(DEMO_LISTEN)" "$(DEMO_BACKEND)"
+	@touch $@
+	@examples/demo.sh $$PPID "$(DEMO_LISTEN)" "$(DEMO_BACKEND)" $@
+
+## The seed's own case: a socket.io v4 chat (examples/socketio/: rooms, the page shows the
+## transport) behind wssbridge; prints what `make demo` prints. Needs node and npm.
+demo-socketio: target/demo-socketio.running
+
+target/demo-socketio.running: FORCE certs
+	@echo "make demo-socketio: building wssbridge, installing socket.io (the first build takes several minutes)…"
+	$(CARGO) build --bin wssbridge
+	cd examples/socketio && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+	@examples/demo.sh $$PPID "$(DEMO_LISTEN)" "$(DEMO_BACKEND)" $@ socketio
+
+FORCE:
 
 ## Checks that `make demo` starts, stops with make, and refuses a taken backend port.
 demo-check:

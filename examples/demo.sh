@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# `make demo`: the chat backend (examples/chat.rs) with wssbridge in front of it.
+# `make demo`: the chat backend (examples/chat.rs) with wssbridge in front of it; `make
+# demo-socketio`: the socket.io chat (examples/socketio/) instead.
 #
-# Usage: examples/demo.sh MAKE_PID LISTEN BACKEND. Every process started here stops when make
-# stops, whatever the signal (a loop watches make's PID; Ctrl-C reaches them all anyway).
+# Usage: examples/demo.sh MAKE_PID LISTEN BACKEND RUNNING [chat|socketio]. Every process started here stops
+# when make stops or is told to: a loop watches make's PID and RUNNING, the recipe's target
+# file, which make deletes when it gets SIGINT, SIGTERM, SIGHUP or SIGQUIT (it forwards only
+# SIGTERM to its children, and waits for them). Ctrl-C reaches them all anyway.
 # If the chat backend cannot listen on BACKEND (port 3000 is often taken on a Node
 # developer's machine), the demo stops with its message instead of fronting whatever holds
 # the port.
 set -u
-make_pid=$1 listen=$2 backend=$3
+make_pid=$1 listen=$2 backend=$3 running=${4:-} kind=${5:-chat}
 dir=$(mktemp -d)
 chat= bridge=
 stop() {
@@ -15,11 +18,15 @@ stop() {
   [ -n "$chat" ] && kill "$chat" 2>/dev/null
   wait 2>/dev/null
   rm -rf "$dir"
+  [ -n "$running" ] && rm -f "$running"
 }
 trap stop EXIT
 trap 'exit 0' INT TERM HUP
 
-target/debug/examples/chat "$backend" > "$dir/chat.out" &
+case $kind in
+  socketio) node examples/socketio/server.js "$backend" > "$dir/chat.out" & ;;
+  *) target/debug/examples/chat "$backend" > "$dir/chat.out" & ;;
+esac
 chat=$!
 for _ in $(seq 100); do
   grep -q "chat backend on" "$dir/chat.out" && break
@@ -46,6 +53,7 @@ echo "  Open https://localhost:$port/ in two browser tabs."
 echo "  Trust certs/ca.pem in the browser to avoid the warning, or accept it once."
 echo "  Ctrl-C stops both."
 echo
-while kill -0 "$make_pid" 2>/dev/null && kill -0 "$bridge" 2>/dev/null && kill -0 "$chat" 2>/dev/null; do
+while kill -0 "$make_pid" 2>/dev/null && kill -0 "$bridge" 2>/dev/null && kill -0 "$chat" 2>/dev/null \
+  && { [ -z "$running" ] || [ -e "$running" ]; }; do
   sleep 0.3
 done

@@ -135,6 +135,7 @@ async fn ask(tunnel: &Tunnel, path: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_headers_out_are_read_by_haproxy_and_nginx() {
+    support::require(&[("haproxy", "haproxy"), ("nginx", "nginx-light")]);
     let port = free_port();
     let _haproxy = haproxy_reporting(port);
     let nginx_port = free_port();
@@ -266,6 +267,7 @@ async fn a_v2_header_carries_the_addresses_the_sni_and_the_tls_version() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_checks_to_a_proxy_protocol_backend_send_a_local_header_first() {
+    support::require(&[("haproxy", "haproxy")]);
     let logs = support::logs();
     let port = free_port();
     let _haproxy = haproxy_reporting(port);
@@ -304,6 +306,7 @@ async fn health_checks_to_a_proxy_protocol_backend_send_a_local_header_first() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_headers_in_from_haproxy_give_the_real_client_everywhere() {
+    support::require(&[("haproxy", "haproxy")]);
     let logs = support::logs();
     let app = Backend::http("app").await;
     let tunnel = Tunnel::start(&[
@@ -489,6 +492,7 @@ fn promtool_accepts(scrape: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_move_as_things_happen_and_promtool_reads_them() {
+    support::require(&[("promtool", "prometheus")]);
     let ws = Backend::ws_echo().await;
     let dead = support::refusing_address().await;
     let tunnel = Tunnel::start(&[

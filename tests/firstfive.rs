@@ -236,3 +236,23 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+#[test]
+fn a_missing_tool_is_named_with_its_package_in_one_line() {
+    let caught = std::panic::catch_unwind(|| {
+        support::require(&[
+            ("sh", "dash"),
+            ("wssbridge-no-such-tool", "no-such-package"),
+        ])
+    });
+    let message = caught.expect_err("a missing program fails the test");
+    let message = message
+        .downcast_ref::<String>()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        message,
+        "this test needs wssbridge-no-such-tool: apt-get install no-such-package \
+         (.ci/run installs it)"
+    );
+}

@@ -15,6 +15,7 @@ use wssbridge::lifecycle::Event;
 
 #[test]
 fn a_sighup_while_the_certificate_is_still_being_read_does_not_end_the_process() {
+    support::require(&[("mkfifo", "coreutils")]);
     let pki = support::pki();
     let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("fifo-{}", std::process::id()));

@@ -119,11 +119,14 @@ fn days_are_a_unit() {
 fn unprivileged(args: &[&str]) -> (i32, String) {
     let binary = env!("CARGO_BIN_EXE_wssbridge");
     let out = match is_root() {
-        true => Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", binary])
-            .args(args)
-            .output()
-            .expect("setpriv (util-linux)"),
+        true => Command::new({
+            support::require(&[("setpriv", "util-linux")]);
+            "setpriv"
+        })
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", binary])
+        .args(args)
+        .output()
+        .expect("setpriv (util-linux)"),
         false => Command::new(binary).args(args).output().unwrap(),
     };
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();

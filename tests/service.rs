@@ -108,6 +108,7 @@ fn an_abstract_notify_socket_works_too() {
 /// python3 program), placed at fd 3 and up, `LISTEN_FDS`, `LISTEN_PID` (its own, kept across
 /// exec) and `LISTEN_FDNAMES` set.
 fn activated(names: &[&str], args: &[&str]) -> Command {
+    support::require(&[("python3", "python3")]);
     let script = r#"
 import os, socket, sys
 names = sys.argv[1].split(":")

@@ -8,6 +8,22 @@ pub mod insecure;
 pub mod peers;
 pub mod pki;
 
+/// Fails at once, in one line naming the Debian package, when a program a test needs is
+/// missing: before the test starts anything, not half-way.
+pub fn require(programs: &[(&str, &str)]) {
+    for (program, package) in programs {
+        let found = std::env::var_os("PATH").is_some_and(|path| {
+            std::env::split_paths(&path).any(|dir| dir.join(program).is_file())
+        }) || ["/usr/sbin", "/sbin"]
+            .iter()
+            .any(|dir| std::path::Path::new(dir).join(program).is_file());
+        assert!(
+            found,
+            "this test needs {program}: apt-get install {package} (.ci/run installs it)"
+        );
+    }
+}
+
 /// A number unique within this test process, for directory names.
 pub fn peers_serial() -> usize {
     static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
