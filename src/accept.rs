@@ -128,6 +128,24 @@ impl Listeners {
         Ok(Some(listeners))
     }
 
+    /// What each listener serves (`tls`, `redirect`, `admin`) and its address.
+    pub fn described(&self) -> Vec<(&'static str, SocketAddr)> {
+        let kinds = [("tls", &self.tls), ("redirect", &self.redirect)];
+        let mut all: Vec<(&'static str, SocketAddr)> = kinds
+            .iter()
+            .flat_map(|(kind, ls)| {
+                ls.iter()
+                    .filter_map(|l| Some((*kind, l.local_addr().ok()?)))
+            })
+            .collect();
+        all.extend(
+            self.admin
+                .iter()
+                .filter_map(|l| Some(("admin", l.local_addr().ok()?))),
+        );
+        all
+    }
+
     /// Binds every listener the settings name; an error names the flag and address. The
     /// IPv6 twin of `:PORT` is bound where the machine has IPv6, and skipped (logged) where
     /// it has not.

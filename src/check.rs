@@ -33,7 +33,7 @@ pub fn report(config: &Config) -> anyhow::Result<String> {
     }
     if let Some(addr) = settings.admin {
         line(format!(
-            "listen      {addr}  admin: /metrics /livez /healthz /readyz"
+            "listen      {addr}  admin: / (status page) /status.json /metrics /livez /healthz /readyz"
         ));
     }
     let now = SystemTime::now();

@@ -800,7 +800,7 @@ mod tests {
             "60s",
             "30s",
             "16KiB",
-            "WSSBRIDGE_ROUTE",
+            "WSSBRIDGE_<FLAG>",
         ] {
             assert!(help.contains(needle), "--help lacks {needle}");
         }

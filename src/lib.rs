@@ -61,10 +61,12 @@ pub fn log_startup(config: &Config, listeners: &Listeners) {
         .redirect
         .iter()
         .map(|l| (l, "redirecting plain HTTP to https"));
-    let admin = listeners
-        .admin
-        .iter()
-        .map(|l| (l, "admin: /metrics /livez /healthz /readyz"));
+    let admin = listeners.admin.iter().map(|l| {
+        (
+            l,
+            "admin: / (status page) /status.json /metrics /livez /healthz /readyz",
+        )
+    });
     for (l, what) in tls.chain(redirect).chain(admin) {
         match l.local_addr() {
             Ok(addr) => tracing::info!(%addr, "{what}"),

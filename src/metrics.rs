@@ -199,6 +199,21 @@ impl Metrics {
     pub fn reloaded(&self, ok: bool) {
         self.reloads.inc(if ok { "success" } else { "failure" });
     }
+
+    /// TLS connections open now, in any stage.
+    pub fn connections_now(&self) -> i64 {
+        self.connections_active.get()
+    }
+
+    /// Handshakes so far, whatever their result.
+    pub fn handshakes_total(&self) -> u64 {
+        self.handshakes.counts().iter().map(|(_, n)| n).sum()
+    }
+
+    /// Answers wssbridge gave itself so far, by status (each known status, then `other`).
+    pub fn responses(&self) -> Vec<(&'static str, u64)> {
+        self.responses.counts()
+    }
 }
 
 /// A counter family whose label values are known ahead. Each value's counter is taken from
@@ -228,6 +243,20 @@ impl<const N: usize> Known<N> {
             values,
             counters,
         }
+    }
+
+    /// Each known value's count, then `other` (any value not known ahead) when counted.
+    fn counts(&self) -> Vec<(&'static str, u64)> {
+        let mut counts: Vec<(&'static str, u64)> = self
+            .values
+            .iter()
+            .zip(&self.counters)
+            .map(|(v, c)| (*v, c.get().map_or(0, Counter::get)))
+            .collect();
+        if let Some(other) = self.family.get(&[(self.label, "other")]) {
+            counts.push(("other", other.get()));
+        }
+        counts
     }
 
     fn inc(&self, value: &'static str) {

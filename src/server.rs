@@ -116,7 +116,19 @@ impl Server {
         crate::log_startup(&state.config.load(), &listeners);
 
         if let Some(listener) = &listeners.admin {
-            let serve = admin::serve(accepting(listener)?, state.clone(), life.force().clone());
+            // The status page's board, filled while the process runs (a sample every 10 s,
+            // each reload), only when there is an admin port to show it.
+            let board = Arc::new(admin::board::Board::new(listeners.described()));
+            let events = life.events();
+            let (recorder, state_r) = (board.clone(), state.clone());
+            let until = life.stop().clone().cancelled_owned();
+            life.spawn_background(async move { recorder.record(&state_r, events, until).await });
+            let serve = admin::serve(
+                accepting(listener)?,
+                state.clone(),
+                board,
+                life.force().clone(),
+            );
             life.spawn_background(serve);
         }
         let https_port = match listeners.tls.first() {

@@ -231,7 +231,7 @@ fn check_prints_what_would_be_served_and_binds_nothing() {
     assert!(out.status.success(), "{stdout}{stderr}");
     for expected in [
         &format!("listen      {addr}  TLS"),
-        "admin: /metrics",
+        "admin: / (status page)",
         "names localhost,127.0.0.1",
         "route       /socket.io/  -> localhost:3000 (127.0.0.1:3000",
         "balance ip-hash",

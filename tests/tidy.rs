@@ -61,7 +61,16 @@ const RULES: &[(&str, &[&str])] = &[
     ("reload", &["config", "lifecycle", "state", "tls"]),
     (
         "admin",
-        &["deadline", "http", "metrics", "respond", "state"],
+        &[
+            "balance::Health",
+            "deadline",
+            "http",
+            "lifecycle",
+            "metrics",
+            "respond",
+            "state",
+            "tls::certs::rfc3339",
+        ],
     ),
     (
         "redirect",
@@ -154,12 +163,19 @@ fn every_module_uses_only_what_its_rule_allows() {
 #[test]
 fn the_checker_sees_grouped_and_inline_paths() {
     let text = "use crate::{conn, redirect::serve};\n// crate::server in a comment\n\
-                let x = crate::http::probe::request(p, h);\nuse crate::splice;";
+                let x = crate::http::probe::request(p, h);\nuse crate::splice;\n\
+                use crate::balance::Health;";
     let found: BTreeSet<String> = crate_paths(text).into_iter().collect();
-    let expected: BTreeSet<String> = ["conn", "redirect::serve", "http::probe::request", "splice"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let expected: BTreeSet<String> = [
+        "conn",
+        "redirect::serve",
+        "http::probe::request",
+        "splice",
+        "balance::Health",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     assert_eq!(found, expected);
 }
 
@@ -210,10 +226,10 @@ fn crate_paths(text: &str) -> Vec<String> {
     found
 }
 
-/// The `a::b::c` at the start of `s` (lower-case segments: modules and functions).
+/// The `a::b::C` at the start of `s` (modules, then an item).
 fn path_at(s: &str) -> String {
     let end = s
-        .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == ':'))
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
         .unwrap_or(s.len());
     s[..end].trim_end_matches(':').to_string()
 }

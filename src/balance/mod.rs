@@ -186,6 +186,23 @@ pub struct BackendState {
     passes: AtomicU32,
     /// Whether the last line logged of it said down: one line per change.
     logged_down: AtomicBool,
+    /// Why the last active check failed, for the status page (a lock taken per check and
+    /// per page view, never per connection).
+    last_check_error: std::sync::Mutex<Option<String>>,
+}
+
+/// A backend's state as an operator reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    Up,
+    /// A failed connect marked it down for this much longer (passive health).
+    DownPassively {
+        left: Duration,
+    },
+    /// Active checks failed in a row; the last said why.
+    DownByCheck {
+        why: String,
+    },
 }
 
 /// Failed active checks in a row that mark a backend down, and passes that bring it back
@@ -205,6 +222,27 @@ impl BackendState {
             fails: AtomicU32::new(0),
             passes: AtomicU32::new(0),
             logged_down: AtomicBool::new(false),
+            last_check_error: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Up, or down and why.
+    pub fn health(&self) -> Health {
+        if self.checked_down.load(Ordering::Relaxed) {
+            let why = self
+                .last_check_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+                .unwrap_or_default();
+            return Health::DownByCheck { why };
+        }
+        let until = self.down_until.load(Ordering::Relaxed);
+        match until.checked_sub(now_ms()) {
+            Some(left) if left > 0 => Health::DownPassively {
+                left: Duration::from_millis(left),
+            },
+            _ => Health::Up,
         }
     }
 
@@ -272,6 +310,10 @@ impl BackendState {
                 }
             }
             Err(why) => {
+                *self
+                    .last_check_error
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(why.clone());
                 self.passes.store(0, Ordering::Relaxed);
                 let fails = self.fails.fetch_add(1, Ordering::Relaxed) + 1;
                 if fails >= FALL

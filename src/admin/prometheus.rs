@@ -1,0 +1,147 @@
+//! The snapshot in Prometheus's text format, after the counters `metrics` keeps.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use super::snapshot::{ProcessView, Snapshot};
+use crate::state::State;
+
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// The counted metrics, then the snapshot's.
+pub fn text(state: &State) -> String {
+    let mut out = String::new();
+    let _ =
+        prometheus_client::encoding::prometheus_text::encode(&mut out, state.metrics.registry());
+    let now = prometheus(&Snapshot::gather(state, None));
+    let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &now);
+    out
+}
+
+type Labels2 = [(&'static str, String); 2];
+type Labels1 = [(&'static str, String); 1];
+
+/// The snapshot in Prometheus's terms.
+fn prometheus(snapshot: &Snapshot) -> Registry {
+    let mut registry = Registry::default();
+    let websockets = Gauge::<i64>::default();
+    websockets.set(snapshot.websockets);
+    registry.register(
+        "wssbridge_websockets_active",
+        "Upgraded tunnels (WebSockets) open now",
+        websockets,
+    );
+    let bytes = Family::<[(&'static str, &'static str); 1], Counter>::default();
+    let (up, down) = snapshot.bytes;
+    bytes
+        .get_or_create(&[("direction", "client_to_backend")])
+        .inc_by(up);
+    bytes
+        .get_or_create(&[("direction", "backend_to_client")])
+        .inc_by(down);
+    registry.register(
+        "wssbridge_bytes",
+        "Bytes moved between clients and backends, counted as they move",
+        bytes,
+    );
+
+    let up = Family::<Labels2, Gauge>::default();
+    let active = Family::<Labels1, Gauge>::default();
+    let failures = Family::<Labels1, Counter>::default();
+    // A backend's state is one per backend, whichever routes name it: its own series once.
+    let mut seen = std::collections::HashSet::new();
+    for b in &snapshot.backends {
+        up.get_or_create(&[("route", b.route.clone()), ("backend", b.backend.clone())])
+            .set(i64::from(b.up));
+        if seen.insert(b.backend.clone()) {
+            active
+                .get_or_create(&[("backend", b.backend.clone())])
+                .set(b.active as i64);
+            failures
+                .get_or_create(&[("backend", b.backend.clone())])
+                .inc_by(b.connect_failures);
+        }
+    }
+    registry.register(
+        "wssbridge_backend_up",
+        "1 while the backend is not marked down (passive or active health)",
+        up,
+    );
+    registry.register(
+        "wssbridge_backend_connections_active",
+        "Connections through this process to the backend now",
+        active,
+    );
+    registry.register(
+        "wssbridge_backend_connect_failures",
+        "Failed connects to the backend",
+        failures,
+    );
+
+    let expiry = Family::<Labels1, Gauge>::default();
+    for (name, not_after) in &snapshot.certificates {
+        expiry
+            .get_or_create(&[("name", name.clone())])
+            .set(*not_after);
+    }
+    registry.register(
+        "wssbridge_certificate_expiry_timestamp_seconds",
+        "When the certificate serving the name expires (Unix time)",
+        expiry,
+    );
+    process(&mut registry, &snapshot.process);
+    registry
+}
+
+/// The Prometheus client libraries' standard process metrics.
+fn process(registry: &mut Registry, p: &ProcessView) {
+    if let Some(seconds) = p.cpu_seconds {
+        let cpu = Counter::<f64, std::sync::atomic::AtomicU64>::default();
+        cpu.inc_by(seconds);
+        registry.register(
+            "process_cpu_seconds",
+            "Total user and system CPU time spent in seconds",
+            cpu,
+        );
+    }
+    let gauges = [
+        (
+            p.resident_bytes,
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes",
+        ),
+        (
+            p.virtual_bytes,
+            "process_virtual_memory_bytes",
+            "Virtual memory size in bytes",
+        ),
+        (
+            p.open_fds,
+            "process_open_fds",
+            "Number of open file descriptors",
+        ),
+        (
+            p.max_fds,
+            "process_max_fds",
+            "Maximum number of open file descriptors",
+        ),
+    ];
+    for (value, name, help) in gauges {
+        if let Some(value) = value {
+            let g = Gauge::<i64>::default();
+            g.set(value);
+            registry.register(name, help, g);
+        }
+    }
+    if let Some(start) = p.start_time {
+        let g = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        g.set(start);
+        registry.register(
+            "process_start_time_seconds",
+            "Start time of the process since unix epoch in seconds",
+            g,
+        );
+    }
+}

@@ -1,0 +1,173 @@
+//! One walk of the state, for every view the admin port has: what `/metrics` reads at scrape
+//! time, and what the status page and `/status.json` show. Gathered per request; nothing
+//! here runs while nobody asks.
+
+use crate::balance::Health;
+use crate::state::State;
+
+/// What the admin port shows beyond the counters, gathered in one walk of the state; each
+/// view (Prometheus text now) encodes it without walking the state again.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// TLS connections open now, in any stage.
+    pub connections: i64,
+    pub websockets: i64,
+    /// TLS handshakes so far, whatever their result.
+    pub handshakes: u64,
+    /// Bytes moved: client to backend, backend to client.
+    pub bytes: (u64, u64),
+    /// Every backend of every route, in the routes' order.
+    pub backends: Vec<BackendView>,
+    /// Each name a certificate serves, once, with its expiry (Unix time).
+    pub certificates: Vec<(String, i64)>,
+    /// Each certificate: its file, names and expiry.
+    pub certs: Vec<CertView>,
+    /// Each route with its policy and check; its backends are those of `backends` with its
+    /// name.
+    pub routes: Vec<RouteView>,
+    /// Answers wssbridge gave itself, by status.
+    pub responses: Vec<(&'static str, u64)>,
+    /// Why `/readyz` says 503, if it does.
+    pub unready: Option<String>,
+    pub process: ProcessView,
+}
+
+#[derive(Debug)]
+pub struct CertView {
+    pub file: String,
+    pub names: Vec<String>,
+    /// Unix seconds.
+    pub not_after: i64,
+}
+
+#[derive(Debug)]
+pub struct RouteView {
+    pub route: String,
+    pub policy: String,
+    /// The active check, `off` without one.
+    pub check: String,
+}
+
+#[derive(Debug)]
+pub struct BackendView {
+    pub route: String,
+    pub backend: String,
+    pub up: bool,
+    pub health: Health,
+    pub active: usize,
+    pub connect_failures: u64,
+}
+
+/// The process as `/proc/self` shows it; what could not be read is `None`.
+#[derive(Debug, Default)]
+pub struct ProcessView {
+    pub cpu_seconds: Option<f64>,
+    pub resident_bytes: Option<i64>,
+    pub virtual_bytes: Option<i64>,
+    pub start_time: Option<f64>,
+    pub open_fds: Option<i64>,
+    pub max_fds: Option<i64>,
+}
+
+impl Snapshot {
+    pub fn gather(state: &State, unready: Option<String>) -> Snapshot {
+        let traffic = &state.metrics.traffic;
+        let config = state.config.load();
+        let backends = config
+            .pools
+            .iter()
+            .flat_map(|pool| {
+                pool.backends().iter().map(move |b| BackendView {
+                    route: pool.route(),
+                    backend: b.name().to_string(),
+                    up: b.is_up(),
+                    health: b.health(),
+                    active: b.active(),
+                    connect_failures: b.connect_failures(),
+                })
+            })
+            .collect();
+        let mut named = std::collections::HashSet::new();
+        let certificates = config
+            .tls
+            .certs
+            .infos()
+            .iter()
+            .flat_map(|cert| cert.names.iter().map(|n| (n.clone(), cert.not_after)))
+            .filter(|(name, _)| named.insert(name.clone()))
+            .collect();
+        let certs = config
+            .tls
+            .certs
+            .infos()
+            .iter()
+            .map(|cert| CertView {
+                file: cert.file.clone(),
+                names: cert.names.clone(),
+                not_after: cert.not_after,
+            })
+            .collect();
+        let routes = config
+            .pools
+            .iter()
+            .map(|pool| RouteView {
+                route: pool.route(),
+                policy: pool.policy.to_string(),
+                check: pool
+                    .check
+                    .as_ref()
+                    .map_or("off".to_string(), ToString::to_string),
+            })
+            .collect();
+        Snapshot {
+            connections: state.metrics.connections_now(),
+            websockets: traffic.websockets(),
+            handshakes: state.metrics.handshakes_total(),
+            bytes: traffic.bytes(),
+            backends,
+            certificates,
+            certs,
+            routes,
+            responses: state.metrics.responses(),
+            unready,
+            process: ProcessView::read(),
+        }
+    }
+}
+
+impl ProcessView {
+    /// From `/proc/self`.
+    fn read() -> ProcessView {
+        let ticks = rustix::param::clock_ticks_per_second() as f64;
+        let page = rustix::param::page_size() as i64;
+        let mut view = ProcessView::default();
+        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+            // Fields after the command name, which may hold spaces, in parentheses.
+            let fields: Vec<&str> = stat
+                .rsplit_once(')')
+                .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+            let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<f64>().ok());
+            view.cpu_seconds = field(14)
+                .zip(field(15))
+                .map(|(utime, stime)| (utime + stime) / ticks);
+            view.resident_bytes = field(24).map(|rss| rss as i64 * page);
+            view.virtual_bytes = field(23).map(|v| v as i64);
+            view.start_time = field(22)
+                .zip(boot_time())
+                .map(|(start, boot)| boot + start / ticks);
+        }
+        view.open_fds = std::fs::read_dir("/proc/self/fd")
+            .ok()
+            .map(|fds| fds.count() as i64);
+        view.max_fds = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+            .current
+            .map(|max| max.min(i64::MAX as u64) as i64);
+        view
+    }
+}
+
+fn boot_time() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("btime "))?;
+    line[6..].trim().parse().ok()
+}

@@ -1,0 +1,186 @@
+//! The status page and `/status.json` on the admin port, against the live state: routes and
+//! backends (one killed and back), reloads with their result, certificates and their expiry,
+//! and names holding markup shown escaped.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use support::pki::Ca;
+use support::{Backend, Tunnel, WAIT};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn get(addr: SocketAddr, path: &str) -> (u16, String, String) {
+    let mut tcp = TcpStream::connect(addr).await.expect("admin connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut reply = String::new();
+    tokio::time::timeout(WAIT, tcp.read_to_string(&mut reply))
+        .await
+        .expect("admin answer")
+        .unwrap();
+    let (head, body) = reply.split_once("\r\n\r\n").expect("a response");
+    let content_type = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Type: "))
+        .unwrap_or_default()
+        .to_string();
+    (support::status_of(head), content_type, body.to_string())
+}
+
+async fn status(addr: SocketAddr) -> serde_json::Value {
+    let (code, content_type, body) = get(addr, "/status.json").await;
+    assert_eq!((code, content_type.as_str()), (200, "application/json"));
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+/// Polls `/status.json` until `pred` holds (bounded by [`WAIT`]).
+async fn until(addr: SocketAddr, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let json = status(addr).await;
+        if pred(&json) {
+            return json;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never: {json:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "{name}-{}-{}",
+        std::process::id(),
+        support::peers_serial()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_json_follows_backends_reloads_and_certificates() {
+    let dir = temp_dir("status");
+    let ca = Ca::new("status").unwrap();
+    let leaf = ca.server(&["chat.localhost", "localhost"], 1, 10).unwrap();
+    let (cert, key) = (dir.join("chain.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, &leaf.chain_pem).unwrap();
+    std::fs::write(&key, &leaf.key_pem).unwrap();
+    let steady = Backend::http("steady").await;
+    let doomed = Backend::http("doomed").await;
+    let doomed_addr = doomed.addr;
+    let tunnel = Tunnel::start_with_cert(
+        &cert,
+        &key,
+        &[
+            "--admin",
+            "127.0.0.1:0",
+            "--route",
+            &format!("/socket.io/={},{}", steady.address(), doomed.address()),
+            "--balance",
+            "/socket.io/=ip-hash",
+            "--health-check",
+            "tcp",
+            "--health-interval",
+            "100ms",
+            "--to",
+            &steady.address(),
+        ],
+    )
+    .await;
+    let admin = tunnel.admin_addr.unwrap();
+    let json = until(admin, |j| j["ready"] == true).await;
+    assert_eq!(json["version"], env!("CARGO_PKG_VERSION"));
+    assert!(json["uptime_seconds"].is_u64());
+    assert_eq!(json["listeners"][0]["kind"], "tls");
+    assert_eq!(json["listeners"][0]["address"], tunnel.addr.to_string());
+    let routes = json["routes"].as_array().unwrap();
+    assert_eq!(routes[0]["route"], "/socket.io/");
+    assert_eq!(routes[0]["policy"], "ip-hash");
+    assert_eq!(routes[0]["health_check"], "tcp");
+    assert_eq!(routes[0]["backends"][1]["backend"], doomed_addr.to_string());
+    assert_eq!(routes[0]["backends"][1]["state"], "up");
+    assert!(routes[0]["backends"][1]["down"].is_null());
+    let certificate = &json["certificates"][0];
+    assert_eq!(certificate["names"][0], "chat.localhost");
+    assert_eq!(certificate["file"], cert.display().to_string());
+    let days = certificate["days_left"].as_i64().unwrap();
+    assert!((8..=10).contains(&days), "{certificate}");
+    assert_eq!(certificate["state"], "warning");
+    assert!(json["history"]["connections"].is_array());
+    assert_eq!(json["history"]["interval_seconds"], 10);
+
+    // Killed: down by its health check, with the reason; the page says it too.
+    drop(doomed);
+    let json = until(admin, |j| j["routes"][0]["backends"][1]["state"] == "down").await;
+    let down = &json["routes"][0]["backends"][1]["down"];
+    assert_eq!(down["by"], "check", "{down}");
+    assert!(down["why"].as_str().unwrap().contains("connect"), "{down}");
+    let (code, content_type, page) = get(admin, "/").await;
+    assert_eq!(
+        (code, content_type.as_str()),
+        (200, "text/html; charset=utf-8")
+    );
+    assert!(page.contains("<tr class=\"backend down\">"), "{page}");
+    assert!(
+        !page.contains("src=\"http") && !page.contains("href=\"http"),
+        "nothing from elsewhere"
+    );
+
+    // Back on the same port: up again after two passes.
+    let listener = std::net::TcpListener::bind(doomed_addr).unwrap();
+    let json = until(admin, |j| j["routes"][0]["backends"][1]["state"] == "up").await;
+    assert!(json["routes"][0]["backends"][1]["down"].is_null());
+    drop(listener);
+
+    // Reloads, newest first, with the result and the file that failed.
+    tunnel.server.reload_files().unwrap();
+    std::fs::write(&cert, "not a certificate\n").unwrap();
+    assert!(tunnel.server.reload_files().is_err());
+    let json = until(admin, |j| {
+        j["reloads"].as_array().is_some_and(|r| r.len() == 2)
+    })
+    .await;
+    assert_eq!(json["reloads"][0]["result"], "failure");
+    assert_eq!(json["reloads"][0]["trigger"], "call");
+    let error = json["reloads"][0]["error"].as_str().unwrap();
+    assert!(error.contains(&cert.display().to_string()), "{error}");
+    assert_eq!(json["reloads"][1]["result"], "success");
+    assert!(json["reloads"][1]["error"].is_null());
+    tunnel.assert_idle().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_name_holding_markup_is_shown_escaped() {
+    let dir = temp_dir("markup");
+    let ca = Ca::new("markup").unwrap();
+    let leaf = ca
+        .server(&["localhost", "<script>alert(1)</script>.example"], 1, 90)
+        .unwrap();
+    let (cert, key) = (dir.join("<b>chain&more.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, &leaf.chain_pem).unwrap();
+    std::fs::write(&key, &leaf.key_pem).unwrap();
+    let backend = Backend::http("app").await;
+    let tunnel = Tunnel::start_with_cert(
+        &cert,
+        &key,
+        &["--admin", "127.0.0.1:0", "--to", &backend.address()],
+    )
+    .await;
+    let admin = tunnel.admin_addr.unwrap();
+    let (_, _, page) = get(admin, "/").await;
+    assert!(!page.contains("<script>alert"), "{page}");
+    assert!(
+        page.contains("&lt;script&gt;alert(1)&lt;/script&gt;.example"),
+        "{page}"
+    );
+    assert!(page.contains("&lt;b&gt;chain&amp;more.pem"), "{page}");
+    let (_, _, json) = get(admin, "/status.json").await;
+    assert!(!json.contains("<script>"), "{json}");
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        json["certificates"][0]["names"][1],
+        "<script>alert(1)</script>.example"
+    );
+}
