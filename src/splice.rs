@@ -247,25 +247,54 @@ impl<'a> Drain<'a> {
     }
 }
 
-/// A gate, and shutdown's drain, which is handed on to the gate while it is in place.
-/// Once the tunnel is blind, the drain is dropped with the gate: an open tunnel goes on
-/// until the shutdown grace is over.
-pub struct Gated<'a, G> {
-    pub gate: Box<G>,
+/// What watches a connection besides the copy: the gate until the `101` (none: blind from
+/// the start), the tunnel hook after it, and shutdown's drain, handed to whichever is in
+/// place. With the no-op hook `()`, the drain is dropped with the gate and an open tunnel goes
+/// on until the shutdown grace is over.
+pub struct Watch<'a, G, T> {
+    pub gate: Option<Box<G>>,
     pub drain: Option<Drain<'a>>,
+    pub tunnel: T,
 }
 
+/// What may watch an open tunnel: a no-op unless a feature asks. Once the gate has opened
+/// (or with no gate), the splice shows it every byte it passes each way, in order, and, for a
+/// hook that asks ([`Tunnel::DRAINS`]), shutdown's drain. `()` watches nothing: the calls
+/// compile to nothing and the default tunnel stays blind. A WebSocket frame reader (to end a
+/// tunnel with a close frame at a frame boundary) plugs in here, the way `http` plugs in
+/// the [`Gate`] before the `101`.
+pub trait Tunnel {
+    /// Whether the drain is kept past the `101` for this hook.
+    const DRAINS: bool = false;
+
+    /// Client bytes that went to the backend.
+    fn up(&mut self, _bytes: &[u8]) {}
+
+    /// Backend bytes that went (into rustls) to the client.
+    fn down(&mut self, _bytes: &[u8]) {}
+
+    /// Shutdown asks the tunnel to end at its next safe point; `true` ends it now (both
+    /// sides closed in order, as after a gate's stop).
+    fn drain(&mut self) -> bool {
+        false
+    }
+}
+
+/// The blind tunnel.
+impl Tunnel for () {}
+
 /// Copies until both directions end, a timeout fires, or an error tears the tunnel down.
-/// `gated`, when given, says what may pass until its gate opens.
+/// `watch.gate`, when given, says what may pass until it opens; `watch.tunnel` sees what
+/// passes after.
 /// The counts are written to `transfer` (this connection's) and `traffic` (the process's)
 /// as bytes move, so they are right even if the caller drops this future (e.g. when the
 /// shutdown grace runs out). When the gate opens (or with no gate), `transfer.opened` is set
 /// and `traffic` told: the caller tells it when the tunnel ends.
-pub async fn splice<C, G>(
+pub async fn splice<C, G, T>(
     client: &mut C,
     backend: &mut TcpStream,
     preread: Preread,
-    gated: Option<Gated<'_, G>>,
+    watch: Watch<'_, G, T>,
     timeouts: Timeouts,
     transfer: &mut Transfer,
     traffic: &Traffic,
@@ -273,15 +302,19 @@ pub async fn splice<C, G>(
 where
     C: Client,
     G: Gate,
+    T: Tunnel,
 {
-    let (gate, drain) = match gated {
-        Some(Gated { gate, drain }) => (Some(gate), drain),
-        None => {
-            transfer.opened = true;
-            traffic.opened();
-            (None, None)
-        }
-    };
+    let Watch {
+        gate,
+        drain,
+        tunnel,
+    } = watch;
+    if gate.is_none() {
+        transfer.opened = true;
+        traffic.opened();
+    }
+    let drain = drain.filter(|_| gate.is_some() || T::DRAINS);
+    let gate_absent = gate.is_none();
     let mut state = Splice {
         client,
         backend,
@@ -306,6 +339,11 @@ where
         up_error: None,
         initial: Outbox::new(preread.held),
         gate,
+        tunnel,
+        // With no gate, the first bytes (a PROXY header, the first head) are not the
+        // tunnel's either.
+        up_gated: if gate_absent { preread.first.len() } else { 0 },
+        down_gated: 0,
         up_out: Outbox::new(preread.first),
         uncounted: preread.uncounted,
         traffic,
@@ -324,7 +362,7 @@ enum Dir {
     Done,
 }
 
-struct Splice<'a, C, G: Gate> {
+struct Splice<'a, C, G: Gate, T> {
     client: &'a mut C,
     backend: &'a mut TcpStream,
     up: Dir,
@@ -356,6 +394,12 @@ struct Splice<'a, C, G: Gate> {
     initial: Outbox,
     /// Until the tunnel is blind: what may pass.
     gate: Option<Box<G>>,
+    /// After: what watches the tunnel.
+    tunnel: T,
+    /// Bytes at the start of `up_out` / `down_out` when the gate opened: the gate's (an
+    /// HTTP head, the `101`), not the tunnel's, so not shown to the hook.
+    up_gated: usize,
+    down_gated: usize,
     /// Bytes the gate approved, on their way to the backend / the client.
     up_out: Outbox,
     /// Bytes at the start of `up_out` that are not the client's (a PROXY header).
@@ -408,10 +452,11 @@ impl Outbox {
     }
 }
 
-impl<C, G> Splice<'_, C, G>
+impl<C, G, T> Splice<'_, C, G, T>
 where
     C: Client,
     G: Gate,
+    T: Tunnel,
 {
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<End<G::Stop>> {
         // Take turns going first, so a saturated direction cannot use up tokio's per-task
@@ -478,15 +523,11 @@ where
         Poll::Pending
     }
 
-    /// Hands shutdown's drain on to the gate once it is asked; with no gate (a blind
-    /// tunnel), lets it go. The wake-up is registered once; after that each poll reads the
+    /// Hands shutdown's drain on to the gate once it is asked, or after the `101` to a
+    /// tunnel hook that asks for it; otherwise lets it go. The wake-up is registered once; after that each poll reads the
     /// flag, an atomic load, not a lock.
     fn poll_drain(&mut self, cx: &mut Context<'_>) {
         let Some(drain) = &mut self.drain else {
-            return;
-        };
-        let Some(gate) = &mut self.gate else {
-            self.drain = None;
             return;
         };
         if !drain.registered {
@@ -494,9 +535,20 @@ where
             // Registers the task to be woken; whether it is already asked, the flag says.
             let _ = drain.wake.as_mut().poll(cx);
         }
+        if self.gate.is_none() && !T::DRAINS {
+            self.drain = None;
+            return;
+        }
         if drain.asked.load(Ordering::Acquire) {
             self.drain = None;
-            gate.drain();
+            match &mut self.gate {
+                Some(gate) => gate.drain(),
+                None => {
+                    if self.tunnel.drain() {
+                        self.end_tunnel();
+                    }
+                }
+            }
             cx.waker().wake_by_ref();
         }
     }
@@ -621,6 +673,12 @@ where
             if self.up_out.pos < self.up_out.bytes.len() {
                 let n = ready!(Pin::new(&mut *self.backend).poll_write(cx, self.up_out.rest()))
                     .map_err(fail(Side::Backend, Op::Write))?;
+                if self.gate.is_none() {
+                    let written = &self.up_out.rest()[..n.min(self.up_out.rest().len())];
+                    let gated = self.up_gated.min(written.len());
+                    self.up_gated -= gated;
+                    self.tunnel.up(&written[gated..]);
+                }
                 self.up_out
                     .advance(n)
                     .map_err(fail(Side::Backend, Op::Write))?;
@@ -699,6 +757,7 @@ where
                         let zero = io::ErrorKind::WriteZero.into();
                         return Poll::Ready(Err(fail(Side::Backend, Op::Write)(zero)));
                     }
+                    self.tunnel.up(&chunk[..n]);
                     self.sent_up(n);
                     n
                 }
@@ -739,7 +798,10 @@ where
             return Ok(());
         }
         let n = match write_or_keep(&mut *self.backend, cx, data, &mut self.up_out) {
-            Ok(n) => n,
+            Ok(n) => {
+                self.tunnel.up(&data[..n]);
+                n
+            }
             // A client read error found while gathering still ends the tunnel, as any other
             // client read error does; the failed write to the backend comes second.
             Err(e) => match self.up_error.take() {
@@ -765,6 +827,12 @@ where
                     // rustls's send buffer is full: write it out to make room.
                     ready!(self.flush_client(cx))?;
                     continue;
+                }
+                if self.gate.is_none() {
+                    let queued = &self.down_out.rest()[..n];
+                    let gated = self.down_gated.min(queued.len());
+                    self.down_gated -= gated;
+                    self.tunnel.down(&queued[gated..]);
                 }
                 let _ = self.down_out.advance(n);
                 self.sent_down(n);
@@ -822,6 +890,10 @@ where
                             self.gate = None;
                             self.transfer.opened = true;
                             self.traffic.opened();
+                            // What the gate let through before the 101 (and the 101) is
+                            // HTTP; only what follows is the tunnel's.
+                            self.up_gated = self.up_out.rest().len();
+                            self.down_gated = self.down_out.rest().len();
                             self.down_out.bytes.extend_from_slice(&data[n..]);
                         } else {
                             debug_assert_eq!(n, data.len(), "the gate takes all until it opens");
@@ -841,6 +913,7 @@ where
                 .client
                 .queue(data)
                 .map_err(fail(Side::Client, Op::Write))?;
+            self.tunnel.down(&data[..n]);
             if n < data.len() {
                 self.down_out = Outbox::new(data[n..].to_vec());
             }
@@ -883,6 +956,17 @@ where
         if self.up != Dir::Done {
             self.up = Dir::Closing;
             cx.waker().wake_by_ref();
+        }
+    }
+
+    /// Ends an open tunnel at its hook's word: both sides closed in order (FIN to the
+    /// backend; close_notify and FIN to the client after what is queued).
+    fn end_tunnel(&mut self) {
+        if self.up != Dir::Done {
+            self.up = Dir::Closing;
+        }
+        if self.down != Dir::Done {
+            self.down = Dir::Closing;
         }
     }
 

@@ -148,12 +148,13 @@ async fn pipeline(
     )
     .forwarding(forwarding);
     drop(head); // not kept for the tunnel's life
-    let gated = splice::Gated {
-        gate: Box::new(gate),
+    let watch = splice::Watch {
+        gate: Some(Box::new(gate)),
         drain: Some(splice::Drain::new(
             state.life.draining(),
             Box::pin(state.life.drain().cancelled()),
         )),
+        tunnel: (),
     };
     let (transfer, traffic) = (&mut summary.transfer, &state.metrics.traffic);
     let timeouts = splice_timeouts(&config.timeouts);
@@ -161,7 +162,7 @@ async fn pipeline(
         &mut client,
         &mut backend,
         preread,
-        Some(gated),
+        watch,
         timeouts,
         transfer,
         traffic,
