@@ -55,11 +55,16 @@ impl From<Vec<std::net::TcpListener>> for Listeners {
 
 impl Listeners {
     /// The listeners to serve on: the sockets the service manager passed (socket activation),
-    /// or, when it passed none, every listener the settings name, bound here.
-    pub fn open(settings: &Settings) -> anyhow::Result<Listeners> {
+    /// or, when it passed none, every listener the settings name, bound here. A process a
+    /// binary upgrade started (`handed_over`) gets every listener from the old one, whatever
+    /// its flags (the same flags) name.
+    pub fn open(settings: &Settings, handed_over: bool) -> anyhow::Result<Listeners> {
         let Some(mut inherited) = Listeners::inherited()? else {
             return Listeners::bind(settings);
         };
+        if handed_over {
+            return Ok(inherited);
+        }
         if settings.listen_given {
             let given: Vec<String> = settings.listen.iter().map(|a| a.to_string()).collect();
             anyhow::bail!(

@@ -37,6 +37,7 @@ pub mod signals;
 pub mod splice;
 pub mod state;
 pub mod tls;
+pub mod upgrade;
 
 use std::future::Future;
 

@@ -50,6 +50,9 @@ pub struct Lifecycle {
     /// Set just before `drain` fires: connections read it at every poll, an atomic load
     /// where the token would take a lock.
     draining: AtomicBool,
+    /// Set when a new process took the listeners over (binary upgrade): requests on
+    /// connections this one accepted are still served after its listeners close.
+    handing_over: AtomicBool,
     drain: CancellationToken,
     stop: CancellationToken,
     force: CancellationToken,
@@ -67,6 +70,7 @@ impl Default for Lifecycle {
         let drain = stop.child_token();
         Lifecycle {
             draining: AtomicBool::new(false),
+            handing_over: AtomicBool::new(false),
             drain,
             stop,
             force,
@@ -86,6 +90,17 @@ impl Lifecycle {
     /// Set when shutdown begins, before [`Lifecycle::drain`] fires.
     pub fn draining(&self) -> &AtomicBool {
         &self.draining
+    }
+
+    /// A new process took the listeners over: this one drains without turning requests
+    /// away.
+    pub fn hand_over(&self) {
+        self.handing_over.store(true, Ordering::Release);
+    }
+
+    /// Whether a new process took the listeners over.
+    pub fn handing_over(&self) -> bool {
+        self.handing_over.load(Ordering::Acquire)
     }
 
     /// Shutdown begins: the flag, then the token (whose waiters then see the flag set).

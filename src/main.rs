@@ -52,7 +52,8 @@ async fn start_and_serve(args: Args) -> ExitCode {
         };
     }
     let started = config.and_then(|config| {
-        let listeners = wssbridge::Listeners::open(&config.settings)?;
+        let handed_over = std::env::var_os(wssbridge::upgrade::NOTIFY_VAR).is_some();
+        let listeners = wssbridge::Listeners::open(&config.settings, handed_over)?;
         Ok((wssbridge::Server::new(config)?, listeners))
     });
     let (server, listeners) = match started {
@@ -67,6 +68,10 @@ async fn start_and_serve(args: Args) -> ExitCode {
 
 fn fail(code: u8, e: &anyhow::Error) -> ExitCode {
     eprintln!("wssbridge: error: {e:#}");
+    // Started by a binary upgrade: the old process logs why this one did not take over.
+    if let Some(parent) = wssbridge::notify::Notifier::from_var(wssbridge::upgrade::NOTIFY_VAR) {
+        parent.send(&format!("FAILED={e:#}").replace('\n', " "));
+    }
     ExitCode::from(code)
 }
 

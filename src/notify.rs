@@ -38,7 +38,13 @@ enum Target {
 impl Notifier {
     /// The notifier `NOTIFY_SOCKET` asks for, if it is set.
     pub fn from_env() -> Option<Notifier> {
-        let value = std::env::var_os("NOTIFY_SOCKET")?;
+        Notifier::from_var("NOTIFY_SOCKET")
+    }
+
+    /// The notifier the variable `var` names (a path, or `@name`), if it is set: systemd's,
+    /// or the process that started this one in a binary upgrade.
+    pub fn from_var(var: &str) -> Option<Notifier> {
+        let value = std::env::var_os(var)?;
         let abstract_name = value
             .as_encoded_bytes()
             .strip_prefix(b"@")

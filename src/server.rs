@@ -19,6 +19,7 @@ use crate::notify;
 use crate::reload::{self, Trigger};
 use crate::signals::Signals;
 use crate::state::State;
+use crate::upgrade;
 
 /// A running or ready server; cheap to clone, so a test can keep a handle while `run` goes
 /// on, and a signal handler can reload it.
@@ -68,20 +69,26 @@ impl Server {
     /// close, and the first SIGTERM or SIGINT shuts down. Under systemd (`NOTIFY_SOCKET`),
     /// the lifecycle's events are told to it (`notify`).
     pub async fn serve(self, listeners: Listeners, signals: Signals) -> anyhow::Result<()> {
-        let Signals { shutdown, hangups } = signals;
-        if let Some(notifier) = notify::Notifier::from_env() {
-            // Subscribed before `run` reports ready, so READY=1 is not missed.
-            let events = self.state.life.events();
-            let state = self.state.clone();
-            let counts = move || (state.life.connections(), state.metrics.traffic.websockets());
-            let until = self.state.life.force().clone().cancelled_owned();
-            self.state
-                .life
-                .spawn_background(notifier.follow(events, counts, until));
+        let Signals {
+            shutdown,
+            hangups,
+            mut upgrades,
+        } = signals;
+        let life = &self.state.life;
+        // systemd's readiness, and, in a process a binary upgrade started, the old one's.
+        for var in ["NOTIFY_SOCKET", upgrade::NOTIFY_VAR] {
+            if let Some(notifier) = notify::Notifier::from_var(var) {
+                // Subscribed before `run` reports ready, so READY=1 is not missed.
+                let events = life.events();
+                let state = self.state.clone();
+                let counts = move || (state.life.connections(), state.metrics.traffic.websockets());
+                let until = life.force().clone().cancelled_owned();
+                life.spawn_background(notifier.follow(events, counts, until));
+            }
         }
         let state = self.state.clone();
-        let stop = state.life.stop().clone();
-        self.state.life.spawn_background(async move {
+        let stop = life.stop().clone();
+        life.spawn_background(async move {
             let reload = || {
                 let _ = reload::from_files(&state, Trigger::Signal);
             };
@@ -90,7 +97,47 @@ impl Server {
                 _ = hangups.for_each(reload) => {}
             }
         });
-        self.run(listeners, shutdown).await
+        // SIGUSR2: start the binary again with the listeners; once it is ready, this process
+        // drains as at SIGTERM.
+        let listeners = Arc::new(listeners);
+        let upgraded = Arc::new(tokio::sync::Notify::new());
+        let (state, held, done) = (self.state.clone(), listeners.clone(), upgraded.clone());
+        let stop = life.stop().clone();
+        life.spawn_background(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = upgrades.recv() => {}
+                }
+                tracing::info!("SIGUSR2 received: upgrading");
+                let (held, done, state_u) = (held.clone(), done.clone(), state.clone());
+                state.life.spawn_background(async move {
+                    match upgrade::upgrade(&held).await {
+                        upgrade::Upgraded::Ready(pid) => {
+                            tracing::info!(
+                                pid,
+                                "upgrade: the new process is ready; this one drains"
+                            );
+                            state_u.life.hand_over();
+                            done.notify_one();
+                        }
+                        upgrade::Upgraded::Failed(why) => {
+                            tracing::warn!("upgrade failed, still serving: {why}");
+                        }
+                        upgrade::Upgraded::Busy => {
+                            tracing::info!("SIGUSR2 during an upgrade: ignored");
+                        }
+                    }
+                });
+            }
+        });
+        let shutdown = async move {
+            tokio::select! {
+                _ = shutdown => {}
+                _ = upgraded.notified() => {}
+            }
+        };
+        self.run_shared(listeners, shutdown).await
     }
 
     /// Serves on `listeners` until `shutdown` resolves, then shuts down in this order, the
@@ -110,7 +157,15 @@ impl Server {
         listeners: impl Into<Listeners>,
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
-        let listeners = listeners.into();
+        self.run_shared(Arc::new(listeners.into()), shutdown).await
+    }
+
+    /// [`Server::run`] on listeners shared with an upgrade in progress, which hands them on.
+    async fn run_shared(
+        self,
+        listeners: Arc<Listeners>,
+        shutdown: impl Future<Output = ()>,
+    ) -> anyhow::Result<()> {
         let state = self.state;
         let life = &state.life;
         crate::log_startup(&state.config.load(), &listeners);

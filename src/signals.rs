@@ -1,4 +1,5 @@
-//! Signals: SIGTERM and SIGINT → the shutdown future that `run` is given; SIGHUP → reload.
+//! Signals: SIGTERM and SIGINT → the shutdown future that `run` is given; SIGHUP → reload;
+//! SIGUSR2 → binary upgrade (`upgrade`).
 //!
 //! The first SIGTERM or SIGINT starts a graceful shutdown; a second SIGINT (an impatient
 //! Ctrl-C) exits at once. SIGHUP never ends the process (its default action would): it asks
@@ -15,6 +16,8 @@ pub struct Signals {
     pub shutdown: Pin<Box<dyn Future<Output = ()> + Send>>,
     /// SIGHUP: reload.
     pub hangups: Hangups,
+    /// SIGUSR2: binary upgrade.
+    pub upgrades: Signal,
 }
 
 /// Starts listening for every signal at once: from here on none of them ends the process by
@@ -23,6 +26,8 @@ pub fn listen() -> anyhow::Result<Signals> {
     Ok(Signals {
         shutdown: Box::pin(shutdown()),
         hangups: hangups()?,
+        upgrades: signal(SignalKind::user_defined2())
+            .map_err(|e| anyhow::anyhow!("cannot listen for SIGUSR2: {e}"))?,
     })
 }
 

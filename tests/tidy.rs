@@ -39,6 +39,8 @@ const RULES: &[(&str, &[&str])] = &[
     ("connect", &["balance", "route", "metrics"]),
     // systemd's readiness: the lifecycle's events, and nothing else of the crate.
     ("notify", &["lifecycle"]),
+    // Binary upgrade: the listeners to hand on, and the readiness protocol to hear.
+    ("upgrade", &["accept", "notify"]),
     // `--check`: a built configuration, shown.
     ("check", &["config"]),
     // Configuration is built, not run: no process state, nothing that binds or spawns.
@@ -121,6 +123,7 @@ const RULES: &[(&str, &[&str])] = &[
             "reload",
             "signals",
             "state",
+            "upgrade",
         ],
     ),
 ];

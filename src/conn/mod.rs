@@ -109,7 +109,10 @@ async fn pipeline(
     };
     summary.method = Some(head.method.clone());
     summary.path = Some(head.target.clone());
-    if !admitted || state.life.stop().is_cancelled() {
+    // After the listeners closed, a request is turned away (the client tries again, on a
+    // process that accepts), unless a new process took them over: then this one serves what
+    // it accepted.
+    if !admitted || (state.life.stop().is_cancelled() && !state.life.handing_over()) {
         return answer(&mut client, Status::Unavailable).await;
     }
     let admitted = match http::admit(&config.http, &head, summary.sni.as_deref(), None) {
