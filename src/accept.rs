@@ -300,10 +300,17 @@ pub async fn accept_loop(listener: TcpListener, state: Arc<State>, service: Serv
             // task is no larger than its own pipeline.
             let (accepted, ip_slot) = match proxied {
                 false => (Accepted::direct(stream, peer), ip_slot),
-                true => match Box::pin(arrive(&state, &config, stream, peer)).await {
-                    Some(arrived) => arrived,
-                    None => return,
-                },
+                // Under `force` too: with `--header-timeout 0` nothing else bounds the wait.
+                true => {
+                    let arrived = tokio::select! {
+                        arrived = Box::pin(arrive(&state, &config, stream, peer)) => arrived,
+                        _ = state.life.force().cancelled() => None,
+                    };
+                    match arrived {
+                        Some(arrived) => arrived,
+                        None => return,
+                    }
+                }
             };
             match service {
                 Service::Tls => conn::serve(&state, accepted, config, admitted).await,
@@ -312,7 +319,10 @@ pub async fn accept_loop(listener: TcpListener, state: Arc<State>, service: Serv
                         stream, early, at, ..
                     } = accepted;
                     let redirect = redirect::serve(stream, early, at, &config, https_port);
-                    let status = Box::pin(redirect).await;
+                    let status = tokio::select! {
+                        status = Box::pin(redirect) => status,
+                        _ = state.life.force().cancelled() => None,
+                    };
                     if let Some(code) = status {
                         state.metrics.responded(code);
                     }

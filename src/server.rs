@@ -102,17 +102,19 @@ impl Server {
         let listeners = Arc::new(listeners);
         let upgraded = Arc::new(tokio::sync::Notify::new());
         let (state, held, done) = (self.state.clone(), listeners.clone(), upgraded.clone());
-        let stop = life.stop().clone();
+        let drain = life.drain().clone();
         life.spawn_background(async move {
             loop {
+                // Once shutdown began (or an upgrade handed over), no new upgrade.
                 tokio::select! {
-                    _ = stop.cancelled() => return,
+                    _ = drain.cancelled() => return,
                     _ = upgrades.recv() => {}
                 }
                 tracing::info!("SIGUSR2 received: upgrading");
                 let (held, done, state_u) = (held.clone(), done.clone(), state.clone());
                 state.life.spawn_background(async move {
-                    match upgrade::upgrade(&held).await {
+                    let abandon = state_u.life.drain().clone().cancelled_owned();
+                    match upgrade::upgrade(&held, abandon).await {
                         upgrade::Upgraded::Ready(pid) => {
                             tracing::info!(
                                 pid,

@@ -344,6 +344,7 @@ where
         // tunnel's either.
         up_gated: if gate_absent { preread.first.len() } else { 0 },
         down_gated: 0,
+        drain_at_open: false,
         up_out: Outbox::new(preread.first),
         uncounted: preread.uncounted,
         traffic,
@@ -400,6 +401,8 @@ struct Splice<'a, C, G: Gate, T> {
     /// HTTP head, the `101`), not the tunnel's, so not shown to the hook.
     up_gated: usize,
     down_gated: usize,
+    /// The drain came while an upgrade was under way: tell the hook when the tunnel opens.
+    drain_at_open: bool,
     /// Bytes the gate approved, on their way to the backend / the client.
     up_out: Outbox,
     /// Bytes at the start of `up_out` that are not the client's (a PROXY header).
@@ -476,10 +479,14 @@ where
             // nothing more can be answered, so end the other direction too (re-polling would
             // only find the same state again).
             self.stop(stop, cx);
-        } else if let Some(gate) = &mut self.gate
-            && (gate.take_changed() || gate.finished().is_some())
-        {
-            cx.waker().wake_by_ref();
+        } else if let Some(gate) = &mut self.gate {
+            // Poll again when held client bytes may move, or when the gate stopped and the
+            // backend side is free to act on it; while output to the client still waits, its
+            // socket wakes this task (waking here would spin).
+            let output_waits = self.down_out.pos < self.down_out.bytes.len() || self.down_burst;
+            if gate.take_changed() || (gate.finished().is_some() && !output_waits) {
+                cx.waker().wake_by_ref();
+            }
         }
         if self.up == Dir::Done && self.down == Dir::Done {
             let end = match (self.deferred.take(), self.stopped) {
@@ -535,14 +542,19 @@ where
             // Registers the task to be woken; whether it is already asked, the flag says.
             let _ = drain.wake.as_mut().poll(cx);
         }
-        if self.gate.is_none() && !T::DRAINS {
+        let tunnel = self.transfer.opened;
+        if self.gate.is_none() && !(tunnel && T::DRAINS) {
             self.drain = None;
             return;
         }
         if drain.asked.load(Ordering::Acquire) {
             self.drain = None;
             match &mut self.gate {
-                Some(gate) => gate.drain(),
+                Some(gate) => {
+                    gate.drain();
+                    // An upgrade under way may still open a tunnel: its hook hears it then.
+                    self.drain_at_open = T::DRAINS;
+                }
                 None => {
                     if self.tunnel.drain() {
                         self.end_tunnel();
@@ -673,7 +685,7 @@ where
             if self.up_out.pos < self.up_out.bytes.len() {
                 let n = ready!(Pin::new(&mut *self.backend).poll_write(cx, self.up_out.rest()))
                     .map_err(fail(Side::Backend, Op::Write))?;
-                if self.gate.is_none() {
+                if self.transfer.opened {
                     let written = &self.up_out.rest()[..n.min(self.up_out.rest().len())];
                     let gated = self.up_gated.min(written.len());
                     self.up_gated -= gated;
@@ -828,7 +840,7 @@ where
                     ready!(self.flush_client(cx))?;
                     continue;
                 }
-                if self.gate.is_none() {
+                if self.transfer.opened {
                     let queued = &self.down_out.rest()[..n];
                     let gated = self.down_gated.min(queued.len());
                     self.down_gated -= gated;
@@ -895,6 +907,9 @@ where
                             self.up_gated = self.up_out.rest().len();
                             self.down_gated = self.down_out.rest().len();
                             self.down_out.bytes.extend_from_slice(&data[n..]);
+                            if std::mem::take(&mut self.drain_at_open) && self.tunnel.drain() {
+                                self.end_tunnel();
+                            }
                         } else {
                             debug_assert_eq!(n, data.len(), "the gate takes all until it opens");
                         }
@@ -951,7 +966,8 @@ where
         self.gate = None;
         self.stopped = Some(stop);
         if let Some(answer) = G::answer(stop) {
-            self.down_out = Outbox::new(answer);
+            // After whatever the gate let through that is still on its way.
+            self.down_out.bytes.extend_from_slice(&answer);
         }
         if self.up != Dir::Done {
             self.up = Dir::Closing;

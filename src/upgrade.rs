@@ -48,12 +48,16 @@ pub enum Upgraded {
     Busy,
 }
 
-/// Starts the binary again with `listeners` and waits until it is ready or has failed.
-pub async fn upgrade(listeners: &Listeners) -> Upgraded {
+/// Starts the binary again with `listeners` and waits until it is ready or has failed, or
+/// until `abandon` resolves (this process began to shut down: the new one is stopped).
+pub async fn upgrade(
+    listeners: &Listeners,
+    abandon: impl std::future::Future<Output = ()>,
+) -> Upgraded {
     if IN_PROGRESS.swap(true, Ordering::AcqRel) {
         return Upgraded::Busy;
     }
-    let result = start(listeners).await;
+    let result = start(listeners, abandon).await;
     IN_PROGRESS.store(false, Ordering::Release);
     match result {
         Ok(pid) => Upgraded::Ready(pid),
@@ -61,7 +65,10 @@ pub async fn upgrade(listeners: &Listeners) -> Upgraded {
     }
 }
 
-async fn start(listeners: &Listeners) -> anyhow::Result<u32> {
+async fn start(
+    listeners: &Listeners,
+    abandon: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<u32> {
     static SERIAL: AtomicU64 = AtomicU64::new(0);
     let exe = started_as().context("finding the binary this process was started as")?;
     let name = format!(
@@ -100,9 +107,14 @@ async fn start(listeners: &Listeners) -> anyhow::Result<u32> {
 
     let mut buf = [0u8; 4096];
     let mut failed = None;
+    let mut abandon = std::pin::pin!(abandon);
     let waited = tokio::time::timeout(READY_WITHIN, async {
         loop {
             tokio::select! {
+                _ = &mut abandon => {
+                    let _ = child.start_kill();
+                    anyhow::bail!("shutdown began before the new process was ready: stopped it");
+                }
                 status = child.wait() => {
                     let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
                     // What it said before it exited may still wait in the socket.

@@ -248,3 +248,36 @@ async fn a_second_sigusr2_during_an_upgrade_is_ignored() {
     let pid = upgraded_pid(&running, 0).await;
     kill(pid, "KILL");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_during_an_upgrade_stops_the_new_process_and_does_not_wait_for_it() {
+    let http = Backend::http("app").await;
+    let dir = temp_dir("upgrade-abandoned");
+    let exe = copy_of_the_binary(&dir);
+    let mut running = start(&exe, &http.address(), &[]);
+    replace_with_script(
+        &exe,
+        &format!("sleep 5; exec {} \"$@\"", env!("CARGO_BIN_EXE_wssbridge")),
+    );
+    running.signal("USR2");
+    let line = running
+        .wait_for_line(&["upgrade: started the new process"])
+        .await;
+    let child: u32 = field(&line, "pid").unwrap().parse().unwrap();
+    let started = std::time::Instant::now();
+    running.signal("TERM");
+    assert!(running.wait().success());
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    running
+        .wait_for_line(&["shutdown began before the new process was ready"])
+        .await;
+    let gone = Command::new("kill")
+        .args(["-0", &child.to_string()])
+        .status()
+        .unwrap();
+    assert!(!gone.success(), "the new process {child} is still running");
+}

@@ -140,7 +140,9 @@ fn route(request: &head::Head, state: &State, board: &Board) -> (u16, &'static s
 
 /// Why the proxy should not be sent new connections now, if it should not.
 fn unready(state: &State) -> Option<String> {
-    if state.life.drain().is_cancelled() {
+    // A process that handed its listeners to a new one answers for the service, which is
+    // ready: the admin socket is shared, and a balancer's probe may land on either.
+    if state.life.drain().is_cancelled() && !state.life.handing_over() {
         return Some("shutting down".to_string());
     }
     if !state.running() {

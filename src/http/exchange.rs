@@ -37,7 +37,8 @@ pub enum Stop {
     Confined,
     /// A later request is refused with this status.
     Refused(Status),
-    /// A request body's framing broke after a response had begun: closed without an answer.
+    /// A request body's framing broke behind responses still due: answered once they are
+    /// relayed, or closed when its own response had begun.
     BadBody,
     /// No next request within `--keepalive-timeout`: closed without an answer.
     KeepaliveTimeout,
@@ -155,7 +156,16 @@ impl Exchange {
     /// once, for a stop that cannot wait for them): the connection should now be closed
     /// (after the status, if any).
     pub fn finished(&self) -> Option<Stop> {
-        self.stop.filter(|_| self.stop_now || self.responses_done())
+        let stop = self.stop?;
+        if self.stop_now || self.responses_done() {
+            return Some(stop);
+        }
+        // A broken body behind other requests: their responses go first; then only the
+        // broken one is left, whose response the backend will not send (it waits for the rest
+        // of the body), and none has begun: answer it.
+        let only_it_left =
+            self.awaited.len() == 1 && matches!(self.down, Down::Head) && self.down_head.is_empty();
+        (stop == Stop::BadBody && only_it_left).then_some(Stop::Refused(Status::BadRequest))
     }
 
     /// No response is due or under way.
@@ -260,17 +270,27 @@ impl Exchange {
     }
 
     /// A request body's framing broke after its head went on: the backend waits for a body
-    /// that will never be whole, and its answer may never come, so the connection ends now,
-    /// both sides at once. Answered 400 when no response to it has begun and none before it
-    /// is due; otherwise a 400 would read as part of a response, so it is closed.
+    /// that will never be whole, and its answer may never come. When no response to it has
+    /// begun and none before it is due, it is answered 400 and the connection ends now, both
+    /// sides at once; when its own response has begun, it is closed at once. When responses
+    /// to earlier requests are still due, they are relayed first (`finished`), then it is
+    /// answered.
     fn body_broken(&mut self) {
         let answerable =
             self.awaited.len() == 1 && matches!(self.down, Down::Head) && self.down_head.is_empty();
-        self.halt(match answerable {
-            true => Stop::Refused(Status::BadRequest),
-            false => Stop::BadBody,
-        });
-        self.stop_now = true;
+        let its_own_response_began = !answerable && self.awaited.len() == 1;
+        match (answerable, its_own_response_began) {
+            (true, _) => {
+                self.halt(Stop::Refused(Status::BadRequest));
+                self.stop_now = true;
+            }
+            // A 400 now would read as part of the response under way: close at once.
+            (false, true) => {
+                self.halt(Stop::BadBody);
+                self.stop_now = true;
+            }
+            (false, false) => self.halt(Stop::BadBody),
+        }
     }
 
     /// A request is wholly forwarded: the next one may begin, unless shutdown asked the

@@ -231,6 +231,22 @@ fn a_broken_chunked_body_is_answered_400_at_once() {
 }
 
 #[test]
+fn a_broken_body_behind_another_request_lets_its_response_through_first() {
+    let mut ex = exchange(&[]);
+    let (_, out) = client(
+        &mut ex,
+        b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nPOST /b HTTP/1.1\r\nHost: a\r\n\
+          Transfer-Encoding: chunked\r\n\r\nZZ\r\n",
+        usize::MAX,
+    );
+    assert!(out.ends_with(b"chunked\r\n\r\n"));
+    assert_eq!(ex.finished(), None, "GET /a's response is due");
+    let (_, relayed) = backend(&mut ex, b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nA").unwrap();
+    assert!(relayed.ends_with(b"A"));
+    assert_eq!(ex.finished(), Some(Stop::Refused(Status::BadRequest)));
+}
+
+#[test]
 fn a_broken_body_after_its_response_began_closes_without_an_answer() {
     let mut ex = exchange(&[]);
     client(
