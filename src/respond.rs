@@ -139,17 +139,31 @@ where
     let answer = async {
         stream.write_all(response).await?;
         stream.shutdown().await?;
-        let mut sink = [0u8; 4096];
-        let mut drained = 0;
-        while drained < LINGER_BYTES {
-            match stream.read(&mut sink).await? {
-                0 => break,
-                n => drained += n,
-            }
-        }
-        std::io::Result::Ok(())
+        drain(stream).await
     };
     let _ = tokio::time::timeout(LINGER_TIME, answer).await;
+}
+
+/// After an answer sent and the connection shut down by someone else (the splice, at a
+/// gate's stop): reads and discards what the client still sends, as [`send`] does, so the
+/// close does not become a reset that loses the answer.
+pub async fn linger<S>(stream: &mut S)
+where
+    S: AsyncRead + Unpin,
+{
+    let _ = tokio::time::timeout(LINGER_TIME, drain(stream)).await;
+}
+
+async fn drain<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<()> {
+    let mut sink = [0u8; 4096];
+    let mut drained = 0;
+    while drained < LINGER_BYTES {
+        match stream.read(&mut sink).await? {
+            0 => break,
+            n => drained += n,
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

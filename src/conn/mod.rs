@@ -170,7 +170,13 @@ async fn pipeline(
         transfer,
         traffic,
     );
-    Outcome::Tunnel(end.await)
+    let end = end.await;
+    if let splice::End::Stopped(http::Stop::Refused(_)) = end {
+        // The gate answered and the splice shut the client side: read what the client still
+        // sends for a moment, so the close does not reset away the answer.
+        Box::pin(respond::linger(&mut client)).await;
+    }
+    Outcome::Tunnel(end)
 }
 
 /// A connection to one of `pool`'s backends (named in the summary), or the status that

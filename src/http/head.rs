@@ -416,10 +416,15 @@ fn absolute_form(target: &str) -> Option<Absolute<'_>> {
         "https" => "443",
         _ => return None,
     };
+    // A fragment, a backslash or userinfo: parsers disagree on where the authority ends
+    // (WHATWG reads `http://b#@a/` as host b, a split at the last `@` as a), and RFC 9110
+    // §4.2.4 has userinfo treated as an error: not a target wssbridge will route.
+    if rest.contains(['#', '\\']) {
+        return None;
+    }
     let end = rest.find(['/', '?']).unwrap_or(rest.len());
     let (authority, path) = rest.split_at(end);
-    let authority = authority.rsplit('@').next().unwrap_or(authority);
-    if authority.is_empty() {
+    if authority.is_empty() || authority.contains('@') {
         return None;
     }
     let path = if path.starts_with('/') { path } else { "/" };
@@ -598,6 +603,18 @@ mod tests {
             let raw = format!("GET {target} HTTP/1.1\r\nHost: {host}\r\n\r\n");
             let head = parse(raw.as_bytes()).unwrap().unwrap();
             assert_eq!(head.target, "/x", "{raw}");
+        }
+        for smuggled in [
+            "http://b.example#@a.example/",
+            "http://user@a.example/",
+            "http://a.example\\@b.example/",
+            "http://a.example/#x",
+        ] {
+            let raw = format!("GET {smuggled} HTTP/1.1\r\nHost: a.example\r\n\r\n");
+            assert!(
+                matches!(parse(raw.as_bytes()), Err(HeadError::Malformed(_))),
+                "{raw}"
+            );
         }
         let http10 = parse(b"GET http://a.localhost/ HTTP/1.0\r\n\r\n");
         assert_eq!(
