@@ -445,16 +445,8 @@ async fn proxy_headers_are_refused_from_strangers_and_required_from_balancers() 
 
 /// GETs `path` from the admin listener: (status, body).
 async fn admin(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut tcp = TcpStream::connect(addr).await.expect("admin connect");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n");
-    tcp.write_all(request.as_bytes()).await.unwrap();
-    let mut reply = String::new();
-    tokio::time::timeout(WAIT, tcp.read_to_string(&mut reply))
-        .await
-        .expect("admin answer")
-        .unwrap();
-    let (head, body) = reply.split_once("\r\n\r\n").expect("a response");
-    (support::status_of(head), body.to_string())
+    let (status, _, body) = support::admin_get(addr, path).await;
+    (status, body)
 }
 
 /// The value of the sample `name{labels}` (labels as printed) in a scrape.

@@ -8,16 +8,6 @@ use std::process::Command;
 use support::binary::{fails, wssbridge};
 use support::pki;
 
-fn temp_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
-        "{name}-{}-{}",
-        std::process::id(),
-        support::peers_serial()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 fn is_root() -> bool {
     let id = Command::new("id").arg("-u").output().expect("id -u");
     String::from_utf8_lossy(&id.stdout).trim() == "0"
@@ -69,7 +59,7 @@ fn every_error_starts_with_wssbridge_error_clap_s_too() {
 #[test]
 fn a_key_that_does_not_match_and_swapped_files_are_named_plainly() {
     let pki = pki();
-    let dir = temp_dir("keys");
+    let dir = support::temp_dir("keys");
     let other = dir.join("other.key");
     std::fs::write(&other, rcgen::KeyPair::generate().unwrap().serialize_pem()).unwrap();
     let (cert, key, other) = (

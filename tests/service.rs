@@ -10,16 +10,6 @@ use std::time::{Duration, Instant};
 use support::binary::{Running, fails, wssbridge};
 use support::{Backend, WAIT, pki, status_of};
 
-fn temp_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
-        "{name}-{}-{}",
-        std::process::id(),
-        support::peers_serial()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 /// Reads datagrams until one contains `needle`; returns every one read.
 fn until(socket: &UnixDatagram, needle: &str) -> Vec<String> {
     let deadline = Instant::now() + WAIT;
@@ -84,7 +74,7 @@ fn notified(socket: UnixDatagram, env_value: &str) {
 
 #[test]
 fn readiness_reload_and_stopping_reach_the_notify_socket() {
-    let dir = temp_dir("notify");
+    let dir = support::temp_dir("notify");
     let path = dir.join("notify.sock");
     let socket = UnixDatagram::bind(&path).unwrap();
     notified(socket, path.to_str().unwrap());

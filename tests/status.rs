@@ -9,29 +9,9 @@ use std::time::Duration;
 
 use support::pki::Ca;
 use support::{Backend, Tunnel, WAIT};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-async fn get(addr: SocketAddr, path: &str) -> (u16, String, String) {
-    let mut tcp = TcpStream::connect(addr).await.expect("admin connect");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n");
-    tcp.write_all(request.as_bytes()).await.unwrap();
-    let mut reply = String::new();
-    tokio::time::timeout(WAIT, tcp.read_to_string(&mut reply))
-        .await
-        .expect("admin answer")
-        .unwrap();
-    let (head, body) = reply.split_once("\r\n\r\n").expect("a response");
-    let content_type = head
-        .lines()
-        .find_map(|l| l.strip_prefix("Content-Type: "))
-        .unwrap_or_default()
-        .to_string();
-    (support::status_of(head), content_type, body.to_string())
-}
 
 async fn status(addr: SocketAddr) -> serde_json::Value {
-    let (code, content_type, body) = get(addr, "/status.json").await;
+    let (code, content_type, body) = support::admin_get(addr, "/status.json").await;
     assert_eq!((code, content_type.as_str()), (200, "application/json"));
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
 }
@@ -49,19 +29,9 @@ async fn until(addr: SocketAddr, pred: impl Fn(&serde_json::Value) -> bool) -> s
     }
 }
 
-fn temp_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
-        "{name}-{}-{}",
-        std::process::id(),
-        support::peers_serial()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_json_follows_backends_reloads_and_certificates() {
-    let dir = temp_dir("status");
+    let dir = support::temp_dir("status");
     let ca = Ca::new("status").unwrap();
     let leaf = ca.server(&["chat.localhost", "localhost"], 1, 10).unwrap();
     let (cert, key) = (dir.join("chain.pem"), dir.join("key.pem"));
@@ -117,7 +87,7 @@ async fn status_json_follows_backends_reloads_and_certificates() {
     let down = &json["routes"][0]["backends"][1]["down"];
     assert_eq!(down["by"], "check", "{down}");
     assert!(down["why"].as_str().unwrap().contains("connect"), "{down}");
-    let (code, content_type, page) = get(admin, "/").await;
+    let (code, content_type, page) = support::admin_get(admin, "/").await;
     assert_eq!(
         (code, content_type.as_str()),
         (200, "text/html; charset=utf-8")
@@ -153,7 +123,7 @@ async fn status_json_follows_backends_reloads_and_certificates() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_name_holding_markup_is_shown_escaped() {
-    let dir = temp_dir("markup");
+    let dir = support::temp_dir("markup");
     let ca = Ca::new("markup").unwrap();
     let leaf = ca
         .server(&["localhost", "<script>alert(1)</script>.example"], 1, 90)
@@ -169,14 +139,14 @@ async fn a_certificate_name_holding_markup_is_shown_escaped() {
     )
     .await;
     let admin = tunnel.admin_addr.unwrap();
-    let (_, _, page) = get(admin, "/").await;
+    let (_, _, page) = support::admin_get(admin, "/").await;
     assert!(!page.contains("<script>alert"), "{page}");
     assert!(
         page.contains("&lt;script&gt;alert(1)&lt;/script&gt;.example"),
         "{page}"
     );
     assert!(page.contains("&lt;b&gt;chain&amp;more.pem"), "{page}");
-    let (_, _, json) = get(admin, "/status.json").await;
+    let (_, _, json) = support::admin_get(admin, "/status.json").await;
     assert!(!json.contains("<script>"), "{json}");
     let json: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(

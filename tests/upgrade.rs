@@ -14,16 +14,6 @@ use support::binary::{Running, field};
 use support::{Backend, WAIT, pki, status_of};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn temp_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
-        "{name}-{}-{}",
-        std::process::id(),
-        support::peers_serial()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 /// The binary copied to `dir`, so a test can replace it as a package upgrade would.
 fn copy_of_the_binary(dir: &std::path::Path) -> std::path::PathBuf {
     let exe = dir.join("wssbridge");
@@ -92,7 +82,7 @@ async fn upgraded_pid(running: &Running, n: usize) -> u32 {
 async fn five_upgrades_refuse_no_connection_and_cut_no_websocket() {
     let http = Backend::http("app").await;
     let ws = Backend::ws_echo().await;
-    let dir = temp_dir("upgrade");
+    let dir = support::temp_dir("upgrade");
     let exe = copy_of_the_binary(&dir);
     let running = start(
         &exe,
@@ -181,7 +171,7 @@ async fn ws_connect(addr: std::net::SocketAddr) -> support::Ws {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_binary_that_fails_leaves_the_old_one_serving() {
     let http = Backend::http("app").await;
-    let dir = temp_dir("upgrade-fails");
+    let dir = support::temp_dir("upgrade-fails");
     let exe = copy_of_the_binary(&dir);
     let running = start(&exe, &http.address(), &[]);
     replace_with_script(&exe, "echo 'not a good build' >&2; exit 3");
@@ -230,7 +220,7 @@ async fn a_new_binary_that_fails_leaves_the_old_one_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_sigusr2_during_an_upgrade_is_ignored() {
     let http = Backend::http("app").await;
-    let dir = temp_dir("upgrade-twice");
+    let dir = support::temp_dir("upgrade-twice");
     let exe = copy_of_the_binary(&dir);
     let running = start(&exe, &http.address(), &[]);
     replace_with_script(
@@ -252,7 +242,7 @@ async fn a_second_sigusr2_during_an_upgrade_is_ignored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_during_an_upgrade_stops_the_new_process_and_does_not_wait_for_it() {
     let http = Backend::http("app").await;
-    let dir = temp_dir("upgrade-abandoned");
+    let dir = support::temp_dir("upgrade-abandoned");
     let exe = copy_of_the_binary(&dir);
     let mut running = start(&exe, &http.address(), &[]);
     replace_with_script(

@@ -24,6 +24,36 @@ pub fn require(programs: &[(&str, &str)]) {
     }
 }
 
+/// A fresh directory under cargo's per-target temp dir, unique to this test.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "{name}-{}-{}",
+        std::process::id(),
+        peers_serial()
+    ));
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}
+
+/// One plain-HTTP GET to an admin port: the status, the content type and the body.
+pub async fn admin_get(addr: SocketAddr, path: &str) -> (u16, String, String) {
+    let mut tcp = TcpStream::connect(addr).await.expect("admin connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut reply = String::new();
+    tokio::time::timeout(WAIT, tcp.read_to_string(&mut reply))
+        .await
+        .expect("admin answer")
+        .unwrap();
+    let (head, body) = reply.split_once("\r\n\r\n").expect("a response");
+    let content_type = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Type: "))
+        .unwrap_or_default()
+        .to_string();
+    (status_of(head), content_type, body.to_string())
+}
+
 /// A number unique within this test process, for directory names.
 pub fn peers_serial() -> usize {
     static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
