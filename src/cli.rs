@@ -25,8 +25,16 @@ Examples and each flag in full: wssbridge --help, or man wssbridge.\n\
 Exit status: 0 after a clean shutdown; 2 when it cannot start (a bad flag, an unreadable file, \
 a port in use: nothing was served); 1 when serving fails after start.";
 
-/// The end of `--help`: three commands people start from.
-const AFTER_LONG_HELP: &str = "Examples:
+/// The end of `--help`: the variables, the exit status, then three commands people start
+/// from, last.
+const AFTER_LONG_HELP: &str =
+    "Every flag can also be set as WSSBRIDGE_<FLAG> (WSSBRIDGE_LISTEN, WSSBRIDGE_CERT, …); a \
+repeatable flag takes space-separated values there.
+
+Exit status: 0 after a clean shutdown; 2 when it cannot start (a bad flag, an unreadable file, \
+a port in use: nothing was served); 1 when serving fails after start.
+
+Examples:
   The one command: TLS on 443, HTTP on 80 redirected, all to the app on 3000:
     wssbridge --listen :443 --redirect-http :80 \\
       --cert fullchain.pem --key privkey.pem --to 127.0.0.1:3000
@@ -39,13 +47,7 @@ const AFTER_LONG_HELP: &str = "Examples:
   Certbot's files, reloaded within a minute of a renewal (at once on SIGHUP):
     wssbridge --listen :443 --cert-poll 1m --to 127.0.0.1:3000 \\
       --cert /etc/letsencrypt/live/chat.example.com/fullchain.pem \\
-      --key /etc/letsencrypt/live/chat.example.com/privkey.pem
-
-Every flag can also be set as WSSBRIDGE_<FLAG> (WSSBRIDGE_LISTEN, WSSBRIDGE_CERT, …); a \
-repeatable flag takes space-separated values there.
-
-Exit status: 0 after a clean shutdown; 2 when it cannot start (a bad flag, an unreadable file, \
-a port in use: nothing was served); 1 when serving fails after start.";
+      --key /etc/letsencrypt/live/chat.example.com/privkey.pem";
 
 /// TLS in front of WebSocket and HTTP servers: terminate wss:// and https://, route the first
 /// request by host and path, then tunnel the bytes unchanged.
