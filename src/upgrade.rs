@@ -119,22 +119,17 @@ async fn start(
                     let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
                     // What it said before it exited may still wait in the socket.
                     while let Ok(n) = reports.try_recv(&mut buf) {
-                        let message = String::from_utf8_lossy(&buf[..n]).into_owned();
-                        if let Some(why) = message.lines().find_map(|l| l.strip_prefix("FAILED=")) {
-                            failed = Some(why.to_string());
-                        }
+                        failed = report(&buf[..n]).1.or(failed);
                     }
                     let why = failed.take().map_or(String::new(), |f: String| format!(": {f}"));
                     anyhow::bail!("the new process exited before it was ready ({status}){why}");
                 }
                 got = reports.recv(&mut buf) => {
-                    let message = String::from_utf8_lossy(&buf[..got.unwrap_or(0)]).into_owned();
-                    if message.lines().any(|l| l == "READY=1") {
+                    let (ready, why) = report(&buf[..got.unwrap_or(0)]);
+                    if ready {
                         return Ok(());
                     }
-                    if let Some(why) = message.lines().find_map(|l| l.strip_prefix("FAILED=")) {
-                        failed = Some(why.to_string());
-                    }
+                    failed = why.or(failed);
                 }
             }
         }
@@ -153,6 +148,17 @@ async fn start(
         systemd.send(&format!("MAINPID={pid}"));
     }
     Ok(pid)
+}
+
+/// What one report from the new process says: ready, and why it failed, if it says.
+fn report(datagram: &[u8]) -> (bool, Option<String>) {
+    let message = String::from_utf8_lossy(datagram);
+    let ready = message.lines().any(|l| l == "READY=1");
+    let failed = message
+        .lines()
+        .find_map(|l| l.strip_prefix("FAILED="))
+        .map(str::to_string);
+    (ready, failed)
 }
 
 /// The listeners as descriptors to hand on, with their `LISTEN_FDNAMES` names.

@@ -6,6 +6,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use super::snapshot::{ProcessView, Snapshot};
+use crate::balance::Health;
 use crate::state::State;
 
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -54,7 +55,7 @@ fn prometheus(snapshot: &Snapshot) -> Registry {
     let mut seen = std::collections::HashSet::new();
     for b in &snapshot.backends {
         up.get_or_create(&[("route", b.route.clone()), ("backend", b.backend.clone())])
-            .set(i64::from(b.up));
+            .set(i64::from(b.health == Health::Up));
         if seen.insert(b.backend.clone()) {
             active
                 .get_or_create(&[("backend", b.backend.clone())])
@@ -80,11 +81,15 @@ fn prometheus(snapshot: &Snapshot) -> Registry {
         failures,
     );
 
+    // Each name once: the first certificate naming it serves it.
     let expiry = Family::<Labels1, Gauge>::default();
-    for (name, not_after) in &snapshot.certificates {
-        expiry
-            .get_or_create(&[("name", name.clone())])
-            .set(*not_after);
+    let mut named = std::collections::HashSet::new();
+    for cert in &snapshot.certs {
+        for name in cert.names.iter().filter(|n| named.insert(n.as_str())) {
+            expiry
+                .get_or_create(&[("name", name.clone())])
+                .set(cert.not_after);
+        }
     }
     registry.register(
         "wssbridge_certificate_expiry_timestamp_seconds",

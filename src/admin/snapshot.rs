@@ -18,8 +18,6 @@ pub struct Snapshot {
     pub bytes: (u64, u64),
     /// Every backend of every route, in the routes' order.
     pub backends: Vec<BackendView>,
-    /// Each name a certificate serves, once, with its expiry (Unix time).
-    pub certificates: Vec<(String, i64)>,
     /// Each certificate: its file, names and expiry.
     pub certs: Vec<CertView>,
     /// Each route with its policy and check; its backends are those of `backends` with its
@@ -52,7 +50,6 @@ pub struct RouteView {
 pub struct BackendView {
     pub route: String,
     pub backend: String,
-    pub up: bool,
     pub health: Health,
     pub active: usize,
     pub connect_failures: u64,
@@ -80,21 +77,11 @@ impl Snapshot {
                 pool.backends().iter().map(move |b| BackendView {
                     route: pool.route(),
                     backend: b.name().to_string(),
-                    up: b.is_up(),
                     health: b.health(),
                     active: b.active(),
                     connect_failures: b.connect_failures(),
                 })
             })
-            .collect();
-        let mut named = std::collections::HashSet::new();
-        let certificates = config
-            .tls
-            .certs
-            .infos()
-            .iter()
-            .flat_map(|cert| cert.names.iter().map(|n| (n.clone(), cert.not_after)))
-            .filter(|(name, _)| named.insert(name.clone()))
             .collect();
         let certs = config
             .tls
@@ -125,7 +112,6 @@ impl Snapshot {
             handshakes: state.metrics.handshakes_total(),
             bytes: traffic.bytes(),
             backends,
-            certificates,
             certs,
             routes,
             responses: state.metrics.responses(),
