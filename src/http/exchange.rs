@@ -388,11 +388,15 @@ impl Exchange {
             _ if request.head_method => Body::Done,
             _ => response.body,
         };
-        out.append(&mut self.down_head);
-        self.down_head = Vec::new();
         if (100..200).contains(&response.status) {
+            out.append(&mut self.down_head);
             return Ok(used); // informational: the final response is still to come
         }
+        match self.last_before_drain() {
+            true => closing(&self.down_head, out),
+            false => out.extend_from_slice(&self.down_head),
+        }
+        self.down_head = Vec::new();
         // A final response to an upgrade request that was refused: the client may go on, as
         // plain HTTP under the same rules.
         if matches!(self.up, Up::AwaitResponse) {
@@ -404,6 +408,17 @@ impl Exchange {
             body => self.down = Down::Body(body),
         }
         Ok(used)
+    }
+
+    /// Whether the final response beginning now is the connection's last: shutdown asked, it
+    /// answers the only request still due, and no other request will follow it.
+    fn last_before_drain(&self) -> bool {
+        let ending = match self.up {
+            Up::Stopped => self.stop == Some(Stop::Drained),
+            Up::Body(_) | Up::AwaitResponse => self.stop.is_none(),
+            Up::Head => false,
+        };
+        self.draining && ending && self.awaited.len() == 1
     }
 
     fn response_done(&mut self) {
@@ -458,6 +473,27 @@ impl Gate for Exchange {
 
     fn drain(&mut self) {
         Exchange::drain(self)
+    }
+}
+
+/// Appends a response `head` to `out` telling the client the connection ends after it: byte
+/// for byte the same, except that `Connection` and `Keep-Alive` lines are left out and
+/// `Connection: close` (CRLF) is the last header line.
+fn closing(head: &[u8], out: &mut Vec<u8>) {
+    let mut lines = head.split_inclusive(|&b| b == b'\n');
+    out.extend_from_slice(lines.next().unwrap_or_default());
+    for line in lines {
+        let text = line.strip_suffix(b"\n").unwrap_or(line);
+        let text = text.strip_suffix(b"\r").unwrap_or(text);
+        if text.is_empty() {
+            out.extend_from_slice(b"Connection: close\r\n");
+            out.extend_from_slice(line);
+            return;
+        }
+        let name = text.split(|&b| b == b':').next().unwrap_or_default();
+        if !name.eq_ignore_ascii_case(b"connection") && !name.eq_ignore_ascii_case(b"keep-alive") {
+            out.extend_from_slice(line);
+        }
     }
 }
 

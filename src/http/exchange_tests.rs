@@ -294,3 +294,45 @@ fn a_later_head_that_times_out_waits_for_the_responses_before_it() {
     backend(&mut ex, b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx").unwrap();
     assert_eq!(ex.finished(), Some(Stop::Refused(Status::RequestTimeout)));
 }
+
+#[test]
+fn the_last_response_before_a_drain_says_connection_close() {
+    let ok = b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nContent-Length: 2\r\n\r\nhi";
+    let closing = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi";
+    // A request forwarded, then the drain: its response is the last.
+    let mut ex = exchange(&[]);
+    client(&mut ex, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", usize::MAX);
+    ex.drain();
+    let (_, out) = backend(&mut ex, ok).unwrap();
+    assert_eq!(out, closing);
+    assert_eq!(ex.finished(), Some(Stop::Drained));
+    // A body still on its way when the drain comes: the response is the last too.
+    let mut ex = exchange(&[]);
+    client(
+        &mut ex,
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\nab",
+        1,
+    );
+    ex.drain();
+    assert_eq!(backend(&mut ex, ok).unwrap().1, closing);
+    // Two pipelined requests: only the second response says close.
+    let mut ex = exchange(&[]);
+    let two = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n";
+    client(&mut ex, two, usize::MAX);
+    ex.drain();
+    assert_eq!(backend(&mut ex, ok).unwrap().1, ok);
+    assert_eq!(backend(&mut ex, ok).unwrap().1, closing);
+    // No drain, no change; and a bare-LF head keeps its line endings.
+    let mut ex = exchange(&[]);
+    client(&mut ex, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", usize::MAX);
+    assert_eq!(backend(&mut ex, ok).unwrap().1, ok);
+    let mut ex = exchange(&[]);
+    client(&mut ex, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", usize::MAX);
+    ex.drain();
+    let lf = b"HTTP/1.1 204 No Content\nServer: x\n\n";
+    let out = backend(&mut ex, lf).unwrap().1;
+    assert_eq!(
+        out,
+        b"HTTP/1.1 204 No Content\nServer: x\nConnection: close\r\n\n"
+    );
+}
