@@ -243,8 +243,9 @@ def measure(peer, mode, conns, seconds):
     before = cpu_seconds(pids)
     if mode == "wrk":
         result = wrk(peer.port, conns, seconds)
-    elif mode.startswith("throughput:"):
-        result = loadgen("throughput", peer.port, conns, seconds, int(mode.split(":")[1]))
+    elif ":" in mode:
+        name, size = mode.split(":")
+        result = loadgen(name, peer.port, conns, seconds, int(size))
     else:
         result = loadgen(mode, peer.port, conns, seconds)
     if result.get("errors", 0) > result.get("conns", 1) / 100:
@@ -292,6 +293,14 @@ def message_job(size, conns, seconds):
     metric = f"messages {size} B x{conns} MB/s"
     return (f"throughput:{size}", conns, seconds,
             lambda res, s: [(metric, res["mb_per_sec"], res["mb_per_sec"] * s)])
+
+
+def stream_job(size, frames, seconds):
+    """4 upgraded tunnels streaming both ways at once, `size` bytes per write: raw bytes, or
+    one WebSocket frame per write (a header for the frame reader to follow each time)."""
+    mode = "frames" if frames else "stream"
+    metric = f"{mode} {size} B x4 MB/s"
+    return (f"{mode}:{size}", 4, seconds, lambda res, s: [(metric, res["mb_per_sec"], res["mb_per_sec"] * s)])
 
 
 def keepalive_job(seconds):
@@ -373,7 +382,7 @@ def main():
                         help="also: wssbridge-full (with --add-forwarded and --admin), "
                         "wssbridge-base (the binary at $WSSBRIDGE_BASE, for before/after)")
     parser.add_argument("--skip", default="", help="comma-separated parts to leave out: "
-                        "rsa, ecdsa, sweep, keepalive, rtt, idle")
+                        "rsa, ecdsa, sweep, keepalive, frames, rtt, idle")
     opts = parser.parse_args()
     rounds = opts.rounds or (1 if opts.quick else 3)
     seconds = opts.seconds or (1.0 if opts.quick else 2.0)
@@ -414,6 +423,13 @@ def main():
                 print(f"round {r + 1}/{rounds}: message sizes 256 B-16 KiB x4 and x64 tunnels, "
                       f"{sweep_turns} turns", flush=True)
                 rows.extend(turns(r, order, certs["ecdsa"], backend, workdir, "sweep", sweep, sweep_turns))
+            if "frames" not in skip:
+                # What following WebSocket frame boundaries costs (for the close frame at
+                # shutdown): the same streams with and without a frame header per write.
+                streams = [stream_job(size, frames, seconds) for size in (16384, 256)
+                           for frames in (False, True)]
+                print(f"round {r + 1}/{rounds}: frame reader cost, {runs} turns", flush=True)
+                rows.extend(turns(r, order, certs["ecdsa"], backend, workdir, "frames", streams, runs))
             if "rtt" not in skip:
                 print(f"round {r + 1}/{rounds}: RTT, {windows} windows of 1 s per peer", flush=True)
                 rows.extend(turns(r, order, certs["ecdsa"], backend, workdir, "rtt", [rtt_job()], windows))

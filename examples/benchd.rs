@@ -2,6 +2,11 @@
 //! unless the request says `Connection: close`), and answers an upgrade request with `101`
 //! and then echoes every byte. Plain TCP on loopback. Usage: `benchd ADDR` (prints the bound
 //! address).
+//!
+//! An upgrade to `/stream?size=N` (`&frames` or not) streams instead of echoing: it writes
+//! N-byte writes as fast as they are taken and discards what it reads; with `frames`, each
+//! write is one WebSocket binary frame (unmasked, as a server sends them). `make bench`'s
+//! `frames` part compares the two to measure what following frame boundaries costs.
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -44,6 +49,18 @@ async fn serve(mut s: TcpStream) -> std::io::Result<()> {
                   Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
             )
             .await?;
+            if let Some(size) = stream_size(&text) {
+                let frames = text.contains("&frames");
+                let (mut r, mut w) = s.into_split();
+                tokio::spawn(async move {
+                    let mut sink = vec![0u8; 64 * 1024];
+                    while matches!(r.read(&mut sink).await, Ok(n) if n > 0) {}
+                });
+                let chunk = chunk(size, frames);
+                loop {
+                    w.write_all(&chunk).await?;
+                }
+            }
             s.write_all(&head[end..]).await?;
             let (mut r, mut w) = s.split();
             tokio::io::copy(&mut r, &mut w).await?;
@@ -59,4 +76,32 @@ async fn serve(mut s: TcpStream) -> std::io::Result<()> {
         s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\npong")
             .await?;
     }
+}
+
+/// `N` from a `GET /stream?size=N` request line.
+fn stream_size(head: &str) -> Option<usize> {
+    let target = head.split_whitespace().nth(1)?;
+    let query = target.strip_prefix("/stream?size=")?;
+    query.split('&').next()?.parse().ok()
+}
+
+/// One write of the stream: `size` bytes, or one binary frame with a `size`-byte payload.
+pub fn chunk(size: usize, frames: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(size + 10);
+    if frames {
+        out.push(0x82);
+        match size {
+            0..=125 => out.push(size as u8),
+            126..=0xffff => {
+                out.push(126);
+                out.extend_from_slice(&(size as u16).to_be_bytes());
+            }
+            _ => {
+                out.push(127);
+                out.extend_from_slice(&(size as u64).to_be_bytes());
+            }
+        }
+    }
+    out.resize(out.len() + size, 0x5a);
+    out
 }

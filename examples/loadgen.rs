@@ -12,6 +12,9 @@
 //! - `churn`: `--conns` new connections per second for `--seconds`, each its own task: half
 //!   upgrade, echo one message and close; half `GET /ping` with `Connection: close`. Prints
 //!   how many ended well and how many did not (`make soak`).
+//! - `stream` / `frames`: upgraded connections to benchd's `/stream`, both sides writing
+//!   `--size`-byte writes at once; with `frames` each write is one WebSocket frame. The pair
+//!   gives the cost of following frame boundaries.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,7 +33,7 @@ use tokio_rustls::client::TlsStream;
 
 #[derive(Parser)]
 struct Args {
-    /// rate | throughput | latency | idle
+    /// rate | throughput | latency | idle | churn | stream | frames
     mode: String,
     /// The proxy's TLS address.
     addr: SocketAddr,
@@ -60,6 +63,10 @@ async fn main() -> anyhow::Result<()> {
     let line = match args.mode.as_str() {
         "rate" => rate(connector, args.addr, args.conns, run).await,
         "throughput" => throughput(connector, args.addr, args.conns, run, args.size).await?,
+        "stream" | "frames" => {
+            let frames = args.mode == "frames";
+            stream(connector, args.addr, args.conns, run, args.size, frames).await?
+        }
         "latency" => latency(connector, args.addr, args.conns, run).await?,
         "idle" => idle(connector, args.addr, args.conns).await?,
         "churn" => {
@@ -120,9 +127,18 @@ async fn upgraded(
     connector: &TlsConnector,
     addr: SocketAddr,
 ) -> anyhow::Result<TlsStream<TcpStream>> {
+    upgraded_with(connector, addr, UPGRADE).await
+}
+
+/// The same with `request` as the upgrade request.
+async fn upgraded_with(
+    connector: &TlsConnector,
+    addr: SocketAddr,
+    request: &[u8],
+) -> anyhow::Result<TlsStream<TcpStream>> {
     let mut s = tls(connector, addr).await?;
     // tokio-rustls may keep written bytes in rustls until a flush.
-    s.write_all(UPGRADE).await?;
+    s.write_all(request).await?;
     s.flush().await?;
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
@@ -208,24 +224,70 @@ async fn rate(connector: TlsConnector, addr: SocketAddr, workers: usize, run: Du
     )
 }
 
-async fn throughput(
+/// Both ways at once, as fast as the proxy moves them: the client writes `size`-byte writes
+/// and benchd (`/stream`) writes its own; with `frames`, each write is one WebSocket binary
+/// frame (masked with a zero key, as a client sends them), so the proxy's frame reader has
+/// one header per write to follow. Compared with the same without frames, it is the cost of
+/// following frame boundaries.
+async fn stream(
     connector: TlsConnector,
     addr: SocketAddr,
     conns: usize,
     run: Duration,
     size: usize,
+    frames: bool,
 ) -> anyhow::Result<String> {
-    let streams = open(&connector, addr, conns).await?;
+    let flag = if frames { "&frames" } else { "" };
+    let request = String::from_utf8_lossy(UPGRADE).replacen(
+        "GET /ws ",
+        &format!("GET /stream?size={size}{flag} "),
+        1,
+    );
+    let mut streams = Vec::new();
+    for _ in 0..conns {
+        streams.push(upgraded_with(&connector, addr, request.as_bytes()).await?);
+    }
+    let mut chunk = Vec::with_capacity(size + 14);
+    if frames {
+        chunk.push(0x82);
+        match size {
+            0..=125 => chunk.push(0x80 | size as u8),
+            126..=0xffff => {
+                chunk.push(0x80 | 126);
+                chunk.extend_from_slice(&(size as u16).to_be_bytes());
+            }
+            _ => {
+                chunk.push(0x80 | 127);
+                chunk.extend_from_slice(&(size as u64).to_be_bytes());
+            }
+        }
+        chunk.extend_from_slice(&[0; 4]);
+    }
+    chunk.resize(chunk.len() + size, 0x5a);
+    let (sent, received) = pump(streams, chunk, run).await;
+    Ok(rates(sent, received, run))
+}
+
+/// The JSON line of a throughput run: MB/s both ways together, and each way's MB.
+fn rates(tx: u64, rx: u64, run: Duration) -> String {
+    format!(
+        "{{\"mb_per_sec\":{:.1},\"tx_mb\":{:.1},\"rx_mb\":{:.1}}}",
+        (tx + rx) as f64 / 1e6 / run.as_secs_f64(),
+        tx as f64 / 1e6,
+        rx as f64 / 1e6
+    )
+}
+
+/// Writes `chunk` over and over on every stream and counts what comes back, for `run`.
+async fn pump(streams: Vec<TlsStream<TcpStream>>, chunk: Vec<u8>, run: Duration) -> (u64, u64) {
     let sent = Arc::new(AtomicU64::new(0));
     let received = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + run;
     let mut tasks = Vec::new();
     for s in streams {
         let (mut rd, mut wr) = tokio::io::split(s);
-        let sent = sent.clone();
-        let received = received.clone();
+        let (sent, received, chunk) = (sent.clone(), received.clone(), chunk.clone());
         tasks.push(tokio::spawn(async move {
-            let chunk = vec![0x5au8; size];
             while Instant::now() < deadline {
                 if wr.write_all(&chunk).await.is_err() || wr.flush().await.is_err() {
                     break;
@@ -245,20 +307,26 @@ async fn throughput(
         }));
     }
     tokio::time::sleep_until(deadline.into()).await;
-    let (tx, rx) = (
+    let counts = (
         sent.load(Ordering::Relaxed),
         received.load(Ordering::Relaxed),
     );
     for t in tasks {
         t.abort();
     }
-    let secs = run.as_secs_f64();
-    Ok(format!(
-        "{{\"mb_per_sec\":{:.1},\"tx_mb\":{:.1},\"rx_mb\":{:.1}}}",
-        (tx + rx) as f64 / 1e6 / secs,
-        tx as f64 / 1e6,
-        rx as f64 / 1e6
-    ))
+    counts
+}
+
+async fn throughput(
+    connector: TlsConnector,
+    addr: SocketAddr,
+    conns: usize,
+    run: Duration,
+    size: usize,
+) -> anyhow::Result<String> {
+    let streams = open(&connector, addr, conns).await?;
+    let (tx, rx) = pump(streams, vec![0x5au8; size], run).await;
+    Ok(rates(tx, rx, run))
 }
 
 async fn latency(
