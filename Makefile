@@ -7,7 +7,7 @@ DEMO_BACKEND ?= 127.0.0.1:3000
 E2E_CERTS := target/e2e-certs
 
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := head route exchange proxy
+FUZZ_TARGETS := head route exchange proxy frames
 # What cargo-fuzz passes for libFuzzer, without needing a nightly toolchain.
 FUZZ_RUSTFLAGS := --cfg fuzzing -Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
   -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
@@ -48,7 +48,8 @@ e2e:
 	cd tests/e2e && WSSBRIDGE_BIN=$(CURDIR)/target/debug/wssbridge E2E_CERTS=$(CURDIR)/$(E2E_CERTS) \
 	  node --test --test-concurrency=1 --test-timeout=180000
 
-## Coverage-guided fuzzing of the head parser, route matcher and framing tracker:
+## Coverage-guided fuzzing of the head parser, route matcher, framing tracker and the
+## WebSocket frame-length reader:
 ## FUZZ_SECONDS per target (default 60). Seeds in fuzz/corpus, findings in fuzz/artifacts.
 # An explicit --target keeps the flags off build scripts, which are not linked with libFuzzer.
 FUZZ_TRIPLE = $(shell rustc -vV | sed -n 's/^host: //p')

@@ -381,6 +381,16 @@ pub struct Args {
     )]
     pub shutdown_grace: Timeout,
 
+    /// On SIGTERM, close WebSockets at once, not at the grace's end.
+    ///
+    /// On SIGTERM/SIGINT (and in the old process of a SIGUSR2 upgrade), end each WebSocket
+    /// tunnel at once with a close frame, 1001 Going Away, so its client reconnects to an
+    /// instance that accepts, instead of at the end of --shutdown-grace. Either way the
+    /// closes are spread over 1.5 s and each is sent between two frames.
+    #[arg(help_heading = "Timeouts", hide_env = true)]
+    #[arg(long, env = "WSSBRIDGE_WEBSOCKET_CLOSE_ON_DRAIN")]
+    pub websocket_close_on_drain: bool,
+
     /// Largest request head (431 beyond).
     ///
     /// Largest first request head accepted (answered 431 beyond).
@@ -554,6 +564,7 @@ impl Args {
             accept_proxy_from: self.accept_proxy_from,
             admin: self.admin,
             shutdown_delay: self.shutdown_delay.0.unwrap_or(Duration::ZERO),
+            websocket_close_on_drain: self.websocket_close_on_drain,
             fail_timeout: self.fail_timeout.0,
             health_interval: self.health_interval.0,
             health_timeout: self.health_timeout.0,

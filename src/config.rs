@@ -50,6 +50,8 @@ pub struct Settings {
     pub admin: Option<SocketAddr>,
     /// Between readiness turning 503 at shutdown and the listeners closing.
     pub shutdown_delay: Duration,
+    /// Close WebSockets (1001) when shutdown begins, not when the grace ends.
+    pub websocket_close_on_drain: bool,
     /// Every route, `--to` included (as `/`).
     pub routes: Vec<RouteSpec>,
     /// Policies and active checks, per route or for all.
@@ -87,6 +89,7 @@ impl Default for Settings {
             accept_proxy_from: Vec::new(),
             admin: None,
             shutdown_delay: Duration::ZERO,
+            websocket_close_on_drain: false,
             routes: Vec::new(),
             balancing: Balancing::default(),
             fail_timeout: Some(Duration::from_secs(10)),

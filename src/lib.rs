@@ -38,6 +38,7 @@ pub mod splice;
 pub mod state;
 pub mod tls;
 pub mod upgrade;
+pub mod websocket;
 
 use std::future::Future;
 

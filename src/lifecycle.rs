@@ -14,6 +14,10 @@
 //! - **force**: `--shutdown-grace` later, or once every connection is done. What is left
 //!   closes now; the admin listener, which answered through the drain, goes last.
 //!
+//! Beside them, **farewell** asks WebSocket tunnels to end with a close frame: when the grace
+//! ends (then `force` waits a moment for them), or with drain under
+//! `--websocket-close-on-drain`.
+//!
 //! `server` fires them in that order, in one place. Every background task and every
 //! connection is spawned here, so nothing outlives the process's own shutdown.
 //!
@@ -54,6 +58,9 @@ pub struct Lifecycle {
     /// connections this one accepted are still served after its listeners close.
     handing_over: AtomicBool,
     drain: CancellationToken,
+    /// Set just before `farewell` fires, read the same way as `draining`.
+    farewells: AtomicBool,
+    farewell: CancellationToken,
     stop: CancellationToken,
     force: CancellationToken,
     /// Every connection's task.
@@ -72,6 +79,8 @@ impl Default for Lifecycle {
             draining: AtomicBool::new(false),
             handing_over: AtomicBool::new(false),
             drain,
+            farewells: AtomicBool::new(false),
+            farewell: CancellationToken::new(),
             stop,
             force,
             connections: TaskTracker::new(),
@@ -107,6 +116,23 @@ impl Lifecycle {
     pub fn begin_drain(&self) {
         self.draining.store(true, Ordering::Release);
         self.drain.cancel();
+    }
+
+    /// Fired when WebSocket tunnels are asked to end with a close frame.
+    pub fn farewell(&self) -> &CancellationToken {
+        &self.farewell
+    }
+
+    /// Set before [`Lifecycle::farewell`] fires.
+    pub fn farewells(&self) -> &AtomicBool {
+        &self.farewells
+    }
+
+    /// WebSocket tunnels end now, each with a close frame (at most once: later calls do
+    /// nothing).
+    pub fn say_farewell(&self) {
+        self.farewells.store(true, Ordering::Release);
+        self.farewell.cancel();
     }
 
     /// Fired when the listeners close and background work ends.

@@ -20,6 +20,12 @@ use crate::reload::{self, Trigger};
 use crate::signals::Signals;
 use crate::state::State;
 use crate::upgrade;
+use crate::websocket::SPREAD;
+
+/// After the grace, how long a WebSocket's close takes beyond its spread: the client's own
+/// close frame and FIN are read for up to 2 s (like every answer wssbridge ends a connection
+/// with), and a frame under way is finished.
+const FAREWELL_READ: std::time::Duration = std::time::Duration::from_millis(2500);
 
 /// A running or ready server; cheap to clone, so a test can keep a handle while `run` goes
 /// on, and a signal handler can reload it.
@@ -150,7 +156,9 @@ impl Server {
     ///    for `--shutdown-delay`, so a balancer in front stops sending first;
     /// 2. **stop**: the listeners close; background work (polls, checks, SIGHUP) ends;
     /// 3. connections finish within `--shutdown-grace`;
-    /// 4. **force**: whatever is left closes now, then the admin listener.
+    /// 4. **farewell**: each WebSocket left ends with a close frame (1001 Going Away) between
+    ///    two frames, spread over 1.5 s (already at step 1 with `--websocket-close-on-drain`);
+    /// 5. **force**: whatever is left closes now, then the admin listener.
     ///
     /// The listening descriptors are held here until step 2: they are the process's, not the
     /// accept loops'.
@@ -213,6 +221,9 @@ impl Server {
         shutdown.await;
         life.begin_drain();
         life.emit(Event::Draining);
+        if state.config.load().settings.websocket_close_on_drain {
+            life.say_farewell();
+        }
         let delay = state.config.load().settings.shutdown_delay;
         if !delay.is_zero() {
             tracing::info!("not ready: closing the listeners in {delay:?}");
@@ -235,13 +246,23 @@ impl Server {
             tracing::info!("drained: all connections finished");
             life.force().cancel();
         } else {
+            // WebSockets end with a close frame, spread over a moment; then what is left
+            // closes.
+            life.say_farewell();
+            let farewells = SPREAD + FAREWELL_READ;
+            let closed = tokio::time::timeout(farewells, life.connections_done()).await;
             let left = life.connections();
             life.force().cancel();
             life.connections_done().await;
-            tracing::info!(
-                closed = left,
-                "shutdown grace over: closed the connections left"
-            );
+            match closed {
+                Ok(()) => {
+                    tracing::info!("shutdown grace over: the websockets left closed with 1001")
+                }
+                Err(_) => tracing::info!(
+                    closed = left,
+                    "shutdown grace over: closed the connections left"
+                ),
+            }
         }
         life.background_done().await;
         life.emit(Event::Stopped);

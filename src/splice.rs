@@ -210,6 +210,9 @@ pub enum End<S> {
     Failed(Failure),
     /// The gate ended the connection.
     Stopped(S),
+    /// Shutdown's close: the tunnel hook ended a side in order (a WebSocket close frame, then
+    /// the close), and the other side is done too.
+    Farewell,
 }
 
 /// What goes to the backend before the copy: `first` as it is (a PROXY header, then the
@@ -223,7 +226,8 @@ pub struct Preread {
     pub held: Vec<u8>,
 }
 
-/// Shutdown's request that a connection end at its next safe point.
+/// Shutdown's request that a connection (through its gate) or a tunnel (through its hook) end
+/// at its next safe point.
 pub struct Drain<'a> {
     /// Set when it is asked: read at every poll, an atomic load.
     asked: &'a AtomicBool,
@@ -231,6 +235,11 @@ pub struct Drain<'a> {
     /// polled again) until the drain is handled or the gate is gone.
     wake: Pin<Box<dyn Future<Output = ()> + Send + 'a>>,
     registered: bool,
+    /// How long after it is asked this connection acts on it: each tunnel its own, so a
+    /// thousand tunnels do not all end in the same instant.
+    delay: Duration,
+    /// The delay's timer, made once it is asked.
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl<'a> Drain<'a> {
@@ -243,40 +252,88 @@ impl<'a> Drain<'a> {
             asked,
             wake,
             registered: false,
+            delay: Duration::ZERO,
+            timer: None,
         }
+    }
+
+    /// The same, acted on `delay` after it is asked.
+    pub fn after(mut self, delay: Duration) -> Drain<'a> {
+        self.delay = delay;
+        self
+    }
+
+    /// Whether it was asked (and its delay is over). The wake-up is registered once; after
+    /// that each poll reads the flag, an atomic load, not a lock.
+    fn poll_asked(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.registered {
+            self.registered = true;
+            // Registers the task to be woken; whether it is already asked, the flag says.
+            let _ = self.wake.as_mut().poll(cx);
+        }
+        if !self.asked.load(Ordering::Acquire) {
+            return false;
+        }
+        if self.delay.is_zero() {
+            return true;
+        }
+        let delay = self.delay;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(delay)));
+        timer.as_mut().poll(cx).is_ready()
     }
 }
 
 /// What watches a connection besides the copy: the gate until the `101` (none: blind from
-/// the start), the tunnel hook after it, and shutdown's drain, handed to whichever is in
-/// place. With the no-op hook `()`, the drain is dropped with the gate and an open tunnel goes
+/// the start) with shutdown's `drain`, and the tunnel hook after it with shutdown's `close`
+/// (for a hook that asks, [`Tunnel::DRAINS`]). With the no-op hook `()`, an open tunnel goes
 /// on until the shutdown grace is over.
 pub struct Watch<'a, G, T> {
     pub gate: Option<Box<G>>,
     pub drain: Option<Drain<'a>>,
     pub tunnel: T,
+    pub close: Option<Drain<'a>>,
+}
+
+/// A direction of the tunnel: client→backend (`Up`) or backend→client (`Down`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Way {
+    Up,
+    Down,
 }
 
 /// What may watch an open tunnel: a no-op unless a feature asks. Once the gate has opened
-/// (or with no gate), the splice shows it every byte it passes each way, in order, and, for a
-/// hook that asks ([`Tunnel::DRAINS`]), shutdown's drain. `()` watches nothing: the calls
-/// compile to nothing and the default tunnel stays blind. A WebSocket frame reader (to end a
-/// tunnel with a close frame at a frame boundary) plugs in here, the way `http` plugs in
-/// the [`Gate`] before the `101`.
+/// (or with no gate), the splice shows it every tunnel byte it takes each way (from the
+/// client's TLS, from the backend's socket), in order, none of the HTTP before; and, for a
+/// hook that asks ([`Tunnel::DRAINS`]), shutdown's close. Once asked, the hook bounds what
+/// may still pass each way ([`Tunnel::room`]) and says what goes last ([`Tunnel::last`]).
+/// `()` watches nothing: the calls compile to nothing and the default tunnel stays blind.
+/// The WebSocket hook (`websocket::Farewell`, a close frame at a frame boundary) plugs in
+/// here, the way `http` plugs in the [`Gate`] before the `101`.
 pub trait Tunnel {
-    /// Whether the drain is kept past the `101` for this hook.
+    /// Whether shutdown's close is heard by this hook.
     const DRAINS: bool = false;
 
-    /// Client bytes that went to the backend.
+    /// Client bytes taken on their way to the backend.
     fn up(&mut self, _bytes: &[u8]) {}
 
-    /// Backend bytes that went (into rustls) to the client.
+    /// Backend bytes taken on their way to the client.
     fn down(&mut self, _bytes: &[u8]) {}
 
-    /// Shutdown asks the tunnel to end at its next safe point; `true` ends it now (both
-    /// sides closed in order, as after a gate's stop).
-    fn drain(&mut self) -> bool {
-        false
+    /// Shutdown asks the tunnel to end.
+    fn drain(&mut self) {}
+
+    /// How many more bytes may be taken `way` before that side ends (`None`: no bound, the
+    /// tunnel was not asked to end). At 0 the side gets [`Tunnel::last`] and is closed in
+    /// order: FIN to the backend; close_notify and FIN to the client.
+    fn room(&self, _way: Way) -> Option<usize> {
+        None
+    }
+
+    /// What to send `way` before closing it, once its room is 0.
+    fn last(&mut self, _way: Way) -> Option<Vec<u8>> {
+        None
     }
 }
 
@@ -290,31 +347,35 @@ impl Tunnel for () {}
 /// as bytes move, so they are right even if the caller drops this future (e.g. when the
 /// shutdown grace runs out). When the gate opens (or with no gate), `transfer.opened` is set
 /// and `traffic` told: the caller tells it when the tunnel ends.
-pub async fn splice<C, G, T>(
-    client: &mut C,
-    backend: &mut TcpStream,
+///
+/// Not an `async fn`: the future is the splice's state and nothing else (an `async fn` would
+/// keep its arguments beside the state built from them, for the tunnel's whole life).
+pub fn splice<'a, C, G, T>(
+    client: &'a mut C,
+    backend: &'a mut TcpStream,
     preread: Preread,
-    watch: Watch<'_, G, T>,
+    watch: Watch<'a, G, T>,
     timeouts: Timeouts,
-    transfer: &mut Transfer,
-    traffic: &Traffic,
-) -> End<G::Stop>
+    transfer: &'a mut Transfer,
+    traffic: &'a Traffic,
+) -> impl Future<Output = End<G::Stop>> + 'a
 where
     C: Client,
-    G: Gate,
-    T: Tunnel,
+    G: Gate + 'a,
+    T: Tunnel + 'a,
 {
     let Watch {
         gate,
         drain,
         tunnel,
+        close,
     } = watch;
     if gate.is_none() {
         transfer.opened = true;
         traffic.opened();
     }
-    let drain = drain.filter(|_| gate.is_some() || T::DRAINS);
-    let gate_absent = gate.is_none();
+    let drain = drain.filter(|_| gate.is_some());
+    let close = close.filter(|_| T::DRAINS);
     let mut state = Splice {
         client,
         backend,
@@ -330,6 +391,7 @@ where
         wait_current: None,
         wait_timer: None,
         drain,
+        farewell_asked: close,
         stalled: [None, None],
         up_blocked: false,
         close_timer: None,
@@ -340,11 +402,7 @@ where
         initial: Outbox::new(preread.held),
         gate,
         tunnel,
-        // With no gate, the first bytes (a PROXY header, the first head) are not the
-        // tunnel's either.
-        up_gated: if gate_absent { preread.first.len() } else { 0 },
-        down_gated: 0,
-        drain_at_open: false,
+        farewell: false,
         up_out: Outbox::new(preread.first),
         uncounted: preread.uncounted,
         traffic,
@@ -352,7 +410,7 @@ where
         down_burst: false,
         stopped: None,
     };
-    std::future::poll_fn(|cx| state.poll(cx)).await
+    std::future::poll_fn(move |cx| state.poll(cx))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -389,6 +447,8 @@ struct Splice<'a, C, G: Gate, T> {
     wait_timer: Option<Pin<Box<Sleep>>>,
     /// Shutdown's request to end at the next safe point, while a gate can act on it.
     drain: Option<Drain<'a>>,
+    /// Shutdown's request that the tunnel end, for a hook that hears it.
+    farewell_asked: Option<Drain<'a>>,
     half_closed_at: Option<Instant>,
     up_first: bool,
     /// Client bytes read before the splice that the gate has not seen yet.
@@ -397,12 +457,8 @@ struct Splice<'a, C, G: Gate, T> {
     gate: Option<Box<G>>,
     /// After: what watches the tunnel.
     tunnel: T,
-    /// Bytes at the start of `up_out` / `down_out` when the gate opened: the gate's (an
-    /// HTTP head, the `101`), not the tunnel's, so not shown to the hook.
-    up_gated: usize,
-    down_gated: usize,
-    /// The drain came while an upgrade was under way: tell the hook when the tunnel opens.
-    drain_at_open: bool,
+    /// The hook ended a side of the tunnel at shutdown's close.
+    farewell: bool,
     /// Bytes the gate approved, on their way to the backend / the client.
     up_out: Outbox,
     /// Bytes at the start of `up_out` that are not the client's (a PROXY header).
@@ -492,6 +548,7 @@ where
             let end = match (self.deferred.take(), self.stopped) {
                 (Some(f), _) => End::Failed(f),
                 (None, Some(stop)) => End::Stopped(stop),
+                (None, None) if self.farewell => End::Farewell,
                 (None, None) => End::Closed,
             };
             return Poll::Ready(end);
@@ -530,37 +587,26 @@ where
         Poll::Pending
     }
 
-    /// Hands shutdown's drain on to the gate once it is asked, or after the `101` to a
-    /// tunnel hook that asks for it; otherwise lets it go. The wake-up is registered once; after that each poll reads the
-    /// flag, an atomic load, not a lock.
+    /// Hands shutdown's drain on to the gate once it is asked (or lets it go with the gate),
+    /// and its close to an open tunnel's hook that hears it.
     fn poll_drain(&mut self, cx: &mut Context<'_>) {
-        let Some(drain) = &mut self.drain else {
-            return;
-        };
-        if !drain.registered {
-            drain.registered = true;
-            // Registers the task to be woken; whether it is already asked, the flag says.
-            let _ = drain.wake.as_mut().poll(cx);
-        }
-        let tunnel = self.transfer.opened;
-        if self.gate.is_none() && !(tunnel && T::DRAINS) {
-            self.drain = None;
-            return;
-        }
-        if drain.asked.load(Ordering::Acquire) {
-            self.drain = None;
+        if let Some(drain) = &mut self.drain {
             match &mut self.gate {
-                Some(gate) => {
+                None => self.drain = None,
+                Some(gate) if drain.poll_asked(cx) => {
+                    self.drain = None;
                     gate.drain();
-                    // An upgrade under way may still open a tunnel: its hook hears it then.
-                    self.drain_at_open = T::DRAINS;
+                    cx.waker().wake_by_ref();
                 }
-                None => {
-                    if self.tunnel.drain() {
-                        self.end_tunnel();
-                    }
-                }
+                Some(_) => {}
             }
+        }
+        if let Some(close) = &mut self.farewell_asked
+            && close.poll_asked(cx)
+            && self.transfer.opened
+        {
+            self.farewell_asked = None;
+            self.tunnel.drain();
             cx.waker().wake_by_ref();
         }
     }
@@ -685,12 +731,6 @@ where
             if self.up_out.pos < self.up_out.bytes.len() {
                 let n = ready!(Pin::new(&mut *self.backend).poll_write(cx, self.up_out.rest()))
                     .map_err(fail(Side::Backend, Op::Write))?;
-                if self.transfer.opened {
-                    let written = &self.up_out.rest()[..n.min(self.up_out.rest().len())];
-                    let gated = self.up_gated.min(written.len());
-                    self.up_gated -= gated;
-                    self.tunnel.up(&written[gated..]);
-                }
                 self.up_out
                     .advance(n)
                     .map_err(fail(Side::Backend, Op::Write))?;
@@ -705,6 +745,12 @@ where
                     }
                     _ => return Poll::Ready(Ok(())),
                 }
+            }
+            // Once the hook was asked to end the tunnel, take no further than it allows.
+            let room = self.tunnel.room(Way::Up);
+            if room == Some(0) {
+                self.say_farewell(Way::Up);
+                continue;
             }
             let from_initial = self.initial.pos < self.initial.bytes.len();
             // Plaintext rustls holds already (before this read adds to it), for gathering.
@@ -730,6 +776,10 @@ where
                 self.up = Dir::Closing;
                 continue;
             }
+            let (chunk, room) = match room {
+                Some(room) => (&chunk[..room.min(chunk.len())], room),
+                None => (chunk, UP_BUFFER),
+            };
             let n = match &mut self.gate {
                 Some(gate) => {
                     let taken = gate.client(chunk, &mut self.up_out.bytes);
@@ -745,14 +795,14 @@ where
                     taken
                 }
                 None if !from_initial && chunk.len() >= GATHER_FROM => {
-                    if let Err(f) = self.gather(cx, UP_BUFFER) {
+                    if let Err(f) = self.gather(cx, room.min(UP_BUFFER)) {
                         return Poll::Ready(Err(f));
                     }
                     continue;
                 }
                 None if !from_initial && held > chunk.len() => {
                     // Several records in hand: one write for all of them.
-                    if let Err(f) = self.gather(cx, held) {
+                    if let Err(f) = self.gather(cx, held.min(room)) {
                         return Poll::Ready(Err(f));
                     }
                     continue;
@@ -809,11 +859,9 @@ where
         if data.is_empty() {
             return Ok(());
         }
+        self.tunnel.up(data);
         let n = match write_or_keep(&mut *self.backend, cx, data, &mut self.up_out) {
-            Ok(n) => {
-                self.tunnel.up(&data[..n]);
-                n
-            }
+            Ok(n) => n,
             // A client read error found while gathering still ends the tunnel, as any other
             // client read error does; the failed write to the backend comes second.
             Err(e) => match self.up_error.take() {
@@ -840,12 +888,6 @@ where
                     ready!(self.flush_client(cx))?;
                     continue;
                 }
-                if self.transfer.opened {
-                    let queued = &self.down_out.rest()[..n];
-                    let gated = self.down_gated.min(queued.len());
-                    self.down_gated -= gated;
-                    self.tunnel.down(&queued[gated..]);
-                }
                 let _ = self.down_out.advance(n);
                 self.sent_down(n);
                 continue;
@@ -869,9 +911,16 @@ where
                 self.stop(stop, cx);
                 continue;
             }
+            // Once the hook was asked to end the tunnel, read no further than it allows.
+            let room = self.tunnel.room(Way::Down);
+            if room == Some(0) {
+                self.say_farewell(Way::Down);
+                continue;
+            }
+            let limit = room.map_or(DOWN_BUFFER, |r| r.min(DOWN_BUFFER));
             // Read into the stack: nothing is allocated unless the client cannot take it all.
             let mut space = [MaybeUninit::<u8>::uninit(); DOWN_BUFFER];
-            let mut read = ReadBuf::uninit(&mut space);
+            let mut read = ReadBuf::uninit(&mut space[..limit]);
             match Pin::new(&mut *self.backend).poll_read(cx, &mut read) {
                 Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(e)) => {
@@ -890,6 +939,9 @@ where
                 self.down = Dir::Closing;
                 continue;
             }
+            if self.gate.is_none() {
+                self.tunnel.down(data);
+            }
             if let Some(gate) = &mut self.gate {
                 match gate.backend(data, &mut self.down_out.bytes) {
                     Ok(n) => {
@@ -903,13 +955,9 @@ where
                             self.transfer.opened = true;
                             self.traffic.opened();
                             // What the gate let through before the 101 (and the 101) is
-                            // HTTP; only what follows is the tunnel's.
-                            self.up_gated = self.up_out.rest().len();
-                            self.down_gated = self.down_out.rest().len();
+                            // HTTP; only what follows is the tunnel's, shown to the hook.
+                            self.tunnel.down(&data[n..]);
                             self.down_out.bytes.extend_from_slice(&data[n..]);
-                            if std::mem::take(&mut self.drain_at_open) && self.tunnel.drain() {
-                                self.end_tunnel();
-                            }
                         } else {
                             debug_assert_eq!(n, data.len(), "the gate takes all until it opens");
                         }
@@ -928,7 +976,6 @@ where
                 .client
                 .queue(data)
                 .map_err(fail(Side::Client, Op::Write))?;
-            self.tunnel.down(&data[..n]);
             if n < data.len() {
                 self.down_out = Outbox::new(data[n..].to_vec());
             }
@@ -975,15 +1022,17 @@ where
         }
     }
 
-    /// Ends an open tunnel at its hook's word: both sides closed in order (FIN to the
-    /// backend; close_notify and FIN to the client after what is queued).
-    fn end_tunnel(&mut self) {
-        if self.up != Dir::Done {
-            self.up = Dir::Closing;
-        }
-        if self.down != Dir::Done {
-            self.down = Dir::Closing;
-        }
+    /// Ends one side of an open tunnel at its hook's word, after what is already on its way
+    /// and the hook's last bytes: a FIN to the backend, close_notify and FIN to the client.
+    fn say_farewell(&mut self, way: Way) {
+        self.farewell = true;
+        let last = self.tunnel.last(way).unwrap_or_default();
+        let (dir, out) = match way {
+            Way::Up => (&mut self.up, &mut self.up_out),
+            Way::Down => (&mut self.down, &mut self.down_out),
+        };
+        out.bytes.extend_from_slice(&last);
+        *dir = Dir::Closing;
     }
 
     /// A backend read failed (typically a reset after an early answer): what was read has

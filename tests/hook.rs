@@ -17,7 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use wssbridge::http::{Exchange, Policy};
 use wssbridge::metrics::Traffic;
 use wssbridge::route::RouteTable;
-use wssbridge::splice::{self, Client, Drain, Preread, Timeouts, Transfer, Tunnel, Watch};
+use wssbridge::splice::{self, Client, Drain, Preread, Timeouts, Transfer, Tunnel, Watch, Way};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -94,7 +94,8 @@ impl Client for Plain {
     }
 }
 
-/// A hook that records what it is shown and ends the tunnel when drained.
+/// A hook that records what it is shown and ends the tunnel when asked, with a last word each
+/// way.
 #[derive(Clone, Default)]
 struct Recorder {
     up: Arc<Mutex<Vec<u8>>>,
@@ -113,9 +114,16 @@ impl Tunnel for Recorder {
         self.down.lock().unwrap().extend_from_slice(bytes);
     }
 
-    fn drain(&mut self) -> bool {
+    fn drain(&mut self) {
         self.drained.store(true, Ordering::Relaxed);
-        true
+    }
+
+    fn room(&self, _way: Way) -> Option<usize> {
+        self.drained.load(Ordering::Relaxed).then_some(0)
+    }
+
+    fn last(&mut self, way: Way) -> Option<Vec<u8>> {
+        Some(format!("bye {way:?}").into_bytes())
     }
 }
 
@@ -167,8 +175,9 @@ async fn a_hook_sees_the_tunnel_s_bytes_only_and_hears_the_drain() {
         };
         let watch = Watch {
             gate: Some(Box::new(gate)),
-            drain: Some(drain),
+            drain: None,
             tunnel: hook,
+            close: Some(drain),
         };
         let end = splice::splice(
             &mut client,
@@ -203,20 +212,23 @@ async fn a_hook_sees_the_tunnel_s_bytes_only_and_hears_the_drain() {
     assert_eq!(recorder.up.lock().unwrap().as_slice(), b"hello backend");
     assert_eq!(recorder.down.lock().unwrap().as_slice(), b"first frame");
 
-    // Shutdown asks: the hook hears it after the 101 and ends the tunnel, both sides.
+    // Shutdown asks: the hook hears it after the 101 and ends the tunnel, both sides, each
+    // with its last word and then a close.
     asked.store(true, Ordering::Release);
     notify.notify_waiters();
-    let mut rest = Vec::new();
-    tokio::time::timeout(WAIT, user.read_to_end(&mut rest))
+    let (mut to_user, mut to_app) = (Vec::new(), Vec::new());
+    tokio::time::timeout(WAIT, user.read_to_end(&mut to_user))
         .await
         .unwrap()
         .unwrap();
-    tokio::time::timeout(WAIT, app.read_to_end(&mut rest))
+    tokio::time::timeout(WAIT, app.read_to_end(&mut to_app))
         .await
         .unwrap()
         .unwrap();
-    assert!(rest.is_empty());
+    assert_eq!(to_user, b"bye Down");
+    assert_eq!(to_app, b"bye Up");
     let (end, transfer) = tokio::time::timeout(WAIT, spliced).await.unwrap().unwrap();
     assert!(recorder.drained.load(Ordering::Relaxed));
     assert!(transfer.opened, "{end}");
+    assert_eq!(end, "Farewell");
 }

@@ -18,6 +18,8 @@ const RULES: &[(&str, &[&str])] = &[
     ("signals", &[]),
     // The copy knows no HTTP: it asks a gate.
     ("splice", &["metrics"]),
+    // The WebSocket hook: frame lengths, and the splice's hook trait. No HTTP.
+    ("websocket", &["splice", "websocket"]),
     // TLS knows no HTTP and no routes.
     ("tls", &["splice", "deadline", "metrics"]),
     // HTTP is pure: no configuration, no process state, no connection.
@@ -94,6 +96,7 @@ const RULES: &[(&str, &[&str])] = &[
             "splice",
             "state",
             "tls",
+            "websocket",
         ],
     ),
     (
@@ -124,6 +127,7 @@ const RULES: &[(&str, &[&str])] = &[
             "signals",
             "state",
             "upgrade",
+            "websocket::SPREAD",
         ],
     ),
 ];

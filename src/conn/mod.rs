@@ -26,6 +26,7 @@ use crate::respond::{self, Status};
 use crate::splice;
 use crate::state::State;
 use crate::tls::Client;
+use crate::websocket::{self, Farewell};
 use summary::{Outcome, Summary};
 
 /// A connection as `accept` hands it on.
@@ -142,6 +143,14 @@ async fn pipeline(
     });
     let preread = forwarded::preread(proxy_header, buf, head.len, forwarding.as_ref());
     let sni = summary.sni.clone();
+    // A WebSocket tunnel is ended with a close frame at shutdown; each at its own moment in
+    // the spread window. Other connections keep no such watch.
+    let protocol = admitted.upgrade.as_ref().map(|u| u.protocol.as_str());
+    let farewell = Farewell::for_upgrade(protocol);
+    let close = (protocol == Some("websocket")).then(|| {
+        let asked = Box::pin(state.life.farewell().cancelled());
+        splice::Drain::new(state.life.farewells(), asked).after(websocket::jitter())
+    });
     let gate = Exchange::after_first(
         config.http.clone(),
         admitted.route,
@@ -157,7 +166,8 @@ async fn pipeline(
             state.life.draining(),
             Box::pin(state.life.drain().cancelled()),
         )),
-        tunnel: (),
+        tunnel: farewell,
+        close,
     };
     let (transfer, traffic) = (&mut summary.transfer, &state.metrics.traffic);
     let timeouts = splice_timeouts(&config.timeouts);
@@ -171,9 +181,10 @@ async fn pipeline(
         traffic,
     );
     let end = end.await;
-    if let splice::End::Stopped(http::Stop::Refused(_)) = end {
-        // The gate answered and the splice shut the client side: read what the client still
-        // sends for a moment, so the close does not reset away the answer.
+    if let splice::End::Stopped(http::Stop::Refused(_)) | splice::End::Farewell = end {
+        // The gate answered (or the hook sent a close frame) and the splice shut the client
+        // side: read what the client still sends for a moment (its own close frame), so the
+        // close does not reset away the answer.
         Box::pin(respond::linger(&mut client)).await;
     }
     Outcome::Tunnel(end)

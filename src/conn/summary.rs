@@ -94,6 +94,9 @@ impl Summary {
             Outcome::NoRequest => "no request".to_string(),
             Outcome::Status(s) => format!("status {}", s.code()),
             Outcome::Tunnel(End::Closed) => format!("{what} closed"),
+            Outcome::Tunnel(End::Farewell) => {
+                format!("{what} closed with 1001 going away: shutting down")
+            }
             Outcome::Tunnel(End::CloseTimeout) => format!("{what} close-timeout"),
             Outcome::Tunnel(End::IdleTimeout) => format!("{what} idle-timeout"),
             Outcome::Tunnel(End::SendTimeout(Side::Client)) => {
