@@ -14,7 +14,7 @@ use clap::{ArgAction, Parser, ValueEnum};
 
 use crate::balance::{Balancing, Check, PerRoute, Policy};
 use crate::cidr::Cidr;
-use crate::config::{Security, Settings, Timeouts};
+use crate::config::{AcmeSettings, Security, Settings, Timeouts};
 use crate::proxy_protocol;
 use crate::route::{Backend, RouteSpec};
 use crate::tls::CertPaths;
@@ -120,6 +120,69 @@ pub struct Args {
         default_value = "60s"
     )]
     pub cert_poll: Timeout,
+
+    /// Get and renew a certificate for NAME by ACME (Let's Encrypt).
+    ///
+    /// Get a certificate for NAME from an ACME CA (Let's Encrypt by default), serve it, and
+    /// renew it, with no certbot: TLS-ALPN-01 on the TLS listeners, or HTTP-01 on
+    /// --redirect-http. NAME's DNS must point at this machine and port 443 (or 80) be
+    /// reachable. Repeatable.
+    #[arg(help_heading = "Certificates", hide_env = true)]
+    #[arg(long = "acme", env = "WSSBRIDGE_ACME", value_name = "NAME",
+          value_delimiter = ' ', action = ArgAction::Append)]
+    pub acme: Vec<String>,
+
+    /// The ACME account's contact address.
+    ///
+    /// The contact address of the ACME account (the CA writes about expiring certificates
+    /// and problems).
+    #[arg(help_heading = "Certificates", hide_env = true)]
+    #[arg(long, env = "WSSBRIDGE_ACME_EMAIL", value_name = "ADDR")]
+    pub acme_email: Option<String>,
+
+    /// The ACME directory URL.
+    ///
+    /// The ACME CA's directory URL (Let's Encrypt's staging CA, for trying things out:
+    /// https://acme-staging-v02.api.letsencrypt.org/directory).
+    #[arg(help_heading = "Certificates", hide_env = true)]
+    #[arg(
+        long,
+        env = "WSSBRIDGE_ACME_DIRECTORY",
+        value_name = "URL",
+        default_value = crate::config::LETS_ENCRYPT
+    )]
+    pub acme_directory: String,
+
+    /// PEM roots trusted for the ACME directory's HTTPS.
+    ///
+    /// PEM root certificate trusted for the ACME directory's own HTTPS, for a private CA
+    /// (the system's roots otherwise).
+    #[arg(help_heading = "Certificates", hide_env = true)]
+    #[arg(long, env = "WSSBRIDGE_ACME_CA", value_name = "PATH")]
+    pub acme_ca: Option<PathBuf>,
+
+    /// Where ACME keeps its account and certificates.
+    ///
+    /// Directory for the ACME account key, certificates and challenge answers (created 0700;
+    /// refused if another user can write it). Share it between instances behind one balancer
+    /// so they make one order per name [default: $STATE_DIRECTORY/acme under systemd, else
+    /// ./wssbridge-acme].
+    #[arg(help_heading = "Certificates", hide_env = true)]
+    #[arg(long, env = "WSSBRIDGE_ACME_STATE", value_name = "DIR")]
+    pub acme_state: Option<PathBuf>,
+
+    /// Renew when less than this is left.
+    ///
+    /// Renew an ACME certificate when less than this is left of it (by default when a third
+    /// of its lifetime is left).
+    #[arg(help_heading = "Certificates", hide_env = true)]
+    #[arg(
+        long,
+        env = "WSSBRIDGE_ACME_RENEW_BEFORE",
+        value_name = "DURATION",
+        default_value = "0"
+    )]
+    pub acme_renew_before: Span,
 
     /// CA certificates clients must present a certificate from (mTLS).
     ///
@@ -552,6 +615,14 @@ impl Args {
             client_cas: self.client_cas,
             client_auth_optional: self.client_auth == ClientAuth::Optional,
             cert_poll: self.cert_poll.0,
+            acme: (!self.acme.is_empty()).then(|| AcmeSettings {
+                names: self.acme.iter().map(|n| n.to_ascii_lowercase()).collect(),
+                email: self.acme_email,
+                directory: self.acme_directory,
+                ca: self.acme_ca,
+                state: self.acme_state.unwrap_or_else(AcmeSettings::default_state),
+                renew_before: self.acme_renew_before.0,
+            }),
             redirect_http: self.redirect_http,
             routes,
             balancing: Balancing {
@@ -684,35 +755,55 @@ impl FromStr for Timeout {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        if s == "0" {
-            return Ok(Timeout(None));
-        }
-        let split = s
-            .find(|c: char| !c.is_ascii_digit() && c != '.')
-            .ok_or_else(|| format!("'{s}' has no unit: write e.g. 500ms, 10s, 2m or 0 for off"))?;
-        let (number, unit) = s.split_at(split);
-        let number: f64 = number
-            .parse()
-            .map_err(|_| format!("'{s}' is not a duration: write e.g. 500ms, 10s, 2m"))?;
-        let seconds = match unit {
-            "ms" => number / 1000.0,
-            "s" => number,
-            "m" => number * 60.0,
-            "h" => number * 3600.0,
-            "d" => number * 86400.0,
-            _ => {
-                return Err(format!(
-                    "'{s}': unknown unit '{unit}' (use ms, s, m, h or d)"
-                ));
-            }
-        };
-        let d = Duration::try_from_secs_f64(seconds)
-            .ok()
-            .filter(|d| *d <= MAX_DURATION)
-            .ok_or_else(|| format!("'{s}' is out of range (at most 365 days)"))?;
-        Ok(Timeout((!d.is_zero()).then_some(d)))
+        parse_duration(s, MAX_DURATION, "365 days").map(Timeout)
     }
+}
+
+/// A span of a certificate's life (`30d`), as [`Timeout`] writes one, up to 100 years: a
+/// certificate may be valid for years, and a renewal window longer than its life renews it
+/// at once. Never added to an `Instant`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span(pub Option<Duration>);
+
+impl FromStr for Span {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        const CENTURY: Duration = Duration::from_secs(36_500 * 24 * 3600);
+        parse_duration(s, CENTURY, "36500 days").map(Span)
+    }
+}
+
+/// `0` (none) or a number and a unit, at most `max`.
+fn parse_duration(s: &str, max: Duration, max_words: &str) -> Result<Option<Duration>, String> {
+    let s = s.trim();
+    if s == "0" {
+        return Ok(None);
+    }
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .ok_or_else(|| format!("'{s}' has no unit: write e.g. 500ms, 10s, 2m or 0 for off"))?;
+    let (number, unit) = s.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration: write e.g. 500ms, 10s, 2m"))?;
+    let seconds = match unit {
+        "ms" => number / 1000.0,
+        "s" => number,
+        "m" => number * 60.0,
+        "h" => number * 3600.0,
+        "d" => number * 86400.0,
+        _ => {
+            return Err(format!(
+                "'{s}': unknown unit '{unit}' (use ms, s, m, h or d)"
+            ));
+        }
+    };
+    let d = Duration::try_from_secs_f64(seconds)
+        .ok()
+        .filter(|d| *d <= max)
+        .ok_or_else(|| format!("'{s}' is out of range (at most {max_words})"))?;
+    Ok((!d.is_zero()).then_some(d))
 }
 
 /// A byte size: `16384`, `16k`/`16KiB`, `1m`/`1MiB`.

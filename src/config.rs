@@ -19,6 +19,67 @@ pub use crate::http::Security;
 use crate::route::{RouteSpec, RouteTable};
 use crate::tls::{CertPaths, CertStore, ClientCas, TlsConfig};
 
+/// Let's Encrypt's production directory, `--acme-directory`'s default.
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
+/// `--acme` and its companions. The state directory's layout:
+///
+/// ```text
+/// DIR/account.json                     the ACME account (its key): 0600
+/// DIR/certs/NAME.pem, NAME.key         each name's chain and key (key 0600)
+/// DIR/challenges/http-01/TOKEN         HTTP-01 answers (key authorizations)
+/// DIR/challenges/tls-alpn-01/NAME      TLS-ALPN-01 answers (key authorizations)
+/// DIR/locks/NAME.lock                  one order per name across instances (a lease)
+/// ```
+///
+/// Answers live in files, not in memory, so whichever instance sharing the directory the CA
+/// reaches gives them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcmeSettings {
+    /// Lower-case DNS names.
+    pub names: Vec<String>,
+    pub email: Option<String>,
+    pub directory: String,
+    /// PEM roots for the directory's HTTPS (`None`: the system's).
+    pub ca: Option<PathBuf>,
+    pub state: PathBuf,
+    /// Renew when less than this is left (`None`: when a third of the lifetime is).
+    pub renew_before: Option<Duration>,
+}
+
+impl AcmeSettings {
+    /// `$STATE_DIRECTORY/acme` under systemd (`StateDirectory=`), else `./wssbridge-acme`.
+    pub fn default_state() -> PathBuf {
+        match std::env::var_os("STATE_DIRECTORY") {
+            // systemd may list several, separated by ':'; the first is the unit's own.
+            Some(dirs) if !dirs.is_empty() => {
+                let first = dirs
+                    .to_string_lossy()
+                    .split(':')
+                    .next()
+                    .unwrap_or("")
+                    .to_string();
+                PathBuf::from(first).join("acme")
+            }
+            _ => PathBuf::from("wssbridge-acme"),
+        }
+    }
+
+    /// Where `name`'s certificate and key are kept.
+    pub fn cert_paths(&self, name: &str) -> CertPaths {
+        let certs = self.state.join("certs");
+        CertPaths {
+            cert: certs.join(format!("{name}.pem")),
+            key: certs.join(format!("{name}.key")),
+        }
+    }
+
+    /// Where the answers to challenges of `kind` (`http-01`, `tls-alpn-01`) are kept.
+    pub fn challenges(&self, kind: &str) -> PathBuf {
+        self.state.join("challenges").join(kind)
+    }
+}
+
 /// What the user asked for, before any file is read.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -38,6 +99,8 @@ pub struct Settings {
     pub client_auth_optional: bool,
     /// How often certificate, key and CA files are checked for new content (`None`: never).
     pub cert_poll: Option<Duration>,
+    /// `--acme`: names whose certificates ACME gets and renews.
+    pub acme: Option<AcmeSettings>,
     /// Plain-HTTP listeners that redirect every request to https.
     pub redirect_http: Vec<SocketAddr>,
     /// Add X-Forwarded-For, X-Forwarded-Proto, X-Real-IP and Forwarded to every request.
@@ -82,6 +145,7 @@ impl Default for Settings {
             strict_sni: false,
             client_cas: Vec::new(),
             client_auth_optional: false,
+            acme: None,
             cert_poll: Some(Duration::from_secs(60)),
             redirect_http: Vec::new(),
             add_forwarded: false,
@@ -187,10 +251,21 @@ impl Config {
             (None, _) => anyhow::bail!("--health-interval must be more than 0"),
             (_, None) => anyhow::bail!("--health-timeout must be more than 0"),
         };
-        let certs = match settings.certs.is_empty() {
-            true => CertStore::ephemeral()
+        let certs = match (&settings.acme, settings.certs.is_empty()) {
+            (Some(acme), _) => {
+                if let Some(bad) = acme
+                    .names
+                    .iter()
+                    .find(|n| !crate::tls::acme::is_dns_name(n))
+                {
+                    anyhow::bail!("--acme {bad}: not a DNS name");
+                }
+                let names = acme.names.iter().map(|n| (n.clone(), acme.cert_paths(n)));
+                CertStore::with_acme(&settings.certs, &names.collect::<Vec<_>>())?
+            }
+            (None, true) => CertStore::ephemeral()
                 .map_err(|e| anyhow::anyhow!("generating a self-signed certificate: {e}"))?,
-            false => CertStore::load(&settings.certs)?,
+            (None, false) => CertStore::load(&settings.certs)?,
         };
         let client_cas = match settings.client_cas.is_empty() {
             true => None,
@@ -239,6 +314,7 @@ impl Config {
                 certs,
                 client_cas,
                 strict_sni: settings.strict_sni,
+                acme_answers: settings.acme.as_ref().map(|a| a.challenges("tls-alpn-01")),
             },
             pools,
             http: Arc::new(http),

@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod accept;
+pub mod acme;
 pub mod admin;
 pub mod balance;
 pub mod check;

@@ -6,6 +6,10 @@
 //! `Location` is `https://HOST[:PORT]/PATH?QUERY`: `HOST` is the `Host` header without its
 //! port, `:PORT` the first TLS listener's port unless it is 443. A request without a usable
 //! `Host` gets 400. Every answer closes the connection.
+//!
+//! With `--acme`, it also answers ACME's HTTP-01 validations: `GET
+//! /.well-known/acme-challenge/TOKEN` gets the key authorization the state directory holds
+//! for TOKEN (200, text/plain), or 404 when there is none.
 
 use tokio::io::BufReader;
 use tokio::net::TcpStream;
@@ -38,6 +42,16 @@ pub async fn serve(
         Ok(None) | Err(ReadError::Io(_)) => return None,
         Err(ReadError::Head(e)) => return Some(answer(&mut stream, e.status()).await),
     };
+    if let Some(acme) = &config.settings.acme
+        && let Some(token) = head.target.strip_prefix(CHALLENGE_PATH)
+    {
+        let response = challenge_answer(&acme.challenges("http-01"), token);
+        let code = if response.is_some() { 200 } else { 404 };
+        let body = response.unwrap_or_else(|| "wssbridge: no such challenge\n".to_string());
+        let answer = respond::answer(code, respond::TEXT, &[], body.as_bytes(), false);
+        respond::send_bytes(&mut stream, &answer).await;
+        return Some(code);
+    }
     match location(&head, https_port) {
         Some(location) => {
             respond::send_bytes(&mut stream, &redirect(&location)).await;
@@ -76,6 +90,23 @@ pub fn location(head: &Head, https_port: u16) -> Option<String> {
 }
 
 /// A `308` to `location`, with a short body for clients that do not follow redirects.
+/// Where ACME's HTTP-01 validations ask (RFC 8555 §8.3).
+const CHALLENGE_PATH: &str = "/.well-known/acme-challenge/";
+
+/// The key authorization kept in `dir` for `token`, if there is one. A token is base64url
+/// (RFC 8555 §8.1): anything else is no file of ours.
+fn challenge_answer(dir: &std::path::Path, token: &str) -> Option<String> {
+    let plain = !token.is_empty()
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !plain {
+        return None;
+    }
+    let authorization = std::fs::read_to_string(dir.join(token)).ok()?;
+    Some(authorization.trim().to_string())
+}
+
 fn redirect(location: &str) -> Vec<u8> {
     let body = format!("wssbridge: this site is served at {location}\n");
     respond::answer(

@@ -24,6 +24,8 @@ pub enum Trigger {
     Signal,
     Poll,
     Call,
+    /// ACME got a new certificate.
+    Acme,
 }
 
 impl Trigger {
@@ -32,6 +34,7 @@ impl Trigger {
             Trigger::Signal => "signal",
             Trigger::Poll => "poll",
             Trigger::Call => "call",
+            Trigger::Acme => "acme",
         }
     }
 }
@@ -63,7 +66,7 @@ pub fn from_files(state: &State, trigger: Trigger) -> anyhow::Result<()> {
 fn rebuild(state: &State) -> anyhow::Result<Arc<Config>> {
     let current = state.config.load_full();
     let mut config = Config::build(&current.settings)?;
-    if current.settings.certs.is_empty() {
+    if current.tls.certs.ephemeral.is_some() {
         // The development certificate stays the one browsers were told to accept.
         config.tls.certs = current.tls.certs.clone();
     }
@@ -135,8 +138,12 @@ pub async fn poll_files(state: Arc<State>, interval: Duration) {
 /// cannot be read counts as its error, so its return is a change too.
 fn digest(config: &Config) -> Vec<u8> {
     let settings = &config.settings;
-    let files = settings
-        .certs
+    let acme = settings
+        .acme
+        .iter()
+        .flat_map(|a| a.names.iter().map(|n| a.cert_paths(n)));
+    let pairs: Vec<_> = settings.certs.iter().cloned().chain(acme).collect();
+    let files = pairs
         .iter()
         .flat_map(|p| [&p.cert, &p.key])
         .chain(&settings.client_cas);

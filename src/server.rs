@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 use crate::accept::{self, Listeners, Service};
+use crate::acme;
 use crate::admin;
 use crate::config::Config;
 use crate::lifecycle::Event;
@@ -36,6 +37,18 @@ pub struct Server {
 
 impl Server {
     pub fn new(config: Config) -> anyhow::Result<Server> {
+        if let Some(acme) = &config.settings.acme {
+            acme::store::prepare(acme)?;
+            for name in &acme.names {
+                if acme::store::renew_at(acme, name).is_none() {
+                    tracing::warn!(
+                        name = %name,
+                        "acme: no certificate yet; serving a self-signed one for it until \
+                         the CA issues one"
+                    );
+                }
+            }
+        }
         Ok(Server {
             state: Arc::new(State::new(config)?),
         })
@@ -216,6 +229,9 @@ impl Server {
             life.spawn_background(reload::poll_files(state.clone(), interval));
         }
         life.spawn_background(reload::expiry_daily(state.clone()));
+        if state.config.load().settings.acme.is_some() {
+            life.spawn_background(acme::keep(state.clone()));
+        }
         life.emit(Event::Ready);
 
         shutdown.await;

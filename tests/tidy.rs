@@ -63,6 +63,8 @@ const RULES: &[(&str, &[&str])] = &[
         &["balance", "config", "lifecycle", "metrics", "tls"],
     ),
     ("reload", &["config", "lifecycle", "state", "tls"]),
+    // ACME: the state directory's layout (config), and a reload to swap a certificate in.
+    ("acme", &["acme", "config", "reload", "state"]),
     (
         "admin",
         &[
@@ -118,6 +120,7 @@ const RULES: &[(&str, &[&str])] = &[
         "server",
         &[
             "accept",
+            "acme",
             "admin",
             "config",
             "lifecycle",

@@ -86,6 +86,50 @@ impl CertStore {
         Ok(store)
     }
 
+    /// The `--cert` pairs (which must load), then for each ACME name its certificate from the
+    /// state directory, or, while it has none (or one that does not load: logged), a
+    /// self-signed fallback for it. A name a `--cert` already covers is an error naming both.
+    pub fn with_acme(
+        pairs: &[CertPaths],
+        acme: &[(String, CertPaths)],
+    ) -> anyhow::Result<CertStore> {
+        let mut store = CertStore::empty();
+        for paths in pairs {
+            let key = load_pair(paths)?;
+            let info = read_info(&key.cert[0], &paths.cert.display().to_string())?;
+            store.add(key, info);
+        }
+        for (name, _) in acme {
+            if let Some(i) = store.find(name) {
+                bail!(
+                    "--acme {name} is also covered by --cert {}",
+                    store.infos[i].file
+                );
+            }
+        }
+        for (name, paths) in acme {
+            let loaded = load_pair(paths).and_then(|key| {
+                let info = read_info(&key.cert[0], &paths.cert.display().to_string())?;
+                Ok((key, info))
+            });
+            match loaded {
+                Ok((key, info)) => store.add(key, info),
+                Err(e) => {
+                    if paths.cert.exists() {
+                        tracing::warn!(name = %name, "acme: the stored certificate does not load: {e:#}");
+                    }
+                    let certified = rcgen::generate_simple_self_signed(vec![name.clone()])?;
+                    let der = certified.cert.der().clone();
+                    let key = PrivateKeyDer::try_from(certified.signing_key.serialize_der())
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
+                    let info = read_info(&der, &format!("acme fallback for {name} (self-signed)"))?;
+                    store.add(CertifiedKey::from_der(vec![der], key, &provider())?, info);
+                }
+            }
+        }
+        Ok(store)
+    }
+
     /// A self-signed certificate for `localhost`, made at start for development.
     pub fn ephemeral() -> anyhow::Result<CertStore> {
         let names = vec![

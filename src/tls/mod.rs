@@ -13,6 +13,7 @@
 //! client sends in bulk) and [`coalesce`] (the handshake's last writes leave with the first
 //! answer).
 
+pub mod acme;
 pub mod certs;
 pub mod coalesce;
 pub mod readahead;
@@ -54,6 +55,8 @@ pub struct TlsConfig {
     pub client_cas: Option<ClientCas>,
     /// `--strict-sni`: a name no certificate has is refused with `unrecognized_name`.
     pub strict_sni: bool,
+    /// `--acme`: where the TLS-ALPN-01 answers are (see [`acme`]).
+    pub acme_answers: Option<std::path::PathBuf>,
 }
 
 /// The TLS server of the process.
@@ -68,6 +71,7 @@ struct Snapshot {
     config: Arc<ServerConfig>,
     certs: Arc<CertStore>,
     strict_sni: bool,
+    acme_answers: Option<std::path::PathBuf>,
 }
 
 impl Tls {
@@ -127,6 +131,11 @@ impl Tls {
                     return Err(HandshakeError::Failed(e));
                 }
             };
+            if let Some(dir) = &server.acme_answers
+                && acme::is_validation(&start.client_hello())
+            {
+                return answer_validation(start, dir).await;
+            }
             if server.strict_sni
                 && let Some(name) = start.client_hello().server_name()
                 && !server.certs.knows(name)
@@ -193,6 +202,7 @@ fn build(
         config: server,
         certs: config.certs.clone(),
         strict_sni: config.strict_sni,
+        acme_answers: config.acme_answers.clone(),
     })
 }
 
@@ -223,9 +233,29 @@ impl crate::splice::Client for Client {
     }
 }
 
+/// Completes an ACME TLS-ALPN-01 validation handshake with the answer for its name, then
+/// closes: the connection is never routed.
+async fn answer_validation(
+    start: tokio_rustls::StartHandshake<Coalesce<ReadAhead<TcpStream>>>,
+    dir: &std::path::Path,
+) -> Result<Client, HandshakeError> {
+    let name = start.client_hello().server_name().unwrap_or("").to_string();
+    let Some(config) = acme::answer(dir, &name) else {
+        let why = format!("no TLS-ALPN-01 answer for {name:?}");
+        return Err(HandshakeError::Failed(std::io::Error::other(why)));
+    };
+    if let Ok(mut stream) = start.into_stream(config).await {
+        use tokio::io::AsyncWriteExt;
+        let _ = stream.shutdown().await;
+    }
+    Err(HandshakeError::AcmeValidation(name))
+}
+
 /// Why a handshake did not complete.
 #[derive(Debug)]
 pub enum HandshakeError {
+    /// An ACME TLS-ALPN-01 validation for this name was answered (and closed).
+    AcmeValidation(String),
     TimedOut(Duration),
     /// `--strict-sni` refused a name no certificate has.
     UnknownName(String),
@@ -236,6 +266,7 @@ impl HandshakeError {
     /// The `result` label of `wssbridge_tls_handshakes_total`.
     pub fn label(&self) -> &'static str {
         match self {
+            HandshakeError::AcmeValidation(_) => "acme",
             HandshakeError::TimedOut(_) => "timeout",
             HandshakeError::UnknownName(_) => "unknown_name",
             HandshakeError::Failed(_) => "failed",
@@ -246,6 +277,9 @@ impl HandshakeError {
 impl fmt::Display for HandshakeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            HandshakeError::AcmeValidation(name) => {
+                write!(f, "answered an ACME TLS-ALPN-01 validation for {name:?}")
+            }
             HandshakeError::TimedOut(after) => write!(f, "handshake timed out after {after:?}"),
             HandshakeError::UnknownName(name) => {
                 write!(f, "refused unknown name {:?} (--strict-sni)", name)
