@@ -118,8 +118,8 @@ impl Pebble {
     }
 }
 
-/// wssbridge with `--acme NAME` against `pebble`, its state in `state`.
-fn bridge(pebble: &Pebble, state: &Path, tls_port: u16, backend: &str, extra: &[&str]) -> Running {
+/// wssbridge with `--acme NAME` against the CA at `directory`, its state in `state`.
+fn bridge(directory: &str, state: &Path, tls_port: u16, backend: &str, extra: &[&str]) -> Running {
     let ca = pki().dir.join("root.pem");
     let mut cmd = support::binary::wssbridge();
     cmd.args([
@@ -128,7 +128,7 @@ fn bridge(pebble: &Pebble, state: &Path, tls_port: u16, backend: &str, extra: &[
         "--to",
         backend,
     ])
-    .args(["--acme", NAME, "--acme-directory", &pebble.directory])
+    .args(["--acme", NAME, "--acme-directory", directory])
     .arg("--acme-ca")
     .arg(&ca)
     .arg("--acme-state")
@@ -203,7 +203,7 @@ async fn tls_alpn_01_issues_a_certificate_a_restart_keeps_it_and_renewal_swaps_i
     let pebble = Pebble::start(tls_port, free_port());
     let state = support::temp_dir("acme-alpn").join("state");
     let backend = Backend::ws_echo().await;
-    let running = bridge(&pebble, &state, tls_port, &backend.address(), &[]);
+    let running = bridge(&pebble.directory, &state, tls_port, &backend.address(), &[]);
     let addr = running.addr;
     running
         .wait_for_line(&["serving a self-signed one", NAME])
@@ -230,7 +230,7 @@ async fn tls_alpn_01_issues_a_certificate_a_restart_keeps_it_and_renewal_swaps_i
     drop(running);
 
     // A restart with the state directory serves the same certificate at once, no order.
-    let running = bridge(&pebble, &state, tls_port, &backend.address(), &[]);
+    let running = bridge(&pebble.directory, &state, tls_port, &backend.address(), &[]);
     assert_eq!(served(running.addr, &root).await.unwrap(), issued);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(
@@ -249,7 +249,7 @@ async fn tls_alpn_01_issues_a_certificate_a_restart_keeps_it_and_renewal_swaps_i
     };
     signal("-STOP");
     let running = bridge(
-        &pebble,
+        &pebble.directory,
         &state,
         tls_port,
         &backend.address(),
@@ -271,7 +271,7 @@ async fn http_01_on_the_redirect_listener_issues_a_certificate() {
     let backend = Backend::ws_echo().await;
     let redirect = format!("127.0.0.1:{http_port}");
     let running = bridge(
-        &pebble,
+        &pebble.directory,
         &state,
         tls_port,
         &backend.address(),
@@ -304,20 +304,7 @@ async fn a_ca_that_cannot_be_reached_leaves_the_fallback_served_and_is_retried()
     let state = support::temp_dir("acme-down").join("state");
     let backend = Backend::ws_echo().await;
     let directory = format!("https://127.0.0.1:{}/dir", free_port());
-    let ca = pki().dir.join("root.pem");
-    let mut cmd = support::binary::wssbridge();
-    cmd.args([
-        "--listen",
-        &format!("127.0.0.1:{tls_port}"),
-        "--to",
-        &backend.address(),
-    ])
-    .args(["--acme", NAME, "--acme-directory", &directory])
-    .arg("--acme-ca")
-    .arg(&ca)
-    .arg("--acme-state")
-    .arg(&state);
-    let running = Running::spawn(cmd);
+    let running = bridge(&directory, &state, tls_port, &backend.address(), &[]);
     let line = running
         .wait_for_line(&["acme: no certificate this time", "trying again in 60s"])
         .await;
@@ -346,8 +333,8 @@ async fn two_instances_sharing_the_state_behind_haproxy_make_one_order_and_both_
     let backend = Backend::ws_echo().await;
     let (a_port, b_port) = (free_port(), free_port());
     let poll = ["--cert-poll", "1s"];
-    let a = bridge(&pebble, &state, a_port, &backend.address(), &poll);
-    let b = bridge(&pebble, &state, b_port, &backend.address(), &poll);
+    let a = bridge(&pebble.directory, &state, a_port, &backend.address(), &poll);
+    let b = bridge(&pebble.directory, &state, b_port, &backend.address(), &poll);
     // The CA validates on the balancer's port, which sends each connection to either.
     let _haproxy = support::peers::Peer::haproxy(
         "acme-front",

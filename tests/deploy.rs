@@ -180,12 +180,7 @@ fn manifests() -> Vec<serde_json::Value> {
         .arg(deploy("kubernetes/wssbridge.yaml"))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    serde_json::from_slice(&succeeded(out)).unwrap()
 }
 
 fn kind<'a>(all: &'a [serde_json::Value], kind: &str) -> &'a serde_json::Value {
@@ -265,9 +260,12 @@ fn the_kubernetes_manifests_have_what_a_fleet_needs() {
         .args(&checked)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(out);
+}
+
+/// A command's stdout, once it exited 0 (its stderr otherwise, in the failure).
+fn succeeded(out: std::process::Output) -> Vec<u8> {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    out.stdout
 }

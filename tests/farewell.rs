@@ -21,6 +21,24 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 const SPREAD: Duration = Duration::from_millis(1500);
 const SLACK: Duration = Duration::from_millis(700);
 
+/// wssbridge with `--shutdown-grace grace` and `extra`, in front of a backend the test
+/// scripts itself.
+async fn bridge(grace: &str, extra: &[&str]) -> (TcpListener, Running) {
+    let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let to = backend.local_addr().unwrap().to_string();
+    let mut args = vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--to",
+        &to,
+        "--shutdown-grace",
+        grace,
+    ];
+    args.extend_from_slice(extra);
+    let running = Running::with_test_cert(&args);
+    (backend, running)
+}
+
 /// Accepts one connection on a hand-made backend and completes the WebSocket handshake (the
 /// `Sec-WebSocket-Accept` the client checks); the rest is the test's, raw.
 async fn accept_websocket(listener: &TcpListener) -> TcpStream {
@@ -92,16 +110,7 @@ fn binary_header(len: usize) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_the_grace_s_end_each_websocket_gets_1001_spread_over_the_window() {
-    let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let to = backend.local_addr().unwrap().to_string();
-    let mut running = Running::with_test_cert(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--to",
-        &to,
-        "--shutdown-grace",
-        "1s",
-    ]);
+    let (backend, mut running) = bridge("1s", &[]).await;
     let mut pairs = open(&running, &backend, 12).await;
 
     running.signal("TERM");
@@ -139,17 +148,7 @@ async fn at_the_grace_s_end_each_websocket_gets_1001_spread_over_the_window() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_close_on_drain_a_frame_under_way_is_finished_before_the_close() {
-    let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let to = backend.local_addr().unwrap().to_string();
-    let mut running = Running::with_test_cert(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--to",
-        &to,
-        "--shutdown-grace",
-        "30s",
-        "--websocket-close-on-drain",
-    ]);
+    let (backend, mut running) = bridge("30s", &["--websocket-close-on-drain"]).await;
     let mut pairs = open(&running, &backend, 4).await;
     // The backend is half-way through a 256 KiB frame when shutdown comes.
     let payload = pattern(7, 256 * 1024);
@@ -184,16 +183,7 @@ async fn with_close_on_drain_a_frame_under_way_is_finished_before_the_close() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_last_keep_alive_response_says_connection_close() {
-    let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let to = backend.local_addr().unwrap().to_string();
-    let mut running = Running::with_test_cert(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--to",
-        &to,
-        "--shutdown-grace",
-        "10s",
-    ]);
+    let (backend, mut running) = bridge("10s", &[]).await;
     let mut client = tls_connect(running.addr).await;
     let request = b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n";
     client.write_all(request).await.unwrap();

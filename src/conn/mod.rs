@@ -147,7 +147,7 @@ async fn pipeline(
     // the spread window. Other connections keep no such watch.
     let protocol = admitted.upgrade.as_ref().map(|u| u.protocol.as_str());
     let farewell = Farewell::for_upgrade(protocol);
-    let close = (protocol == Some("websocket")).then(|| {
+    let close = farewell.is_websocket().then(|| {
         let asked = Box::pin(state.life.farewell().cancelled());
         splice::Drain::new(state.life.farewells(), asked).after(websocket::jitter())
     });

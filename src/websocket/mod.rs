@@ -57,6 +57,11 @@ impl Farewell {
         }
     }
 
+    /// Whether this hook follows a WebSocket (not inert).
+    pub fn is_websocket(&self) -> bool {
+        self.asked.is_some()
+    }
+
     fn frames(&self, way: Way) -> &Frames {
         match way {
             Way::Up => &self.up,
