@@ -275,7 +275,12 @@ async fn http_01_on_the_redirect_listener_issues_a_certificate() {
         &state,
         tls_port,
         &backend.address(),
-        &["--redirect-http", &redirect],
+        &[
+            "--redirect-http",
+            &redirect,
+            "--acme-email",
+            "ops@example.com",
+        ],
     );
     let root = pebble.root().await;
     wait_served(running.addr, &root, &[], &running).await;
