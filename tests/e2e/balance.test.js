@@ -8,47 +8,11 @@
 const { describe, test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
 const https = require('node:https');
-const net = require('node:net');
-const path = require('node:path');
-const { spawn } = require('node:child_process');
 const { io } = require('socket.io-client');
-const { Wssbridge, certs, WAIT_MS } = require('./harness');
+const { Wssbridge, certs, freePort, WAIT_MS } = require('./harness');
+const { startNode, stopNode } = require('./cluster');
 
 const ADDRESSES = Array.from({ length: 30 }, (_, i) => `127.0.0.${i + 2}`);
-
-function freePort() {
-  return new Promise((resolve) => {
-    const s = net.createServer().listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-/// Starts `PORT=port node cluster-server.js` and resolves once it listens.
-function startNode(port) {
-  const child = spawn(process.execPath, [path.join(__dirname, 'cluster-server.js')], {
-    env: { ...process.env, PORT: String(port) },
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`node on ${port} did not start`)), WAIT_MS);
-    child.stdout.on('data', (d) => {
-      if (String(d).includes(`listening ${port}`)) {
-        clearTimeout(timer);
-        resolve({ port, child });
-      }
-    });
-  });
-}
-
-function stopNode(node) {
-  return new Promise((resolve) => {
-    if (node.child.exitCode !== null || node.child.signalCode !== null) return resolve();
-    node.child.once('exit', () => resolve());
-    node.child.kill('SIGKILL');
-  });
-}
 
 /// A socket.io client from `localAddress`. No keep-alive, so every poll is a connection of
 /// its own and must be balanced on its own: the hard case for stickiness.

@@ -8,6 +8,7 @@ const { spawn } = require('node:child_process');
 const path = require('node:path');
 const fs = require('node:fs');
 const crypto = require('node:crypto');
+const net = require('node:net');
 const readline = require('node:readline');
 
 const ROOT = path.resolve(__dirname, '..', '..');
@@ -39,9 +40,11 @@ class Wssbridge {
     this.waiters = [];
   }
 
+  /// `extra` may name its own `--listen` (a fixed port, to start again on it); else port 0.
   static start(routes, extra = []) {
     const c = certs();
-    const args = ['--listen', '127.0.0.1:0', '--cert', c.cert, '--key', c.key, '--log-format', 'json'];
+    const listen = extra.includes('--listen') ? [] : ['--listen', '127.0.0.1:0'];
+    const args = [...listen, '--cert', c.cert, '--key', c.key, '--log-format', 'json'];
     for (const r of routes) args.push('--route', r);
     args.push(...extra);
     const child = spawn(BIN, args, { stdio: ['ignore', 'ignore', 'pipe'] });
@@ -97,4 +100,14 @@ function once(emitter, event, what = event) {
   });
 }
 
-module.exports = { Wssbridge, certs, serverSpkiHash, once, WAIT_MS };
+/// A port free on 127.0.0.1 a moment ago (for a process that must be started on a known port).
+function freePort() {
+  return new Promise((resolve) => {
+    const s = net.createServer().listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+module.exports = { Wssbridge, certs, serverSpkiHash, once, freePort, WAIT_MS };

@@ -8,22 +8,12 @@ const assert = require('node:assert/strict');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
-const net = require('node:net');
 const { spawn } = require('node:child_process');
 const { chromium } = require('playwright-core');
-const { Wssbridge, WAIT_MS } = require('./harness');
+const { Wssbridge, freePort, WAIT_MS } = require('./harness');
 
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const SHOTS = path.resolve(__dirname, '..', '..', 'target');
-
-function freePort() {
-  return new Promise((resolve) => {
-    const s = net.createServer().listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 /// A backend in its own process, so the test can kill it as a crash would.
 async function backendProcess() {
