@@ -17,7 +17,7 @@ TLS_AUDIT_PORT ?= 9443
 
 BENCH_ARGS ?=
 
-.PHONY: all build release test unit e2e lint check certs demo demo-socketio demo-check FORCE fuzz tls-audit bench bench-quick soak micro dist deb deb-check install clean
+.PHONY: all build release test unit e2e e2e-setup fleet-test lint check certs demo demo-socketio demo-check FORCE fuzz tls-audit bench bench-quick soak micro dist deb deb-check install clean
 
 all: build
 
@@ -41,12 +41,23 @@ unit:
 
 ## socket.io v4/v2 clients and headless Chromium through the real binary (tests/e2e/).
 ## Needs node and chromium (.ci/run installs them: apt-get install -y chromium).
-e2e:
+E2E_RUN = cd tests/e2e && WSSBRIDGE_BIN=$(CURDIR)/target/debug/wssbridge \
+  E2E_CERTS=$(CURDIR)/$(E2E_CERTS) node --test --test-concurrency=1 --test-timeout=180000
+e2e: e2e-setup
+	$(E2E_RUN)
+
+e2e-setup:
 	$(CARGO) build --quiet --bin wssbridge --example gencerts
 	target/debug/examples/gencerts $(E2E_CERTS) >/dev/null
 	cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error
-	cd tests/e2e && WSSBRIDGE_BIN=$(CURDIR)/target/debug/wssbridge E2E_CERTS=$(CURDIR)/$(E2E_CERTS) \
-	  node --test --test-concurrency=1 --test-timeout=180000
+
+## A fleet (issue #23, docs/scale-out.md): HAProxy (mode tcp, PROXY v2, /readyz checks, from
+## deploy/haproxy/haproxy.cfg) in front of 3 wssbridge over 3 socket.io processes; a rolling
+## restart and a binary upgrade of each instance under 50 chatting clients. About 45 s; part
+## of `make e2e` too. Needs haproxy.
+fleet-test: e2e-setup
+	@command -v haproxy >/dev/null || { echo "fleet-test: haproxy not found (apt-get install haproxy)"; exit 1; }
+	$(E2E_RUN) fleet.test.js
 
 ## Coverage-guided fuzzing of the head parser, route matcher, framing tracker and the
 ## WebSocket frame-length reader:
