@@ -80,7 +80,10 @@ impl Listeners {
         ) {
             (true, false) => {
                 for addr in &settings.redirect_http {
-                    inherited.redirect.push(bind_for("--redirect-http", *addr)?);
+                    let shared = Sharing::from(settings.reuse_port);
+                    inherited
+                        .redirect
+                        .push(bind_for("--redirect-http", *addr, shared)?);
                 }
             }
             (false, false) => anyhow::bail!(
@@ -89,7 +92,9 @@ impl Listeners {
             _ => {}
         }
         match (&inherited.admin, settings.admin) {
-            (None, Some(addr)) => inherited.admin = Some(bind_for("--admin", addr)?),
+            (None, Some(addr)) => {
+                inherited.admin = Some(bind_for("--admin", addr, Sharing::Exclusive)?)
+            }
             (Some(_), Some(_)) => anyhow::bail!(
                 "--admin and a socket named admin passed by systemd: give one or the other"
             ),
@@ -155,15 +160,16 @@ impl Listeners {
     /// IPv6 twin of `:PORT` is bound where the machine has IPv6, and skipped (logged) where
     /// it has not.
     pub fn bind(settings: &Settings) -> anyhow::Result<Listeners> {
-        let bind = |flag: &str, addrs: &[SocketAddr]| {
+        let public = Sharing::from(settings.reuse_port);
+        let bind = |flag: &str, addrs: &[SocketAddr], sharing: Sharing| {
             addrs
                 .iter()
-                .map(|addr| bind_for(flag, *addr))
+                .map(|addr| bind_for(flag, *addr, sharing))
                 .collect::<anyhow::Result<Vec<_>>>()
         };
-        let mut tls = bind("--listen", &settings.listen)?;
+        let mut tls = bind("--listen", &settings.listen, public)?;
         for addr in &settings.listen_if_possible {
-            match bind_for("--listen", *addr) {
+            match bind_for("--listen", *addr, public) {
                 Ok(listener) => tls.push(listener),
                 // `:443` means IPv6 too where the machine has it; without it, IPv4 alone.
                 Err(e) => tracing::info!("not listening on {addr}: {e:#}"),
@@ -171,8 +177,8 @@ impl Listeners {
         }
         Ok(Listeners {
             tls,
-            redirect: bind("--redirect-http", &settings.redirect_http)?,
-            admin: bind("--admin", settings.admin.as_slice())?.pop(),
+            redirect: bind("--redirect-http", &settings.redirect_http, public)?,
+            admin: bind("--admin", settings.admin.as_slice(), Sharing::Exclusive)?.pop(),
         })
     }
 }
@@ -198,14 +204,41 @@ pub fn raise_fd_limit() {
 /// them to every accepted socket (five system calls fewer per connection), and setting them
 /// before `listen` covers connections queued before the accept loop starts.
 pub fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
-    bind_for("--listen", addr)
+    bind_for("--listen", addr, Sharing::Exclusive)
+}
+
+/// Whether other processes may listen on the same port (`--reuse-port`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sharing {
+    /// The port is this process's alone: a second `bind` fails with "address in use".
+    Exclusive,
+    /// SO_REUSEPORT: every process of the same user that sets it binds the port too, and the
+    /// kernel spreads new connections among their listeners by a hash of the 4-tuple.
+    ReusePort,
+}
+
+impl From<bool> for Sharing {
+    fn from(reuse_port: bool) -> Self {
+        if reuse_port {
+            Sharing::ReusePort
+        } else {
+            Sharing::Exclusive
+        }
+    }
 }
 
 /// [`bind`], for the listener of `flag` (named in the error).
-pub fn bind_for(flag: &str, addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
+pub fn bind_for(
+    flag: &str,
+    addr: SocketAddr,
+    sharing: Sharing,
+) -> anyhow::Result<std::net::TcpListener> {
     let attempt = || -> io::Result<std::net::TcpListener> {
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
         socket.set_reuse_address(true)?;
+        if sharing == Sharing::ReusePort {
+            socket.set_reuse_port(true)?;
+        }
         if addr.is_ipv6() {
             socket.set_only_v6(true)?;
         }

@@ -80,6 +80,17 @@ pub struct Args {
           value_delimiter = ' ', action = ArgAction::Append)]
     pub redirect_http: Vec<SocketAddr>,
 
+    /// Share the listening ports with other processes (SO_REUSEPORT).
+    ///
+    /// Set SO_REUSEPORT on the --listen and --redirect-http sockets, as nginx's `listen …
+    /// reuseport`: several wssbridge processes (one per core, or several to pass one
+    /// process's descriptor limit) listen on one port and the kernel spreads new connections
+    /// among them. Every process sharing a port must set it and run as the same user. The
+    /// --admin port is never shared: each process's health is its own.
+    #[arg(help_heading = "Listening", hide_env = true)]
+    #[arg(long, env = "WSSBRIDGE_REUSE_PORT")]
+    pub reuse_port: bool,
+
     /// PEM certificate chain (repeat with --key for several names).
     ///
     /// PEM certificate chain: the server certificate first, then intermediates. Repeat with
@@ -624,6 +635,7 @@ impl Args {
                 renew_before: self.acme_renew_before.0,
             }),
             redirect_http: self.redirect_http,
+            reuse_port: self.reuse_port,
             routes,
             balancing: Balancing {
                 policies: self.balance,

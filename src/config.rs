@@ -103,6 +103,8 @@ pub struct Settings {
     pub acme: Option<AcmeSettings>,
     /// Plain-HTTP listeners that redirect every request to https.
     pub redirect_http: Vec<SocketAddr>,
+    /// SO_REUSEPORT on the TLS and redirect listeners (several processes on one port).
+    pub reuse_port: bool,
     /// Add X-Forwarded-For, X-Forwarded-Proto, X-Real-IP and Forwarded to every request.
     pub add_forwarded: bool,
     /// Clients whose own X-Forwarded-For and Forwarded are kept (and extended).
@@ -148,6 +150,7 @@ impl Default for Settings {
             acme: None,
             cert_poll: Some(Duration::from_secs(60)),
             redirect_http: Vec::new(),
+            reuse_port: false,
             add_forwarded: false,
             trust_forwarded: Vec::new(),
             accept_proxy_from: Vec::new(),

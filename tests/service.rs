@@ -256,3 +256,49 @@ fn check_fails_as_a_start_would() {
         "{stderr}"
     );
 }
+
+/// `--reuse-port`: two processes listen on one port and the kernel spreads connections
+/// between them (each routes to its own backend, so the answer says which one served); a
+/// process without the flag cannot take the port; when one stops, the other serves all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reuse_port_shares_one_port_between_processes() {
+    let (a, b) = (Backend::http("a").await, Backend::http("b").await);
+    let listen = format!("127.0.0.1:{}", support::peers::free_port());
+    let shared = |backend: &Backend| {
+        Running::with_test_cert(&[
+            "--listen",
+            &listen,
+            "--reuse-port",
+            "--to",
+            &backend.address(),
+        ])
+    };
+    let mut first = shared(&a);
+    let second = shared(&b);
+    let (code, stderr) = fails(&["--listen", &listen, "--to", &a.address()]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("in use"), "{stderr}");
+
+    let get = b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    let (mut by_a, mut by_b) = (0, 0);
+    for _ in 0..200 {
+        let reply = support::exchange(second.addr, get).await;
+        assert_eq!(status_of(&reply), 200, "{reply}");
+        match reply.rsplit("\r\n\r\n").next() {
+            Some("a") => by_a += 1,
+            Some("b") => by_b += 1,
+            other => panic!("unexpected body {other:?}"),
+        }
+        if by_a >= 5 && by_b >= 5 {
+            break;
+        }
+    }
+    assert!(by_a >= 5 && by_b >= 5, "a served {by_a}, b served {by_b}");
+
+    first.signal("TERM");
+    assert!(first.wait().success(), "{:?}", first.log());
+    for _ in 0..20 {
+        let reply = support::exchange(second.addr, get).await;
+        assert!(reply.ends_with("\r\n\r\nb"), "{reply}");
+    }
+}
