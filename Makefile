@@ -110,7 +110,8 @@ bench-quick:
 
 ## Endurance, not in CI (about 15 minutes, root for the vanishing-client part): 9,000 idle
 ## WebSockets under 200 new connections/s for SOAK_SECONDS (600), a low RLIMIT_NOFILE, a
-## client whose link goes down. Results in bench/results/soak-<stamp>/.
+## spike of 9,900 tunnels whose memory must go back to the system, a client whose link goes
+## down. Results in bench/results/soak-<stamp>/.
 SOAK_ARGS ?=
 soak:
 	$(CARGO) build --release --bin wssbridge --example loadgen --example benchd

@@ -8,7 +8,9 @@
 2. descriptors: the same under a low RLIMIT_NOFILE (and --max-connections above it, so
    accept runs out of descriptors): the excess gets 503 or a quick close, the live tunnels
    keep echoing, and service returns when the load drops.
-3. vanish: a client in a network namespace whose link then goes down (no FIN, no RST):
+3. spike: 9,900 tunnels open and all close, twice. Pass: every one echoes, and each time
+   RSS is back within 25% of its level before the spike (after a warm-up) within 30 s.
+4. vanish: a client in a network namespace whose link then goes down (no FIN, no RST):
    its tunnel and backend connection are freed within the keepalive time (60 s + 6 x 10 s).
    Needs root and iproute2; skipped otherwise.
 
@@ -147,6 +149,44 @@ def phase_churn(cert, key, backend, idle, per_sec, seconds, lines):
         bridge.stop()
 
 
+def phase_spike(cert, key, backend, count, lines):
+    """Memory goes back after a spike: RSS before (after a warm-up of 200 tunnels, so the
+    process has served once), at the peak of `count` tunnels, and each second for 30 s after
+    they all closed; twice, so memory a spike left behind would show as growth."""
+    bridge = Bridge(cert, key, backend)
+    try:
+        time.sleep(1)
+        cold = rss_kib(bridge.proc.pid)
+        gen, _ = hold(bridge.port, 200)
+        echoed(gen)
+        time.sleep(3)
+        before = rss_kib(bridge.proc.pid)
+        rows, ok = [], True
+        for spike in (1, 2):
+            gen, opened = hold(bridge.port, count)
+            time.sleep(1)
+            peak = rss_kib(bridge.proc.pid)
+            n = echoed(gen)
+            closed = time.time()
+            back = None
+            for second in range(1, 31):
+                time.sleep(max(0.0, closed + second - time.time()))
+                after = rss_kib(bridge.proc.pid)
+                if back is None and after <= before * 1.25:
+                    back = second
+            ok = ok and n == opened == count and back is not None
+            rows.append(f"| spike {spike}: {opened} tunnels, {n} echoed | {peak} KiB | {after} KiB "
+                        f"({after / before:.2f}x) | {f'{back} s' if back else 'never'} |")
+        lines += ["## spike", "",
+                  f"RSS of wssbridge at start: {cold} KiB; after a warm-up of 200 tunnels: {before} KiB "
+                  f"(the level a spike must come back to, within 25%, within 30 s).", "",
+                  "| spike | peak RSS | RSS 30 s after the last closed | back within 25% after |",
+                  "|---|---|---|---|", *rows, "", f"result: {'pass' if ok else 'FAIL'}", ""]
+        return ok
+    finally:
+        bridge.stop()
+
+
 def phase_descriptors(cert, key, backend, lines):
     # 2,300 descriptors: about 1,000 tunnels' worth; --max-connections far above it, so the
     # accept loop meets EMFILE instead of answering 503 from the connection limit.
@@ -224,7 +264,8 @@ def main():
     parser.add_argument("--seconds", type=int, default=int(os.environ.get("SOAK_SECONDS", "600")))
     parser.add_argument("--idle", type=int, default=9000)
     parser.add_argument("--rate", type=int, default=200)
-    parser.add_argument("--phases", default="churn,descriptors,vanish")
+    parser.add_argument("--spike", type=int, default=9900, help="tunnels opened at once in the spike phase")
+    parser.add_argument("--phases", default="churn,descriptors,spike,vanish")
     opts = parser.parse_args()
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     outdir = os.path.join(ROOT, "bench", "results", f"soak-{stamp}")
@@ -246,6 +287,9 @@ def main():
         if "descriptors" in phases:
             print("descriptors: RLIMIT_NOFILE 2300", flush=True)
             results["descriptors"] = phase_descriptors(cert, key, backend, lines)
+        if "spike" in phases:
+            print(f"spike: {opts.spike} tunnels open and close, twice", flush=True)
+            results["spike"] = phase_spike(cert, key, backend, opts.spike, lines)
         if "vanish" in phases:
             print("vanish: a client whose link goes down (about 2 minutes)", flush=True)
             results["vanish"] = phase_vanish(cert, key, backend, lines)

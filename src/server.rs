@@ -20,6 +20,7 @@ use crate::notify;
 use crate::reload::{self, Trigger};
 use crate::signals::Signals;
 use crate::state::State;
+use crate::trim;
 use crate::upgrade;
 use crate::websocket::SPREAD;
 
@@ -232,6 +233,9 @@ impl Server {
         if state.config.load().settings.acme.is_some() {
             life.spawn_background(acme::keep(state.clone()));
         }
+        let state_t = state.clone();
+        let connections = move || state_t.life.connections();
+        life.spawn_background(trim::after_drops(connections, life.stop().clone()));
         life.emit(Event::Ready);
 
         shutdown.await;

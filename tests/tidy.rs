@@ -16,6 +16,7 @@ const RULES: &[(&str, &[&str])] = &[
     ("respond", &[]),
     ("route", &[]),
     ("signals", &[]),
+    ("trim", &[]),
     // The copy knows no HTTP: it asks a gate.
     ("splice", &["metrics"]),
     // The WebSocket hook: frame lengths, and the splice's hook trait. No HTTP.
@@ -129,6 +130,7 @@ const RULES: &[(&str, &[&str])] = &[
             "reload",
             "signals",
             "state",
+            "trim",
             "upgrade",
             "websocket::SPREAD",
         ],
