@@ -98,6 +98,9 @@ pub fn log_startup(config: &Config, listeners: &Listeners) {
             "route"
         );
     }
+    tls::ktls::log(&tls::ktls::probe(std::path::Path::new(
+        tls::ktls::AVAILABLE_ULP,
+    )));
     reload::log_certificates(config);
     reload::check_expiry(config, std::time::SystemTime::now());
     if let Some(sha256) = &config.tls.certs.ephemeral {

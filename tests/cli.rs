@@ -340,3 +340,29 @@ async fn served_fingerprint(addr: SocketAddr) -> String {
     let cert = &tls.get_ref().1.peer_certificates().unwrap()[0];
     wssbridge::tls::certs::fingerprint(cert)
 }
+
+/// The kTLS probe's line at start says what the kernel offers, and either way TLS stays in
+/// user space (a tunnel still echoes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_start_says_whether_ktls_is_available() {
+    let backend = support::Backend::ws_echo().await;
+    let running = support::binary::Running::with_test_cert(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--to",
+        &backend.address(),
+    ]);
+    let line = running.wait_for_line(&["kTLS"]).await;
+    let list = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_ulp").unwrap_or_default();
+    if list.split_whitespace().any(|ulp| ulp == "tls") {
+        assert!(
+            line.contains("kTLS available in the kernel, not used"),
+            "{line}"
+        );
+    } else {
+        assert!(line.contains("kTLS unavailable: "), "{line}");
+        assert!(line.contains("encrypted in user space"), "{line}");
+    }
+    let mut ws = ws_connect(running.addr).await;
+    echo(&mut ws, "user-space TLS").await;
+}

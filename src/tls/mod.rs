@@ -16,6 +16,7 @@
 pub mod acme;
 pub mod certs;
 pub mod coalesce;
+pub mod ktls;
 pub mod readahead;
 
 use std::fmt;
