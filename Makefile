@@ -17,7 +17,7 @@ TLS_AUDIT_PORT ?= 9443
 
 BENCH_ARGS ?=
 
-.PHONY: all build release test unit e2e e2e-setup fleet-test lint check certs demo demo-socketio demo-check FORCE fuzz tls-audit bench bench-quick soak micro dist deb deb-check install clean
+.PHONY: all build release test unit e2e e2e-setup fleet-test lint check certs demo demo-socketio demo-check FORCE fuzz tls-audit bench bench-quick bench-scale soak micro dist deb deb-check install clean
 
 all: build
 
@@ -107,6 +107,17 @@ bench:
 
 bench-quick:
 	$(MAKE) bench BENCH_ARGS=--quick
+
+## How many idle WebSockets one VM holds (issue #25, docs/performance.md): one process at
+## 1,000-9,900 tunnels beside HAProxy, then 100,000 through 11 processes sharing one port
+## (--reuse-port). About 10 minutes, not in CI. Results in bench/results/scale-<stamp>/.
+SCALE_ARGS ?=
+bench-scale:
+	@command -v haproxy >/dev/null || \
+	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q haproxy)
+	@-service haproxy stop >/dev/null 2>&1
+	$(CARGO) build --release --bin wssbridge --example loadgen --example benchd
+	python3 bench/scale.py $(SCALE_ARGS)
 
 ## Endurance, not in CI (about 15 minutes, root for the vanishing-client part): 9,000 idle
 ## WebSockets under 200 new connections/s for SOAK_SECONDS (600), a low RLIMIT_NOFILE, a

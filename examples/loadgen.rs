@@ -7,8 +7,10 @@
 //! - `throughput`: upgraded connections stream writes of `--size` bytes (16 KiB by default,
 //!   each one TLS record up to 16 KiB) that the backend echoes; MB/s sent + received.
 //! - `latency`: upgraded connections ping-pong 64-byte messages, each echo checked; RTT.
-//! - `idle`: open N upgraded connections, print `{"opened":N}`, wait for a line on stdin, then
-//!   check that every one still echoes and print `{"echoed":N}`.
+//! - `idle`: open N upgraded connections, print `{"opened":N,"ms_per_1000":[…]}` (the time each
+//!   thousand took to open), wait for a line on stdin, then check that every one still echoes
+//!   and print `{"echoed":N}`. With `--steps 1000,2500`, it stops at each step too, printing
+//!   the same line and waiting for one (`make bench-scale` measures the proxy there).
 //! - `churn`: `--conns` new connections per second for `--seconds`, each its own task: half
 //!   upgrade, echo one message and close; half `GET /ping` with `Connection: close`. Prints
 //!   how many ended well and how many did not (`make soak`).
@@ -53,11 +55,22 @@ struct Args {
     /// OpenSSL-based clients such as Node and Python also do).
     #[arg(long, default_value = "browser")]
     suites: String,
+    /// In `idle` mode, counts to stop at on the way to `--conns`.
+    #[arg(long, value_delimiter = ',')]
+    steps: Vec<usize>,
+    /// The local address to connect from (any of 127/8): each source address has its own
+    /// ephemeral ports, so several loadgens can hold more connections than one range allows.
+    #[arg(long)]
+    from: Option<std::net::IpAddr>,
 }
+
+/// `--from`, set once in `main`: every connection of the process binds to it.
+static FROM: std::sync::OnceLock<Option<std::net::IpAddr>> = std::sync::OnceLock::new();
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    FROM.get_or_init(|| args.from);
     let connector = TlsConnector::from(client_config(&args.suites)?);
     let run = Duration::from_secs_f64(args.seconds);
     let line = match args.mode.as_str() {
@@ -68,7 +81,7 @@ async fn main() -> anyhow::Result<()> {
             stream(connector, args.addr, args.conns, run, args.size, frames).await?
         }
         "latency" => latency(connector, args.addr, args.conns, run).await?,
-        "idle" => idle(connector, args.addr, args.conns).await?,
+        "idle" => idle(connector, args.addr, args.conns, &args.steps).await?,
         "churn" => {
             let hold = Duration::from_millis(args.hold_ms);
             churn(connector, args.addr, args.conns, run, hold).await
@@ -113,10 +126,47 @@ fn client_config(suites: &str) -> anyhow::Result<Arc<rustls::ClientConfig>> {
 }
 
 async fn tls(connector: &TlsConnector, addr: SocketAddr) -> std::io::Result<TlsStream<TcpStream>> {
-    let tcp = TcpStream::connect(addr).await?;
+    let tcp = match FROM.get().copied().flatten() {
+        Some(from) => connect_from(from, addr).await?,
+        None => TcpStream::connect(addr).await?,
+    };
     tcp.set_nodelay(true)?;
     let name = ServerName::try_from("localhost").expect("name");
     connector.connect(name, tcp).await
+}
+
+/// The next local port `--from` connections bind to.
+static NEXT_PORT: AtomicU64 = AtomicU64::new(PORTS.start as u64);
+/// Ports below Linux's default ephemeral range (32768-60999). A port taken by `bind` (on any
+/// address) is one the kernel no longer gives to any `connect` on the machine, so binding
+/// ephemeral ports for 100,000 clients starves the proxies' own connections to their
+/// backends (they answered 503); ports outside the range leave it whole.
+const PORTS: std::ops::Range<u16> = 10_000..32_000;
+
+/// Connects from `from`, on the next free port of [`PORTS`].
+async fn connect_from(from: std::net::IpAddr, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    use std::io::ErrorKind::{AddrInUse, AddrNotAvailable};
+    loop {
+        let port = NEXT_PORT.fetch_add(1, Ordering::Relaxed);
+        let port = u16::try_from(port)
+            .ok()
+            .filter(|p| PORTS.contains(p))
+            .ok_or_else(|| std::io::Error::new(AddrNotAvailable, "--from: out of local ports"))?;
+        let socket = match from {
+            std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        // A port whose last connection is in TIME_WAIT can be bound again.
+        socket.set_reuseaddr(true)?;
+        match socket.bind(SocketAddr::new(from, port)) {
+            Err(e) if e.kind() == AddrInUse => continue,
+            other => other?,
+        }
+        match socket.connect(addr).await {
+            Err(e) if matches!(e.kind(), AddrInUse | AddrNotAvailable) => continue,
+            other => return other,
+        }
+    }
 }
 
 const UPGRADE: &[u8] = b"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
@@ -378,17 +428,38 @@ async fn latency(
     ))
 }
 
-async fn idle(connector: TlsConnector, addr: SocketAddr, count: usize) -> anyhow::Result<String> {
+async fn idle(
+    connector: TlsConnector,
+    addr: SocketAddr,
+    count: usize,
+    steps: &[usize],
+) -> anyhow::Result<String> {
     let mut streams = Vec::with_capacity(count);
+    // Time spent opening, without the pauses at steps.
+    let mut per_1000 = Vec::new();
+    let mut spent = Duration::ZERO;
+    let wait_for_line = || async {
+        tokio::task::spawn_blocking(|| std::io::stdin().read_line(&mut String::new())).await?
+    };
     // Open in batches: a burst of thousands of handshakes is not what is being measured.
     for start in (0..count).step_by(100) {
+        let began = Instant::now();
         let batch = (start..(start + 100).min(count)).map(|_| upgraded(&connector, addr));
         for s in futures_util::future::join_all(batch).await {
             streams.push(s?);
         }
+        spent += began.elapsed();
+        let opened = streams.len();
+        if opened.is_multiple_of(1000) {
+            per_1000.push(spent.as_secs_f64() * 1000.0);
+            spent = Duration::ZERO;
+        }
+        if opened == count || steps.contains(&opened) {
+            let ms: Vec<String> = per_1000.iter().map(|ms| format!("{ms:.1}")).collect();
+            println!("{{\"opened\":{opened},\"ms_per_1000\":[{}]}}", ms.join(","));
+            wait_for_line().await?;
+        }
     }
-    println!("{{\"opened\":{}}}", streams.len());
-    tokio::task::spawn_blocking(|| std::io::stdin().read_line(&mut String::new())).await??;
     let checks = streams.into_iter().map(|mut s| async move {
         let ping = *b"still here? 0123";
         let mut back = [0u8; 16];
