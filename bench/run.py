@@ -295,6 +295,14 @@ def message_job(size, conns, seconds):
             lambda res, s: [(metric, res["mb_per_sec"], res["mb_per_sec"] * s)])
 
 
+def chat_job(conns, seconds):
+    """A chat: `conns` tunnels in rooms of 8, each sending one 100-byte message at a time and
+    waiting for the backend's fan-out to bring it back (benchd's /chat): one small message
+    per connection per wake-up, where no coalescing helps."""
+    metric = f"chat deliveries/s (100 B, x{conns}, rooms of 8)"
+    return ("chat", conns, seconds, lambda res, s: [(metric, res["per_sec"], res["deliveries"])])
+
+
 def stream_job(size, frames, seconds):
     """4 upgraded tunnels streaming both ways at once, `size` bytes per write: raw bytes, or
     one WebSocket frame per write (a header for the frame reader to follow each time)."""
@@ -382,7 +390,7 @@ def main():
                         help="also: wssbridge-full (with --add-forwarded and --admin), "
                         "wssbridge-base (the binary at $WSSBRIDGE_BASE, for before/after)")
     parser.add_argument("--skip", default="", help="comma-separated parts to leave out: "
-                        "rsa, ecdsa, sweep, keepalive, frames, rtt, idle")
+                        "rsa, ecdsa, sweep, chat, keepalive, frames, rtt, idle")
     opts = parser.parse_args()
     rounds = opts.rounds or (1 if opts.quick else 3)
     seconds = opts.seconds or (1.0 if opts.quick else 2.0)
@@ -423,6 +431,10 @@ def main():
                 print(f"round {r + 1}/{rounds}: message sizes 256 B-16 KiB x4 and x64 tunnels, "
                       f"{sweep_turns} turns", flush=True)
                 rows.extend(turns(r, order, certs["ecdsa"], backend, workdir, "sweep", sweep, sweep_turns))
+            if "chat" not in skip:
+                chats = [chat_job(conns, seconds) for conns in (64, 256)]
+                print(f"round {r + 1}/{rounds}: chat fan-out, 64 and 256 tunnels, {runs} turns", flush=True)
+                rows.extend(turns(r, order, certs["ecdsa"], backend, workdir, "chat", chats, runs))
             if "frames" not in skip:
                 # What following WebSocket frame boundaries costs (for the close frame at
                 # shutdown): the same streams with and without a frame header per write.

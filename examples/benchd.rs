@@ -7,9 +7,23 @@
 //! N-byte writes as fast as they are taken and discards what it reads; with `frames`, each
 //! write is one WebSocket binary frame (unmasked, as a server sends them). `make bench`'s
 //! `frames` part compares the two to measure what following frame boundaries costs.
+//!
+//! An upgrade to `/chat?room=R&size=N` joins a chat: connections are put in rooms of R in the
+//! order they arrive, and every N-byte message one sends is written to each member of its
+//! room, the sender included (a chat server's fan-out, as socket.io's rooms do it).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+/// The chat's rooms: each member's queue of messages to write.
+type Rooms = Mutex<HashMap<usize, Vec<mpsc::UnboundedSender<Vec<u8>>>>>;
+static ROOMS: std::sync::LazyLock<Rooms> = std::sync::LazyLock::new(Rooms::default);
+static JOINED: AtomicUsize = AtomicUsize::new(0);
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -49,6 +63,9 @@ async fn serve(mut s: TcpStream) -> std::io::Result<()> {
                   Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
             )
             .await?;
+            if let Some((room, size)) = chat(&text) {
+                return serve_chat(s, head.split_off(end), room, size).await;
+            }
             if let Some(size) = stream_size(&text) {
                 let frames = text.contains("&frames");
                 let (mut r, mut w) = s.into_split();
@@ -75,6 +92,56 @@ async fn serve(mut s: TcpStream) -> std::io::Result<()> {
         }
         s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\npong")
             .await?;
+    }
+}
+
+/// `(R, N)` from a `GET /chat?room=R&size=N` request line.
+fn chat(head: &str) -> Option<(usize, usize)> {
+    let target = head.split_whitespace().nth(1)?;
+    let query = target.strip_prefix("/chat?")?;
+    let mut room = None;
+    let mut size = None;
+    for pair in query.split('&') {
+        match pair.split_once('=') {
+            Some(("room", v)) => room = v.parse().ok(),
+            Some(("size", v)) => size = v.parse().ok(),
+            _ => {}
+        }
+    }
+    Some((room?, size?)).filter(|&(r, n): &(usize, usize)| r > 0 && n > 0)
+}
+
+/// One chat member: what it writes, cut into `size`-byte messages, goes to its whole room.
+async fn serve_chat(
+    s: TcpStream,
+    mut pending: Vec<u8>,
+    room: usize,
+    size: usize,
+) -> std::io::Result<()> {
+    let key = JOINED.fetch_add(1, Ordering::Relaxed) / room;
+    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    ROOMS.lock().unwrap().entry(key).or_default().push(tx);
+    let (mut r, mut w) = s.into_split();
+    tokio::spawn(async move {
+        while let Some(message) = rx.recv().await {
+            if w.write_all(&message).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut buf = [0u8; 4096];
+    loop {
+        while pending.len() >= size {
+            let message: Vec<u8> = pending.drain(..size).collect();
+            let mut rooms = ROOMS.lock().unwrap();
+            let members = rooms.entry(key).or_default();
+            members.retain(|m| m.send(message.clone()).is_ok());
+        }
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        pending.extend_from_slice(&buf[..n]);
     }
 }
 

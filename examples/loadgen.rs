@@ -14,6 +14,10 @@
 //! - `churn`: `--conns` new connections per second for `--seconds`, each its own task: half
 //!   upgrade, echo one message and close; half `GET /ping` with `Connection: close`. Prints
 //!   how many ended well and how many did not (`make soak`).
+//! - `chat`: upgraded connections to benchd's `/chat` in rooms of 8: each sends one 100-byte
+//!   message, waits until the room's fan-out brings it back, and sends the next, counting
+//!   every message the room delivers to it: one small message per connection per wake-up,
+//!   the pattern of a chat, where the proxy cannot coalesce. Deliveries per second.
 //! - `stream` / `frames`: upgraded connections to benchd's `/stream`, both sides writing
 //!   `--size`-byte writes at once; with `frames` each write is one WebSocket frame. The pair
 //!   gives the cost of following frame boundaries.
@@ -81,6 +85,7 @@ async fn main() -> anyhow::Result<()> {
             stream(connector, args.addr, args.conns, run, args.size, frames).await?
         }
         "latency" => latency(connector, args.addr, args.conns, run).await?,
+        "chat" => chat(connector, args.addr, args.conns, run).await?,
         "idle" => idle(connector, args.addr, args.conns, &args.steps).await?,
         "churn" => {
             let hold = Duration::from_millis(args.hold_ms);
@@ -377,6 +382,77 @@ async fn throughput(
     let streams = open(&connector, addr, conns).await?;
     let (tx, rx) = pump(streams, vec![0x5au8; size], run).await;
     Ok(rates(tx, rx, run))
+}
+
+/// Members per room and bytes per message in `chat` mode.
+const ROOM: usize = 8;
+const MESSAGE: usize = 100;
+
+async fn chat(
+    connector: TlsConnector,
+    addr: SocketAddr,
+    conns: usize,
+    run: Duration,
+) -> anyhow::Result<String> {
+    let request = format!(
+        "GET /chat?room={ROOM}&size={MESSAGE} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n"
+    );
+    let mut streams = Vec::with_capacity(conns);
+    for _ in 0..conns {
+        streams.push(upgraded_with(&connector, addr, request.as_bytes()).await?);
+    }
+    // Every room full before anyone speaks.
+    let start = Arc::new(tokio::sync::Barrier::new(conns));
+    let deadline = Instant::now() + run + Duration::from_millis(100);
+    let began = Instant::now() + Duration::from_millis(100);
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for (id, mut s) in streams.into_iter().enumerate() {
+        let (start, errors) = (start.clone(), errors.clone());
+        tasks.push(tokio::spawn(async move {
+            start.wait().await;
+            let mut delivered = 0u64;
+            let mut message = [0x20u8; MESSAGE];
+            let mut unit = [0u8; MESSAGE];
+            let mut seq = 0u64;
+            let once = async {
+                while Instant::now() < deadline {
+                    message[..8].copy_from_slice(&(id as u64).to_le_bytes());
+                    message[8..16].copy_from_slice(&seq.to_le_bytes());
+                    s.write_all(&message).await?;
+                    s.flush().await?;
+                    loop {
+                        s.read_exact(&mut unit).await?;
+                        delivered += 1;
+                        if unit[..16] == message[..16] {
+                            break;
+                        }
+                    }
+                    seq += 1;
+                }
+                Ok::<_, std::io::Error>(())
+            };
+            if tokio::time::timeout(run + Duration::from_secs(10), once)
+                .await
+                .map_or(true, |r| r.is_err())
+            {
+                errors.fetch_add(1, Ordering::Relaxed);
+            }
+            delivered
+        }));
+    }
+    let mut delivered = 0;
+    for t in tasks {
+        delivered += t.await?;
+    }
+    let secs = began.elapsed().as_secs_f64();
+    Ok(format!(
+        "{{\"conns\":{conns},\"deliveries\":{delivered},\"per_sec\":{:.1},\"errors\":{}}}",
+        delivered as f64 / secs,
+        errors.load(Ordering::Relaxed)
+    ))
 }
 
 async fn latency(
