@@ -351,9 +351,33 @@ impl Tunnel {
         };
         let server = Server::new(config).expect("server");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let mut events = server.events();
         let task = tokio::spawn(server.clone().run(listeners, async {
             let _ = stopped.await;
         }));
+        // Ready before the test's first request (`/readyz` says "starting" until then), or
+        // ended: a test of a failing start sees the error from `finished`.
+        let ready = async {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                match events.recv().await {
+                    Ok(wssbridge::lifecycle::Event::Ready) | Err(RecvError::Closed) => return,
+                    _ => {}
+                }
+            }
+        };
+        let ended = async {
+            while !task.is_finished() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        let _ = tokio::time::timeout(WAIT, async {
+            tokio::select! {
+                _ = ready => {}
+                _ = ended => {}
+            }
+        })
+        .await;
         Tunnel {
             addr,
             redirect_addrs,
