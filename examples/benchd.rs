@@ -120,6 +120,7 @@ async fn serve_chat(
 ) -> std::io::Result<()> {
     let key = JOINED.fetch_add(1, Ordering::Relaxed) / room;
     let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let _member = Member(key, tx.clone());
     ROOMS.lock().unwrap().entry(key).or_default().push(tx);
     let (mut r, mut w) = s.into_split();
     tokio::spawn(async move {
@@ -142,6 +143,24 @@ async fn serve_chat(
             return Ok(());
         }
         pending.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// A chat member's place in its room, given up when its reader ends (however it ends): the
+/// room's sender is then the last one, and dropping it ends the writer, which closes the
+/// socket. Without this every chat connection stayed open in benchd for good, and a whole
+/// `make bench` ran it out of descriptors.
+struct Member(usize, mpsc::UnboundedSender<Vec<u8>>);
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        let mut rooms = ROOMS.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(members) = rooms.get_mut(&self.0) {
+            members.retain(|m| !m.same_channel(&self.1));
+            if members.is_empty() {
+                rooms.remove(&self.0);
+            }
+        }
     }
 }
 
