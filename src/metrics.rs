@@ -31,7 +31,7 @@ pub struct Metrics {
     pub traffic: Traffic,
     connections_active: Gauge,
     connections: Known<8>,
-    handshakes: Known<4>,
+    handshakes: Known<5>,
     handshake_seconds: Timings,
     responses: Known<10>,
     reloads: Known<2>,
@@ -114,10 +114,13 @@ impl Default for Metrics {
             "TLS connections ended, by outcome",
             connections.family.clone(),
         );
-        let handshakes = Known::new("result", ["ok", "failed", "timeout", "unknown_name"]);
+        let handshakes = Known::new(
+            "result",
+            ["ok", "failed", "timeout", "unknown_name", "acme"],
+        );
         registry.register(
             "wssbridge_tls_handshakes",
-            "TLS handshakes, by result (ok, failed, timeout, unknown_name)",
+            "TLS handshakes, by result (ok, failed, timeout, unknown_name, acme)",
             handshakes.family.clone(),
         );
         let handshake_seconds = Timings::new(&[
@@ -460,6 +463,7 @@ mod tests {
             "wssbridge_config_reloads_total{result=\"success\"} 0\n",
             "wssbridge_config_reloads_total{result=\"failure\"} 0\n",
             "wssbridge_tls_handshakes_total{result=\"unknown_name\"} 0\n",
+            "wssbridge_tls_handshakes_total{result=\"acme\"} 0\n",
         ] {
             assert!(out.contains(zero), "no {zero:?} in\n{out}");
         }
