@@ -59,8 +59,8 @@ fleet-test: e2e-setup
 	@command -v haproxy >/dev/null || { echo "fleet-test: haproxy not found (apt-get install haproxy)"; exit 1; }
 	$(E2E_RUN) fleet.test.js
 
-## Coverage-guided fuzzing of the head parser, route matcher, framing tracker and the
-## WebSocket frame-length reader:
+## Coverage-guided fuzzing of the head parser, route matcher, framing tracker, PROXY header
+## parser and the WebSocket frame-length reader:
 ## FUZZ_SECONDS per target (default 60). Seeds in fuzz/corpus, findings in fuzz/artifacts.
 # An explicit --target keeps the flags off build scripts, which are not linked with libFuzzer.
 FUZZ_TRIPLE = $(shell rustc -vV | sed -n 's/^host: //p')

@@ -104,7 +104,7 @@ impl Listeners {
     }
 
     /// The sockets passed by the `LISTEN_FDS` convention (systemd's socket activation, and
-    /// the path a binary upgrade will take): a TLS listener each, the redirect listener for
+    /// the path a binary upgrade takes): a TLS listener each, the redirect listener for
     /// one named `http` and the admin listener for one named `admin` (`LISTEN_FDNAMES`,
     /// `FileDescriptorName=` in the unit). `None` when none were passed to this process.
     ///

@@ -25,7 +25,7 @@ pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
 /// `--acme` and its companions. The state directory's layout:
 ///
 /// ```text
-/// DIR/account.json                     the ACME account (its key): 0600
+/// DIR/account-HASH.json                the ACME account (its key), one per directory URL: 0600
 /// DIR/certs/NAME.pem, NAME.key         each name's chain and key (key 0600)
 /// DIR/challenges/http-01/TOKEN         HTTP-01 answers (key authorizations)
 /// DIR/challenges/tls-alpn-01/NAME      TLS-ALPN-01 answers (key authorizations)
