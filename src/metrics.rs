@@ -73,6 +73,11 @@ pub enum OutcomeLabel {
     Forced,
 }
 
+/// The `result` labels of `wssbridge_tls_handshakes_total`: `ok` and every
+/// `HandshakeError::label` (a test in `tls` holds the two together), so each series exists
+/// from the start.
+pub const HANDSHAKE_RESULTS: [&str; 5] = ["ok", "failed", "timeout", "unknown_name", "acme"];
+
 impl OutcomeLabel {
     const ALL: [&'static str; 8] = [
         "tunnel",
@@ -114,10 +119,7 @@ impl Default for Metrics {
             "TLS connections ended, by outcome",
             connections.family.clone(),
         );
-        let handshakes = Known::new(
-            "result",
-            ["ok", "failed", "timeout", "unknown_name", "acme"],
-        );
+        let handshakes = Known::new("result", HANDSHAKE_RESULTS);
         registry.register(
             "wssbridge_tls_handshakes",
             "TLS handshakes, by result (ok, failed, timeout, unknown_name, acme)",

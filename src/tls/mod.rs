@@ -301,3 +301,26 @@ impl ResolvesServerCert for Resolver {
         self.certs.choose(hello.server_name(), false)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every label a failed handshake is counted under is one the metrics create at start.
+    #[test]
+    fn every_handshake_label_is_a_known_series() {
+        let errors = [
+            HandshakeError::AcmeValidation("a.example".into()),
+            HandshakeError::TimedOut(Duration::from_secs(1)),
+            HandshakeError::UnknownName("b.example".into()),
+            HandshakeError::Failed(std::io::ErrorKind::InvalidData.into()),
+        ];
+        for e in errors {
+            assert!(
+                crate::metrics::HANDSHAKE_RESULTS.contains(&e.label()),
+                "{} is not in HANDSHAKE_RESULTS",
+                e.label()
+            );
+        }
+    }
+}
