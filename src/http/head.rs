@@ -14,7 +14,7 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 use crate::respond::Status;
 use crate::route::normalize_host;
 
-use super::framing::Body;
+use super::framing::{Body, MAX_BODY_LENGTH};
 
 /// httparse needs a fixed header array; 100 is what nginx and HAProxy accept by default and
 /// far above what browsers send (~20).
@@ -108,6 +108,14 @@ pub fn parse(buf: &[u8]) -> Result<Option<Head>, HeadError> {
         (Some(_), Some(_)) => {
             return Err(HeadError::Malformed(
                 "both Transfer-Encoding and Content-Length",
+            ));
+        }
+        // RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding is faulty (1.0 has no
+        // chunked coding, so a 1.0 backend frames it otherwise): refused, and the
+        // connection closed after the answer.
+        (Some(_), None) if req.version == Some(0) => {
+            return Err(HeadError::Malformed(
+                "Transfer-Encoding in an HTTP/1.0 request",
             ));
         }
         (Some(te), None) if te.eq_ignore_ascii_case("chunked") => Body::chunked(),
@@ -258,10 +266,11 @@ impl Fields {
 }
 
 /// A Content-Length value: decimal digits only (Rust's `parse` would take `+5`, which is no
-/// length in RFC 9110 §8.6 and which a backend may read otherwise).
+/// length in RFC 9110 §8.6 and which a backend may read otherwise), at most
+/// [`MAX_BODY_LENGTH`].
 fn decimal(v: &str) -> Option<u64> {
     match !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
-        true => v.parse().ok(),
+        true => v.parse().ok().filter(|&n| n <= MAX_BODY_LENGTH),
         false => None,
     }
 }
@@ -547,6 +556,9 @@ mod tests {
             b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 18446744073709551615\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 9007199254740992\r\n\r\n",
+            b"POST / HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
             b"GET http://a.localhost/x HTTP/1.1\r\nHost: b.localhost\r\n\r\n",
             b"GET https://a.localhost:8443/x HTTP/1.1\r\nHost: a.localhost\r\n\r\n",
         ] {
