@@ -366,6 +366,20 @@ pub struct Args {
     )]
     pub header_timeout: Timeout,
 
+    /// Time a request body may go without a byte (nginx's client_body_timeout).
+    ///
+    /// How long a request body may go between two reads from the client before the request is
+    /// answered 408 (or, once its response has begun, the connection is closed) (0 = off). A
+    /// body that keeps moving is never cut; a backend that stops reading it is --send-timeout's.
+    #[arg(help_heading = "Timeouts", hide_env = true)]
+    #[arg(
+        long,
+        env = "WSSBRIDGE_BODY_TIMEOUT",
+        value_name = "DURATION",
+        default_value = "60s"
+    )]
+    pub body_timeout: Timeout,
+
     /// Time to connect to one backend.
     ///
     /// Time allowed to connect to one backend (0 = off).
@@ -501,13 +515,24 @@ pub struct Args {
     #[arg(long, env = "WSSBRIDGE_MAX_CONNECTIONS_PER_IP", value_name = "N")]
     pub max_connections_per_ip: Option<usize>,
 
-    /// Plain-HTTP address for /metrics, /livez, /readyz (keep it private).
+    /// Plain-HTTP address for the status page, /metrics, /livez, /readyz (keep it private).
     ///
-    /// Plain-HTTP address for /metrics (Prometheus), /livez, /healthz and /readyz, e.g.
-    /// 127.0.0.1:9090 (keep it private).
+    /// Plain-HTTP address for the status page (/), /status.json, /metrics (Prometheus),
+    /// /livez, /healthz and /readyz, e.g. 127.0.0.1:9090 (keep it private).
     #[arg(help_heading = "Admin", hide_env = true)]
     #[arg(long, env = "WSSBRIDGE_ADMIN", value_name = "ADDR")]
     pub admin: Option<SocketAddr>,
+
+    /// A Host name the admin port answers besides IP literals and localhost.
+    ///
+    /// The admin port answers only requests whose Host is an IP literal, localhost, or a name
+    /// given here (any port); others get 421, so a web page cannot rebind its own name to this
+    /// address and read /status.json from an operator's browser. Repeatable; e.g. the name a
+    /// Prometheus scrapes it by.
+    #[arg(help_heading = "Admin", hide_env = true)]
+    #[arg(long = "admin-host", env = "WSSBRIDGE_ADMIN_HOST", value_name = "NAME",
+          value_delimiter = ' ', action = ArgAction::Append)]
+    pub admin_hosts: Vec<String>,
 
     /// Check the configuration, print what would be served, and exit.
     ///
@@ -646,6 +671,7 @@ impl Args {
             trust_forwarded: self.trust_forwarded,
             accept_proxy_from: self.accept_proxy_from,
             admin: self.admin,
+            admin_hosts: self.admin_hosts,
             shutdown_delay: self.shutdown_delay.0.unwrap_or(Duration::ZERO),
             websocket_close_on_drain: self.websocket_close_on_drain,
             fail_timeout: self.fail_timeout.0,
@@ -654,6 +680,7 @@ impl Args {
             timeouts: Timeouts {
                 handshake: self.handshake_timeout.0,
                 header: self.header_timeout.0,
+                body: self.body_timeout.0,
                 connect: self.connect_timeout.0,
                 idle: self.idle_timeout.0,
                 keepalive: self.keepalive_timeout.0,

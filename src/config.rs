@@ -113,6 +113,8 @@ pub struct Settings {
     pub accept_proxy_from: Vec<Cidr>,
     /// The plain-HTTP admin listener (/metrics, /livez, /healthz, /readyz).
     pub admin: Option<SocketAddr>,
+    /// `--admin-host`: names the admin port answers besides IP literals and localhost.
+    pub admin_hosts: Vec<String>,
     /// Between readiness turning 503 at shutdown and the listeners closing.
     pub shutdown_delay: Duration,
     /// Close WebSockets (1001) when shutdown begins, not when the grace ends.
@@ -155,6 +157,7 @@ impl Default for Settings {
             trust_forwarded: Vec::new(),
             accept_proxy_from: Vec::new(),
             admin: None,
+            admin_hosts: Vec::new(),
             shutdown_delay: Duration::ZERO,
             websocket_close_on_drain: false,
             routes: Vec::new(),
@@ -194,6 +197,8 @@ pub struct Config {
     pub accept_proxy_from: Vec<Cidr>,
     pub timeouts: Timeouts,
     pub limits: Limits,
+    /// `--admin-host`.
+    pub admin_hosts: Vec<String>,
 }
 
 /// `None` means off.
@@ -201,6 +206,8 @@ pub struct Config {
 pub struct Timeouts {
     pub handshake: Option<Duration>,
     pub header: Option<Duration>,
+    /// Between two reads of a request body.
+    pub body: Option<Duration>,
     pub connect: Option<Duration>,
     pub idle: Option<Duration>,
     /// The wait for the next request on a keep-alive connection, before any upgrade.
@@ -216,6 +223,7 @@ impl Default for Timeouts {
         Timeouts {
             handshake: Some(Duration::from_secs(10)),
             header: Some(Duration::from_secs(10)),
+            body: Some(Duration::from_secs(60)),
             connect: Some(Duration::from_secs(5)),
             idle: None,
             keepalive: Some(Duration::from_secs(75)),
@@ -333,6 +341,7 @@ impl Config {
                 max_handshakes,
                 max_connections_per_ip: settings.max_connections_per_ip,
             },
+            admin_hosts: settings.admin_hosts.clone(),
         })
     }
 }

@@ -74,6 +74,9 @@ pub trait Gate {
     /// True once the tunnel is blind: the gate is dropped.
     fn is_open(&self) -> bool;
 
+    /// The protocol the tunnel opened to (an `Upgrade` token), told to the tunnel hook.
+    fn opened_to(&self) -> Option<&str>;
+
     /// Whether held client bytes may move now (reading it resets it).
     fn take_changed(&mut self) -> bool;
 
@@ -104,6 +107,10 @@ pub enum Wait {
     Next(u64),
     /// A message's head has begun and is not complete (`Timeouts::head`).
     Head(u64),
+    /// A message's body is on its way; the number is how much of it has come, so each read
+    /// restarts the clock (`Timeouts::body`). Not counted while the backend holds the body
+    /// back (its bytes wait for it): that is `Timeouts::send`'s.
+    Body(u64),
 }
 
 /// Why a gate cannot take a backend's bytes.
@@ -111,7 +118,8 @@ pub enum Wait {
 pub enum Halt<S> {
     /// End the connection now, answering the client as [`Gate::answer`] says.
     Stop(S),
-    /// The backend sent what cannot be relayed: close both sides.
+    /// The backend sent what cannot be relayed: close both sides at once, the client's
+    /// without close_notify (what it got may be cut short).
     Broken(&'static str),
 }
 
@@ -132,6 +140,11 @@ pub trait Client: AsyncBufRead + AsyncWrite + Unpin {
 
     /// Bytes written to the client's socket so far (any progress shows here).
     fn written(&self) -> u64;
+
+    /// Ends the socket's sending side (TCP FIN) after what is already encrypted, without
+    /// close_notify: the client can tell the stream was cut short (RFC 8446 §6.1), as it
+    /// must when the backend's side ended abnormally.
+    fn poll_cut(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
 }
 
 /// The splice's timeouts; `None` is off.
@@ -148,6 +161,8 @@ pub struct Timeouts {
     pub keepalive: Option<Duration>,
     /// While a gate is in place: from a head's first byte to its end (`--header-timeout`).
     pub head: Option<Duration>,
+    /// While a gate is in place: between two reads of a request body (`--body-timeout`).
+    pub body: Option<Duration>,
 }
 
 /// Bytes moved, client→backend (`up`) and backend→client (`down`), and whether the gate
@@ -324,6 +339,10 @@ pub trait Tunnel {
     /// Shutdown asks the tunnel to end.
     fn drain(&mut self) {}
 
+    /// The gate opened the tunnel to `protocol` (an `Upgrade` token): the hook learns what
+    /// it watches, whichever request on the connection it was.
+    fn opened(&mut self, _protocol: Option<&str>) {}
+
     /// How many more bytes may be taken `way` before that side ends (`None`: no bound, the
     /// tunnel was not asked to end). At 0 the side gets [`Tunnel::last`] and is closed in
     /// order: FIN to the backend; close_notify and FIN to the client.
@@ -387,7 +406,7 @@ where
         close: timeouts.close,
         send: timeouts.send,
         send_timer: None,
-        waits: (timeouts.keepalive, timeouts.head),
+        waits: (timeouts.keepalive, timeouts.head, timeouts.body),
         wait_current: None,
         wait_timer: None,
         drain,
@@ -408,6 +427,7 @@ where
         traffic,
         down_out: Outbox::default(),
         down_burst: false,
+        down_cut: false,
         stopped: None,
     };
     std::future::poll_fn(move |cx| state.poll(cx))
@@ -439,8 +459,8 @@ struct Splice<'a, C, G: Gate, T> {
     stalled: [Option<(Instant, u64)>; 2],
     /// A write of bytes still in rustls's buffer found the backend full.
     up_blocked: bool,
-    /// The bounds of a gate's waits: `Wait::Next`, `Wait::Head`.
-    waits: (Option<Duration>, Option<Duration>),
+    /// The bounds of a gate's waits: `Wait::Next`, `Wait::Head`, `Wait::Body`.
+    waits: (Option<Duration>, Option<Duration>, Option<Duration>),
     /// The gate's current wait and its deadline.
     wait_current: Option<(Wait, Instant)>,
     /// The one timer for the gate's waits, made at the first and dropped with the gate.
@@ -468,6 +488,8 @@ struct Splice<'a, C, G: Gate, T> {
     down_out: Outbox,
     /// The last backend read filled the buffer: more is probably coming.
     down_burst: bool,
+    /// The backend's side ended abnormally: the client's is cut, not closed in order.
+    down_cut: bool,
     /// Set when the gate stopped the connection.
     stopped: Option<G::Stop>,
     /// A write failure that ended one direction, reported once the other is done too.
@@ -624,9 +646,12 @@ where
             return;
         };
         let wait = gate.waiting();
+        let backend_holds_back = self.up_out.pos < self.up_out.bytes.len() || self.up_blocked;
         let limit = match wait {
             Some(Wait::Next(_)) => self.waits.0,
             Some(Wait::Head(_)) => self.waits.1,
+            Some(Wait::Body(_)) if backend_holds_back => None,
+            Some(Wait::Body(_)) => self.waits.2,
             None => None,
         };
         let (Some(wait), Some(limit)) = (wait, limit) else {
@@ -899,8 +924,14 @@ where
                 self.down_burst = false;
             }
             if self.down == Dir::Closing {
-                ready!(Pin::new(&mut *self.client).poll_shutdown(cx))
-                    .map_err(fail(Side::Client, Op::Write))?;
+                match self.down_cut {
+                    true => {
+                        ready!(self.flush_client(cx))?;
+                        ready!(self.client.poll_cut(cx)).map_err(fail(Side::Client, Op::Write))?;
+                    }
+                    false => ready!(Pin::new(&mut *self.client).poll_shutdown(cx))
+                        .map_err(fail(Side::Client, Op::Write))?,
+                }
                 return Poll::Ready(Ok(()));
             }
             if self.stopped.is_some() {
@@ -951,6 +982,7 @@ where
                         if gate.is_open() {
                             // The tunnel is open: no more gate, no more of its state. What
                             // followed the opening is tunnel data.
+                            self.tunnel.opened(gate.opened_to());
                             self.gate = None;
                             self.transfer.opened = true;
                             self.traffic.opened();
@@ -964,8 +996,14 @@ where
                     }
                     Err(Halt::Stop(stop)) => self.stop(stop, cx),
                     Err(Halt::Broken(why)) => {
+                        // A response nobody asked for, or one that cannot be framed: the
+                        // backend and the client no longer agree on where they are, so
+                        // nothing more goes either way.
                         let e = io::Error::new(io::ErrorKind::InvalidData, why);
                         self.backend_gone(e);
+                        self.gate = None;
+                        self.up_out = Outbox::default();
+                        self.up = Dir::Done;
                     }
                 }
                 continue;
@@ -1035,13 +1073,16 @@ where
         *dir = Dir::Closing;
     }
 
-    /// A backend read failed (typically a reset after an early answer): what was read has
-    /// already been written towards the client, so close the client side in order, letting
-    /// rustls flush it, and report the failure once the tunnel is done.
+    /// A backend read failed (typically a reset, after an early answer or in the middle of
+    /// a response): what was read has already been queued for the client, so it is written,
+    /// then the client's side is cut without close_notify, so a client reading a response
+    /// delimited by the close can tell it was cut short. The failure is reported once the
+    /// tunnel is done.
     fn backend_gone(&mut self, error: io::Error) {
         self.deferred
             .get_or_insert(fail(Side::Backend, Op::Read)(error));
         self.down = Dir::Closing;
+        self.down_cut = true;
     }
 
     fn touch(&mut self) {

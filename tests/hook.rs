@@ -92,6 +92,11 @@ impl Client for Plain {
     fn written(&self) -> u64 {
         self.written
     }
+
+    fn poll_cut(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::task::ready!(Pin::new(&mut *self).poll_flush(cx))?;
+        Pin::new(self.io.get_mut()).poll_shutdown(cx)
+    }
 }
 
 /// A hook that records what it is shown and ends the tunnel when asked, with a last word each

@@ -144,13 +144,12 @@ async fn pipeline(
     let preread = forwarded::preread(proxy_header, buf, head.len, forwarding.as_ref());
     let sni = summary.sni.clone();
     // A WebSocket tunnel is ended with a close frame at shutdown; each at its own moment in
-    // the spread window. Other connections keep no such watch.
+    // the spread window. The hook learns which protocol the tunnel opened to from the `101`,
+    // whichever request on the connection asked for it; the watch is kept until then.
     let protocol = admitted.upgrade.as_ref().map(|u| u.protocol.as_str());
     let farewell = Farewell::for_upgrade(protocol);
-    let close = farewell.is_websocket().then(|| {
-        let asked = Box::pin(state.life.farewell().cancelled());
-        splice::Drain::new(state.life.farewells(), asked).after(websocket::jitter())
-    });
+    let asked = Box::pin(state.life.farewell().cancelled());
+    let close = Some(splice::Drain::new(state.life.farewells(), asked).after(websocket::jitter()));
     let gate = Exchange::after_first(
         config.http.clone(),
         admitted.route,
@@ -283,6 +282,7 @@ fn splice_timeouts(t: &crate::config::Timeouts) -> splice::Timeouts {
         send: t.send,
         keepalive: t.keepalive,
         head: t.header,
+        body: t.body,
     }
 }
 

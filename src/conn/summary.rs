@@ -117,6 +117,9 @@ impl Summary {
             Outcome::Tunnel(End::Stopped(Stop::KeepaliveTimeout)) => {
                 "http keepalive-timeout".to_string()
             }
+            Outcome::Tunnel(End::Stopped(Stop::BodyTimeout)) => {
+                "http body-timeout after the response began".to_string()
+            }
             Outcome::Tunnel(End::Stopped(Stop::Drained)) => {
                 "http closed at a request boundary: shutting down".to_string()
             }

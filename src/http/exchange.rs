@@ -23,7 +23,7 @@ use crate::splice::{Gate, Halt, Wait};
 
 use super::admit::{Refusal, Upgrade, admit};
 use super::forwarded::{self, Forwarding};
-use super::framing::Body;
+use super::framing::{Body, FramingError};
 use super::head::{self, Fed, Head};
 use super::policy::Policy;
 
@@ -42,6 +42,9 @@ pub enum Stop {
     BadBody,
     /// No next request within `--keepalive-timeout`: closed without an answer.
     KeepaliveTimeout,
+    /// A request body made no progress for `--body-timeout` after its response had begun:
+    /// closed without an answer (with none begun it is answered 408).
+    BodyTimeout,
     /// Shutdown: closed at a request boundary, once every response before it is complete.
     Drained,
 }
@@ -71,6 +74,10 @@ pub struct Exchange {
     stop_now: bool,
     /// Requests forwarded so far: tells one wait for the client from the next.
     requests: u64,
+    /// Body bytes taken so far: each read of a body restarts `--body-timeout`.
+    body_taken: u64,
+    /// The protocol a `101` opened the tunnel to (its `Upgrade` token).
+    opened_to: Option<String>,
     /// Shutdown asked: stop at the next request boundary.
     draining: bool,
     upgraded: bool,
@@ -114,6 +121,8 @@ impl Exchange {
             stop: None,
             stop_now: false,
             requests: 0,
+            body_taken: 0,
+            opened_to: None,
             draining: false,
             upgraded: false,
             changed: false,
@@ -163,9 +172,8 @@ impl Exchange {
         // A broken body behind other requests: their responses go first; then only the
         // broken one is left, whose response the backend will not send (it waits for the rest
         // of the body), and none has begun: answer it.
-        let only_it_left =
-            self.awaited.len() == 1 && matches!(self.down, Down::Head) && self.down_head.is_empty();
-        (stop == Stop::BadBody && only_it_left).then_some(Stop::Refused(Status::BadRequest))
+        (stop == Stop::BadBody && self.only_its_response_left())
+            .then_some(Stop::Refused(Status::BadRequest))
     }
 
     /// No response is due or under way.
@@ -173,24 +181,41 @@ impl Exchange {
         self.awaited.is_empty() && matches!(self.down, Down::Head) && self.down_head.is_empty()
     }
 
-    /// What the exchange waits for from the client: the rest of a head it has begun, or,
-    /// with every response complete, the next request. Nothing while a body is on its way
-    /// or a response is due (the backend's turn).
+    /// What the exchange waits for from the client: the rest of a head it has begun, the
+    /// next bytes of a body on its way, or, with every response complete, the next request.
+    /// Nothing while a response is due to an upgrade (the backend's turn).
     pub fn waiting(&self) -> Option<Wait> {
         match self.up {
             Up::Head if !self.up_head.is_empty() => Some(Wait::Head(self.requests)),
             Up::Head if self.responses_done() => Some(Wait::Next(self.requests)),
+            Up::Body(_) => Some(Wait::Body(self.body_taken)),
             _ => None,
         }
     }
 
     /// A wait for the client ran out: a head begun and not complete is answered 408 (after
-    /// the responses before it), a keep-alive connection with no next request is closed.
+    /// the responses before it), a keep-alive connection with no next request is closed, and
+    /// a body that stopped is answered 408 when no response to it has begun (the backend
+    /// still waits for the body), else the connection ends at once: both sides.
     pub fn expired(&mut self, wait: Wait) {
         match wait {
             Wait::Head(_) => self.halt(Stop::Refused(Status::RequestTimeout)),
             Wait::Next(_) => self.halt(Stop::KeepaliveTimeout),
+            Wait::Body(_) => {
+                let stop = match self.only_its_response_left() {
+                    true => Stop::Refused(Status::RequestTimeout),
+                    false => Stop::BodyTimeout,
+                };
+                self.halt(stop);
+                self.stop_now = true;
+            }
         }
+    }
+
+    /// The request whose body is on its way is the only one due, and no response to it has
+    /// begun: an answer from us now would be read as its response.
+    fn only_its_response_left(&self) -> bool {
+        self.awaited.len() == 1 && matches!(self.down, Down::Head) && self.down_head.is_empty()
     }
 
     /// Takes client bytes: appends what may go to the backend to `out` and returns how many
@@ -202,15 +227,18 @@ impl Exchange {
             let rest = &input[taken..];
             match &mut self.up {
                 Up::AwaitResponse | Up::Stopped => break,
-                Up::Body(body) => match body.advance(rest) {
+                Up::Body(body) => match body.advance(rest, out) {
                     Ok(n) => {
-                        out.extend_from_slice(&rest[..n]);
                         taken += n;
+                        self.body_taken += n as u64;
                         if body.is_done() {
                             self.next_request();
                         }
                     }
-                    Err(_) => self.body_broken(),
+                    Err(FramingError::TooLarge) => {
+                        self.body_broken(Status::HeadersTooLarge);
+                    }
+                    Err(FramingError::Malformed(_)) => self.body_broken(Status::BadRequest),
                 },
                 Up::Head => taken += self.take_head(rest, out),
             }
@@ -221,13 +249,14 @@ impl Exchange {
     /// Gathers a request head; when it is complete, decides whether it may go on.
     fn take_head(&mut self, rest: &[u8], out: &mut Vec<u8>) -> usize {
         if self.up_head.is_empty() {
-            // Blank lines between requests are allowed (RFC 9112 §2.2) and passed on.
+            // Blank lines between requests are allowed (RFC 9112 §2.2) and dropped: a
+            // backend that answers one would send a response to no request, and they do not
+            // restart `--keepalive-timeout`.
             let blank = rest
                 .iter()
                 .take_while(|&&b| b == b'\r' || b == b'\n')
                 .count();
             if blank > 0 {
-                out.extend_from_slice(&rest[..blank]);
                 return blank;
             }
         }
@@ -261,7 +290,10 @@ impl Exchange {
         match (&upgrade, &head.body) {
             (Some(_), _) => self.up = Up::AwaitResponse,
             (None, Body::Done) => self.next_request(),
-            (None, body) => self.up = Up::Body(body.clone()),
+            (None, body) => {
+                let body = body.clone().limit_trailers(self.policy.max_header_bytes);
+                self.up = Up::Body(body);
+            }
         };
         self.awaited.push_back(Awaited {
             head_method: head.method == "HEAD",
@@ -271,17 +303,16 @@ impl Exchange {
 
     /// A request body's framing broke after its head went on: the backend waits for a body
     /// that will never be whole, and its answer may never come. When no response to it has
-    /// begun and none before it is due, it is answered 400 and the connection ends now, both
-    /// sides at once; when its own response has begun, it is closed at once. When responses
-    /// to earlier requests are still due, they are relayed first (`finished`), then it is
-    /// answered.
-    fn body_broken(&mut self) {
-        let answerable =
-            self.awaited.len() == 1 && matches!(self.down, Down::Head) && self.down_head.is_empty();
+    /// begun and none before it is due, it is answered `status` (400, or 431 for a trailer
+    /// section too large) and the connection ends now, both sides at once; when its own
+    /// response has begun, it is closed at once. When responses to earlier requests are still
+    /// due, they are relayed first (`finished`), then it is answered 400.
+    fn body_broken(&mut self, status: Status) {
+        let answerable = self.only_its_response_left();
         let its_own_response_began = !answerable && self.awaited.len() == 1;
         match (answerable, its_own_response_began) {
             (true, _) => {
-                self.halt(Stop::Refused(Status::BadRequest));
+                self.halt(Stop::Refused(status));
                 self.stop_now = true;
             }
             // A 400 now would read as part of the response under way: close at once.
@@ -329,9 +360,8 @@ impl Exchange {
             match &mut self.down {
                 Down::Body(body) => {
                     let n = body
-                        .advance(rest)
+                        .advance(rest, out)
                         .map_err(|_| Reject::Broken("bad response framing"))?;
-                    out.extend_from_slice(&rest[..n]);
                     taken += n;
                     if body.is_done() {
                         self.response_done();
@@ -378,7 +408,11 @@ impl Exchange {
                 }
                 out.append(&mut self.down_head);
                 self.down_head = Vec::new();
-                self.awaited.pop_front();
+                self.opened_to = self
+                    .awaited
+                    .pop_front()
+                    .and_then(|r| r.upgrade)
+                    .map(|u| u.protocol);
                 self.upgraded = true;
                 self.changed = true;
                 return Ok(used);
@@ -448,6 +482,10 @@ impl Gate for Exchange {
         self.upgraded
     }
 
+    fn opened_to(&self) -> Option<&str> {
+        self.opened_to.as_deref()
+    }
+
     fn take_changed(&mut self) -> bool {
         Exchange::take_changed(self)
     }
@@ -459,7 +497,11 @@ impl Gate for Exchange {
     fn answer(stop: Stop) -> Option<Vec<u8>> {
         match stop {
             Stop::Refused(status) => Some(status.response().into_bytes()),
-            Stop::Confined | Stop::BadBody | Stop::KeepaliveTimeout | Stop::Drained => None,
+            Stop::Confined
+            | Stop::BadBody
+            | Stop::KeepaliveTimeout
+            | Stop::BodyTimeout
+            | Stop::Drained => None,
         }
     }
 

@@ -135,6 +135,10 @@ impl Tls {
             if let Some(dir) = &server.acme_answers
                 && acme::is_validation(&start.client_hello())
             {
+                // A validation costs more than a handshake (a key made and a certificate
+                // signed for it): it takes a slot like any other, or a flood offering
+                // `acme-tls/1` would go round `--max-handshakes`.
+                let _slot = slots.acquire().await;
                 return answer_validation(start, dir).await;
             }
             if server.strict_sni
@@ -231,6 +235,14 @@ impl crate::splice::Client for Client {
 
     fn written(&self) -> u64 {
         self.get_ref().0.inner().written()
+    }
+
+    fn poll_cut(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use tokio::io::AsyncWrite;
+        std::pin::Pin::new(self.get_mut().0).poll_shutdown(cx)
     }
 }
 

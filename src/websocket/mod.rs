@@ -91,6 +91,14 @@ impl Tunnel for Farewell {
         }
     }
 
+    /// A WebSocket opened by a later request on a keep-alive connection is followed from
+    /// its first byte, as one opened by the first.
+    fn opened(&mut self, protocol: Option<&str>) {
+        if self.asked.is_none() && protocol == Some("websocket") {
+            *self = Farewell::websocket();
+        }
+    }
+
     fn room(&self, way: Way) -> Option<usize> {
         if self.asked != Some(true) {
             return None;
