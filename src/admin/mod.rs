@@ -16,25 +16,32 @@
 //! What is read at request time is gathered once per request into a `Snapshot` (one walk
 //! of the state), which each view encodes: Prometheus text, the page, the JSON.
 //!
-//! Bounded like the main listener (`--header-timeout`, `--max-header-bytes`), in the time an
-//! answer's write may take, and by its own small connection limit, outside
-//! `--max-connections`: a scrape still works when the proxy is full. Answers are written by
-//! `respond::answer`, as every answer wssbridge makes itself. It stays up until the process
-//! exits, so `/livez` answers through the drain.
+//! Bounded by its own rules, not the main listener's: a short head deadline, a per-address
+//! share and, when full, the oldest connection still waiting for its head closed for a
+//! newcomer (`slots`), so a probe is answered while slow clients try to hold the port; by
+//! `--max-header-bytes`; in the time an answer's write may take; outside `--max-connections`:
+//! a scrape still works when the proxy is full. Answers are written by `respond::answer`, as
+//! every answer wssbridge makes itself. It stays up until the process exits, so `/livez`
+//! answers through the drain.
+//!
+//! Only requests whose `Host` is an IP literal, `localhost` or a name given with
+//! `--admin-host` are answered (others 421): a page on another site that an operator's
+//! browser visits cannot rebind its own name to this address and read `/status.json`.
 
 use std::sync::Arc;
 
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 pub mod board;
 mod page;
 mod prometheus;
+pub mod slots;
 pub mod snapshot;
 
 use board::Board;
+use slots::{Slot, Slots};
 use snapshot::Snapshot;
 
 use crate::http::head;
@@ -44,8 +51,6 @@ use crate::state::State;
 const HTML: &str = "text/html; charset=utf-8";
 const JSON: &str = "application/json";
 
-/// Admin connections served at once; more are closed at accept.
-const ADMIN_CONNECTIONS: usize = 64;
 /// Time to write one answer: a page of metrics to a client on the same network.
 const WRITE_TIME: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -56,9 +61,9 @@ pub async fn serve(
     board: Arc<Board>,
     stop: CancellationToken,
 ) {
-    let slots = Arc::new(Semaphore::new(ADMIN_CONNECTIONS));
+    let slots = Slots::new();
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -69,30 +74,38 @@ pub async fn serve(
                 }
             },
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            continue;
+        let slot = match slots.enter(peer.ip()) {
+            Ok(slot) => slot,
+            Err(why) => {
+                tracing::debug!(%peer, ?why, "admin connection closed at accept");
+                continue;
+            }
         };
         let (state, board) = (state.clone(), board.clone());
         tokio::spawn(async move {
-            answer(stream, &state, &board).await;
-            drop(slot);
+            tokio::select! {
+                _ = answer(stream, &slot, &state, &board) => {}
+                _ = slot.taken() => tracing::debug!(%peer, "admin connection closed for a newcomer"),
+            }
         });
     }
 }
 
 /// One request, one answer, then close. The write is bounded like the read: a scraper that
 /// stops reading does not hold a slot.
-async fn answer(stream: TcpStream, state: &State, board: &Board) {
+async fn answer(stream: TcpStream, slot: &Slot, state: &State, board: &Board) {
     let config = state.config.load_full();
     let mut stream = BufReader::with_capacity(1024, stream);
     let mut buf = Vec::new();
     let read = head::read(&mut stream, &mut buf, config.limits.max_header_bytes);
-    let deadline = config
-        .timeouts
-        .header
-        .map(|t| tokio::time::Instant::now() + t);
-    let read = crate::deadline::within(deadline, read).await;
+    let read = tokio::time::timeout(slots::HEAD_TIME, read).await.ok();
+    slot.has_head();
     let (status, content_type, body) = match read {
+        Some(Ok(Some(request))) if !host_allowed(request.host.as_deref(), &config.admin_hosts) => (
+            421,
+            respond::TEXT,
+            "misdirected request: unknown Host\n".to_string(),
+        ),
         Some(Ok(Some(request))) => route(&request, state, board),
         Some(Ok(None)) => return,
         Some(Err(_)) => (400, respond::TEXT, "bad request\n".to_string()),
@@ -107,6 +120,29 @@ async fn answer(stream: TcpStream, state: &State, board: &Board) {
         stream.shutdown().await
     };
     let _ = tokio::time::timeout(WRITE_TIME, write).await;
+}
+
+/// Whether an admin request's `Host` names this listener in a way no other site can: an IP
+/// literal, `localhost`, or a name given with `--admin-host` (each with any port). A request
+/// with no `Host` (HTTP/1.0, HAProxy's checks) comes from no browser and is answered.
+pub fn host_allowed(host: Option<&str>, names: &[String]) -> bool {
+    let Some(host) = host else {
+        return true;
+    };
+    let name = match host.strip_prefix('[') {
+        // `[v6]` or `[v6]:port`.
+        Some(rest) => match rest.split_once(']') {
+            Some((v6, port)) if port.is_empty() || port.starts_with(':') => {
+                return v6.parse::<std::net::Ipv6Addr>().is_ok();
+            }
+            _ => return false,
+        },
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    let name = name.strip_suffix('.').unwrap_or(name);
+    name.parse::<std::net::Ipv4Addr>().is_ok()
+        || name.eq_ignore_ascii_case("localhost")
+        || names.iter().any(|n| n.eq_ignore_ascii_case(name))
 }
 
 fn read_method(buf: &[u8]) -> Option<&str> {
@@ -156,4 +192,39 @@ fn unready(state: &State) -> Option<String> {
         .map(|pool| pool.route())
         .collect();
     (!down.is_empty()).then(|| format!("no backend up for route {}", down.join(", ")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_allowed;
+
+    #[test]
+    fn only_names_no_other_site_can_hold_are_answered() {
+        let names = vec!["wssbridge-admin.internal".to_string()];
+        for good in [
+            None,
+            Some("127.0.0.1"),
+            Some("127.0.0.1:9090"),
+            Some("10.1.2.3:9090"),
+            Some("[::1]:9090"),
+            Some("[::1]"),
+            Some("localhost"),
+            Some("LOCALHOST:9090"),
+            Some("localhost.:9090"),
+            Some("wssbridge-admin.internal:9090"),
+        ] {
+            assert!(host_allowed(good, &names), "{good:?}");
+        }
+        for bad in [
+            Some("evil.example"),
+            Some("evil.example:9090"),
+            Some("localhost.evil.example"),
+            Some("127.0.0.1.evil.example"),
+            Some("[::1]x"),
+            Some("[evil]:9090"),
+            Some(""),
+        ] {
+            assert!(!host_allowed(bad, &names), "{bad:?}");
+        }
+    }
 }

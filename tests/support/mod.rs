@@ -38,7 +38,7 @@ pub fn temp_dir(name: &str) -> PathBuf {
 /// One plain-HTTP GET to an admin port: the status, the content type and the body.
 pub async fn admin_get(addr: SocketAddr, path: &str) -> (u16, String, String) {
     let mut tcp = TcpStream::connect(addr).await.expect("admin connect");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
     tcp.write_all(request.as_bytes()).await.unwrap();
     let mut reply = String::new();
     tokio::time::timeout(WAIT, tcp.read_to_string(&mut reply))
