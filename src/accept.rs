@@ -42,6 +42,8 @@ pub struct Listeners {
     pub redirect: Vec<std::net::TcpListener>,
     /// The admin listener (`--admin`): metrics and health, up until the process exits.
     pub admin: Option<std::net::TcpListener>,
+    /// In a process a binary upgrade started: where it reports ready to the old one.
+    pub parent: Option<crate::upgrade::Parent>,
 }
 
 impl From<Vec<std::net::TcpListener>> for Listeners {
@@ -54,15 +56,16 @@ impl From<Vec<std::net::TcpListener>> for Listeners {
 }
 
 impl Listeners {
-    /// The listeners to serve on: the sockets the service manager passed (socket activation),
-    /// or, when it passed none, every listener the settings name, bound here. A process a
-    /// binary upgrade started (`handed_over`) gets every listener from the old one, whatever
-    /// its flags (the same flags) name.
-    pub fn open(settings: &Settings, handed_over: bool) -> anyhow::Result<Listeners> {
-        let Some(mut inherited) = Listeners::inherited()? else {
+    /// The listeners to serve on: the sockets the service manager passed (socket activation,
+    /// `inherited`, taken by [`Listeners::inherited`] at start), or, when it passed none,
+    /// every listener the settings name, bound here. A process a binary upgrade started (its
+    /// `parent` is set) gets every listener from the old one, whatever its flags (the same
+    /// flags) name.
+    pub fn open(settings: &Settings, inherited: Option<Listeners>) -> anyhow::Result<Listeners> {
+        let Some(mut inherited) = inherited else {
             return Listeners::bind(settings);
         };
-        if handed_over {
+        if inherited.parent.is_some() {
             return Ok(inherited);
         }
         if settings.listen_given {
@@ -110,6 +113,10 @@ impl Listeners {
     ///
     /// They were not bound here, so they lack the options `bind` sets: TCP_NODELAY and
     /// keepalive are set on each now, and Linux hands them on to every socket it accepts.
+    ///
+    /// In a process a binary upgrade started, one more is the socket to report on to the old
+    /// process (named `upgrade`): it becomes `parent`. Called once, early (the convention's
+    /// variables are cleared by reading them): a start that fails can still say why.
     pub fn inherited() -> anyhow::Result<Option<Listeners>> {
         let mut fds = listenfd::ListenFd::from_env();
         if fds.len() == 0 {
@@ -120,6 +127,16 @@ impl Listeners {
         let mut listeners = Listeners::default();
         for i in 0..fds.len() {
             let fd = 3 + i;
+            if names.get(i).copied() == Some(crate::upgrade::REPORT_NAME) {
+                let socket = fds
+                    .take_unix_datagram(i)
+                    .with_context(|| {
+                        format!("LISTEN_FDS: descriptor {fd} is not a datagram socket")
+                    })?
+                    .with_context(|| format!("LISTEN_FDS: descriptor {fd} was already taken"))?;
+                listeners.parent = Some(crate::upgrade::Parent::new(socket));
+                continue;
+            }
             let listener = fds
                 .take_tcp_listener(i)
                 .with_context(|| format!("LISTEN_FDS: descriptor {fd} is not a TCP listener"))?
@@ -179,6 +196,7 @@ impl Listeners {
             tls,
             redirect: bind("--redirect-http", &settings.redirect_http, public)?,
             admin: bind("--admin", settings.admin.as_slice(), Sharing::Exclusive)?.pop(),
+            parent: None,
         })
     }
 }

@@ -23,7 +23,10 @@ fn main() -> ExitCode {
         .build()
     {
         Ok(runtime) => runtime,
-        Err(e) => return fail(CANNOT_START, &anyhow::anyhow!("starting the runtime: {e}")),
+        Err(e) => {
+            let e = anyhow::anyhow!("starting the runtime: {e}");
+            return fail(CANNOT_START, &e, None);
+        }
     };
     runtime.block_on(start_and_serve(args))
 }
@@ -34,8 +37,16 @@ async fn start_and_serve(args: Args) -> ExitCode {
     // (systemctl reload, certbot's deploy hooks) never ends the process.
     let signals = match wssbridge::signals::listen() {
         Ok(signals) => signals,
-        Err(e) => return fail(CANNOT_START, &e),
+        Err(e) => return fail(CANNOT_START, &e, None),
     };
+    // Sockets passed by systemd or by the process a binary upgrade started, taken once now:
+    // a start that fails later can still tell that process why.
+    let inherited = match wssbridge::Listeners::inherited() {
+        Ok(inherited) => inherited,
+        Err(e) => return fail(CANNOT_START, &e, None),
+    };
+    let parent = inherited.as_ref().and_then(|l| l.parent.clone());
+    let failed = |code, e: &anyhow::Error| fail(code, e, parent.as_ref());
     wssbridge::accept::raise_fd_limit();
     let check = args.check;
     let config = args
@@ -48,29 +59,28 @@ async fn start_and_serve(args: Args) -> ExitCode {
                 println!("wssbridge: the configuration is ok");
                 ExitCode::SUCCESS
             }
-            Err(e) => fail(CANNOT_START, &e),
+            Err(e) => failed(CANNOT_START, &e),
         };
     }
     let started = config.and_then(|config| {
-        let handed_over = std::env::var_os(wssbridge::upgrade::NOTIFY_VAR).is_some();
-        let listeners = wssbridge::Listeners::open(&config.settings, handed_over)?;
+        let listeners = wssbridge::Listeners::open(&config.settings, inherited)?;
         Ok((wssbridge::Server::new(config)?, listeners))
     });
     let (server, listeners) = match started {
         Ok(started) => started,
-        Err(e) => return fail(CANNOT_START, &e),
+        Err(e) => return failed(CANNOT_START, &e),
     };
     match server.serve(listeners, signals).await {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(FAILED, &e),
+        Err(e) => failed(FAILED, &e),
     }
 }
 
-fn fail(code: u8, e: &anyhow::Error) -> ExitCode {
+fn fail(code: u8, e: &anyhow::Error, parent: Option<&wssbridge::upgrade::Parent>) -> ExitCode {
     eprintln!("wssbridge: error: {e:#}");
     // Started by a binary upgrade: the old process logs why this one did not take over.
-    if let Some(parent) = wssbridge::notify::Notifier::from_var(wssbridge::upgrade::NOTIFY_VAR) {
-        parent.send(&format!("FAILED={e:#}").replace('\n', " "));
+    if let Some(parent) = parent {
+        parent.failed(&format!("{e:#}"));
     }
     ExitCode::from(code)
 }

@@ -95,16 +95,29 @@ impl Server {
             mut upgrades,
         } = signals;
         let life = &self.state.life;
-        // systemd's readiness, and, in a process a binary upgrade started, the old one's.
-        for var in ["NOTIFY_SOCKET", upgrade::NOTIFY_VAR] {
-            if let Some(notifier) = notify::Notifier::from_var(var) {
-                // Subscribed before `run` reports ready, so READY=1 is not missed.
-                let events = life.events();
-                let state = self.state.clone();
-                let counts = move || (state.life.connections(), state.metrics.traffic.websockets());
-                let until = life.force().clone().cancelled_owned();
-                life.spawn_background(notifier.follow(events, counts, until));
-            }
+        let mut listeners = listeners;
+        // systemd's readiness. Subscribed before `run` reports ready, so READY=1 is not missed.
+        if let Some(notifier) = notify::Notifier::from_env() {
+            let events = life.events();
+            let state = self.state.clone();
+            let counts = move || (state.life.connections(), state.metrics.traffic.websockets());
+            let until = life.force().clone().cancelled_owned();
+            life.spawn_background(notifier.follow(events, counts, until));
+        }
+        // In a process a binary upgrade started: one READY=1 to the old one, then its socket
+        // is closed (nothing more is said to it).
+        if let Some(parent) = listeners.parent.take() {
+            let mut events = life.events();
+            life.spawn_background(async move {
+                use tokio::sync::broadcast::error::RecvError;
+                loop {
+                    match events.recv().await {
+                        Ok(crate::lifecycle::Event::Ready) => return parent.ready(),
+                        Ok(crate::lifecycle::Event::Stopped) | Err(RecvError::Closed) => return,
+                        _ => {}
+                    }
+                }
+            });
         }
         let state = self.state.clone();
         let stop = life.stop().clone();

@@ -8,18 +8,23 @@
 //!   (`accept::Listeners::inherited`, the path socket activation takes: one path, not two).
 //!   `LISTEN_PID` is left out: the child's pid is not known before it runs, and the reader
 //!   skips the check without it.
-//! - It reports ready on a datagram socket this process names in
-//!   `WSSBRIDGE_UPGRADE_NOTIFY` (`READY=1`, by `notify`, as it tells systemd), or why it
-//!   could not start (`FAILED=…`). Under systemd it becomes the main process then
-//!   (`MAINPID=`).
+//! - It reports ready (`READY=1`) or why it could not start (`FAILED=…`) on one end of a
+//!   socketpair it inherits among the `LISTEN_FDS` (named `upgrade` in `LISTEN_FDNAMES`), then
+//!   closes it: one report, nothing after. The socket has no name, so no other process can
+//!   send to it or take it first; each report is checked to come from the new process's pid
+//!   all the same (`SCM_CREDENTIALS`, which the kernel attaches). Under systemd the new
+//!   process becomes the main process then (`MAINPID=`).
 //! - If it exits before it is ready, or is not ready within [`READY_WITHIN`], this process
 //!   keeps serving, logs why, and stays the main process. A second SIGUSR2 meanwhile is
 //!   logged and ignored.
 
-use std::os::fd::OwnedFd;
+use std::io::IoSliceMut;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -31,8 +36,8 @@ use crate::notify::Notifier;
 /// How long a new process may take to report ready.
 pub const READY_WITHIN: Duration = Duration::from_secs(60);
 
-/// Where a new process reports to the one that started it.
-pub const NOTIFY_VAR: &str = "WSSBRIDGE_UPGRADE_NOTIFY";
+/// The `LISTEN_FDNAMES` name of the socket a new process reports on.
+pub const REPORT_NAME: &str = "upgrade";
 
 /// One upgrade at a time.
 static IN_PROGRESS: AtomicBool = AtomicBool::new(false);
@@ -69,24 +74,24 @@ async fn start(
     listeners: &Listeners,
     abandon: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<u32> {
-    static SERIAL: AtomicU64 = AtomicU64::new(0);
     let exe = started_as().context("finding the binary this process was started as")?;
-    let name = format!(
-        "wssbridge-upgrade-{}-{}",
-        std::process::id(),
-        SERIAL.fetch_add(1, Ordering::Relaxed)
-    );
-    let reports = bind_abstract(&name).context("making the socket the new process reports on")?;
+    let (reports, theirs) =
+        UnixDatagram::pair().context("making the socketpair the new process reports on")?;
+    // Every datagram then carries its sender's pid, whether or not the sender adds it.
+    rustix::net::sockopt::set_socket_passcred(&reports, true)
+        .context("asking for the reporter's credentials (SO_PASSCRED)")?;
+    reports.set_nonblocking(true)?;
     let reports = tokio::net::UnixDatagram::from_std(reports)?;
 
-    let (fds, names) = descriptors(listeners)?;
+    let (mut fds, mut names) = descriptors(listeners)?;
+    fds.push(OwnedFd::from(theirs));
+    names.push(REPORT_NAME);
     let mut command = tokio::process::Command::new(&exe);
     command
         .args(std::env::args_os().skip(1))
         .env("LISTEN_FDS", fds.len().to_string())
         .env("LISTEN_FDNAMES", names.join(":"))
         .env_remove("LISTEN_PID")
-        .env(NOTIFY_VAR, format!("@{name}"))
         .stdin(std::process::Stdio::null());
     let mappings = fds
         .into_iter()
@@ -102,7 +107,20 @@ async fn start(
     let mut child = command
         .spawn()
         .with_context(|| format!("starting {}", exe.display()))?;
+    // Our copy of the child's end is closed with the command: only the child holds it.
+    drop(command);
     let pid = child.id().unwrap_or_default();
+    let from_child = |sender: Option<u32>| {
+        let ok = sender == Some(pid);
+        if !ok {
+            tracing::warn!(
+                ?sender,
+                child = pid,
+                "upgrade: a report not from the new process, ignored"
+            );
+        }
+        ok
+    };
     tracing::info!(pid, exe = %exe.display(), "upgrade: started the new process; waiting until it is ready");
 
     let mut buf = [0u8; 4096];
@@ -118,14 +136,20 @@ async fn start(
                 status = child.wait() => {
                     let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
                     // What it said before it exited may still wait in the socket.
-                    while let Ok(n) = reports.try_recv(&mut buf) {
-                        failed = report(&buf[..n]).1.or(failed);
+                    while let Ok((n, sender)) = receive_from(&reports, &mut buf) {
+                        if from_child(sender) {
+                            failed = report(&buf[..n]).1.or(failed);
+                        }
                     }
                     let why = failed.take().map_or(String::new(), |f: String| format!(": {f}"));
                     anyhow::bail!("the new process exited before it was ready ({status}){why}");
                 }
-                got = reports.recv(&mut buf) => {
-                    let (ready, why) = report(&buf[..got.unwrap_or(0)]);
+                got = receive(&reports, &mut buf) => {
+                    let Ok((n, sender)) = got else { continue };
+                    if !from_child(sender) {
+                        continue;
+                    }
+                    let (ready, why) = report(&buf[..n]);
                     if ready {
                         return Ok(());
                     }
@@ -148,6 +172,68 @@ async fn start(
         systemd.send(&format!("MAINPID={pid}"));
     }
     Ok(pid)
+}
+
+/// Waits for one report; returns its length and the pid that sent it.
+async fn receive(
+    socket: &tokio::net::UnixDatagram,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, Option<u32>)> {
+    loop {
+        socket.readable().await?;
+        match socket.try_io(tokio::io::Interest::READABLE, || receive_from(socket, buf)) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            other => return other,
+        }
+    }
+}
+
+/// One report now, with its sender's pid from the `SCM_CREDENTIALS` the kernel attached.
+fn receive_from(socket: &impl AsFd, buf: &mut [u8]) -> std::io::Result<(usize, Option<u32>)> {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmCredentials(1))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let mut iov = [IoSliceMut::new(buf)];
+    let got = rustix::net::recvmsg(socket, &mut iov, &mut control, RecvFlags::DONTWAIT)?;
+    let sender = control.drain().find_map(|message| match message {
+        RecvAncillaryMessage::ScmCredentials(cred) => {
+            u32::try_from(rustix::process::Pid::as_raw(Some(cred.pid))).ok()
+        }
+        _ => None,
+    });
+    Ok((got.bytes, sender))
+}
+
+/// In a process a binary upgrade started: the socket it reports on to the process that
+/// started it, once. Cloned freely; the first report closes it for all.
+#[derive(Debug, Clone)]
+pub struct Parent(Arc<Mutex<Option<UnixDatagram>>>);
+
+impl Parent {
+    /// The report socket the starting process passed (named [`REPORT_NAME`] among the
+    /// `LISTEN_FDS`: `accept::Listeners::inherited` finds it).
+    pub fn new(socket: UnixDatagram) -> Parent {
+        Parent(Arc::new(Mutex::new(Some(socket))))
+    }
+
+    /// Tells the starting process this one is ready: it drains and exits.
+    pub fn ready(&self) {
+        self.report("READY=1");
+    }
+
+    /// Tells the starting process why this one could not start: it goes on serving.
+    pub fn failed(&self, why: &str) {
+        self.report(&format!("FAILED={why}").replace('\n', " "));
+    }
+
+    fn report(&self, message: &str) {
+        let socket = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(socket) = socket
+            && let Err(e) = socket.send(message.as_bytes())
+        {
+            tracing::debug!("upgrade report {message:?}: {e}");
+        }
+    }
 }
 
 /// What one report from the new process says: ready, and why it failed, if it says.
@@ -191,21 +277,4 @@ fn started_as() -> anyhow::Result<PathBuf> {
         .map(|dir| dir.join(&argv0))
         .find(|candidate| candidate.is_file())
         .with_context(|| format!("{} is not on PATH", argv0.display()))
-}
-
-#[cfg(target_os = "linux")]
-fn bind_abstract(name: &str) -> std::io::Result<UnixDatagram> {
-    use std::os::linux::net::SocketAddrExt;
-    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
-    let socket = UnixDatagram::bind_addr(&addr)?;
-    socket.set_nonblocking(true)?;
-    Ok(socket)
-}
-
-#[cfg(not(target_os = "linux"))]
-fn bind_abstract(_: &str) -> std::io::Result<UnixDatagram> {
-    Err(std::io::Error::new(
-        std::io::ErrorKind::Unsupported,
-        "binary upgrade needs Linux's abstract sockets",
-    ))
 }

@@ -279,3 +279,77 @@ async fn shutdown_during_an_upgrade_stops_the_new_process_and_does_not_wait_for_
     }
     assert!(!running_still(), "the new process {child} is still running");
 }
+
+/// A local user who sends `READY=1` to where the new process reports cannot make the old one
+/// drain while the new one fails: the report socket has no name to send to (a socketpair the
+/// new process inherits), and reports are checked to come from the new process's pid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ready_message_from_anyone_but_the_new_process_is_not_heard() {
+    let http = Backend::http("app").await;
+    let dir = support::temp_dir("upgrade-forged-ready");
+    let exe = copy_of_the_binary(&dir);
+    let running = start(&exe, &http.address(), &[]);
+    let old = running.child.id();
+    replace_with_script(&exe, "sleep 2; echo 'bad certificate' >&2; exit 3");
+    running.signal("USR2");
+    running
+        .wait_for_line(&["upgrade: started the new process"])
+        .await;
+    // What an attacker tried: READY=1 to the names the old process used to bind, looped.
+    let forger = std::thread::spawn(move || {
+        use std::os::linux::net::SocketAddrExt;
+        let socket = std::os::unix::net::UnixDatagram::unbound().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_millis(2500);
+        let mut sent = 0;
+        while std::time::Instant::now() < deadline {
+            for n in 0..4 {
+                let name = format!("wssbridge-upgrade-{old}-{n}");
+                let addr = std::os::unix::net::SocketAddr::from_abstract_name(name).unwrap();
+                sent += usize::from(socket.send_to_addr(b"READY=1", &addr).is_ok());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        sent
+    });
+    let unix = std::fs::read_to_string("/proc/net/unix").unwrap();
+    assert!(
+        !unix.contains("wssbridge-upgrade"),
+        "a named report socket exists: {unix}"
+    );
+    let line = running
+        .wait_for_line(&["upgrade failed, still serving"])
+        .await;
+    assert!(line.contains("exit status: 3"), "{line}");
+    assert_eq!(forger.join().unwrap(), 0, "no forged report was delivered");
+    let reply = support::exchange(
+        running.addr,
+        b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&reply), 200, "the old process still serves");
+    assert!(
+        !running.log().iter().any(|l| l.contains("drain")),
+        "{:?}",
+        running.log()
+    );
+}
+
+/// The new process says READY=1 once and keeps no way to reach the old one: no variable
+/// naming a socket in its environment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_new_process_keeps_no_report_address() {
+    let http = Backend::http("app").await;
+    let dir = support::temp_dir("upgrade-no-address");
+    let exe = copy_of_the_binary(&dir);
+    let running = start(&exe, &http.address(), &[]);
+    running.signal("USR2");
+    let pid = upgraded_pid(&running, 0).await;
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let environ = String::from_utf8_lossy(&environ);
+    assert!(!environ.contains("UPGRADE_NOTIFY"), "{environ}");
+    assert!(
+        environ.contains("LISTEN_FDNAMES=https:upgrade"),
+        "{environ}"
+    );
+    kill(pid, "TERM");
+}

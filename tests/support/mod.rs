@@ -348,6 +348,7 @@ impl Tunnel {
             tls: vec![listener],
             redirect,
             admin,
+            parent: None,
         };
         let server = Server::new(config).expect("server");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
