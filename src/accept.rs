@@ -43,7 +43,7 @@ pub struct Listeners {
     /// The admin listener (`--admin`): metrics and health, up until the process exits.
     pub admin: Option<std::net::TcpListener>,
     /// In a process a binary upgrade started: where it reports ready to the old one.
-    pub parent: Option<crate::upgrade::Parent>,
+    pub parent: Option<crate::notify::Parent>,
 }
 
 impl From<Vec<std::net::TcpListener>> for Listeners {
@@ -127,14 +127,14 @@ impl Listeners {
         let mut listeners = Listeners::default();
         for i in 0..fds.len() {
             let fd = 3 + i;
-            if names.get(i).copied() == Some(crate::upgrade::REPORT_NAME) {
+            if names.get(i).copied() == Some(crate::notify::PARENT_FDNAME) {
                 let socket = fds
                     .take_unix_datagram(i)
                     .with_context(|| {
                         format!("LISTEN_FDS: descriptor {fd} is not a datagram socket")
                     })?
                     .with_context(|| format!("LISTEN_FDS: descriptor {fd} was already taken"))?;
-                listeners.parent = Some(crate::upgrade::Parent::new(socket));
+                listeners.parent = Some(crate::notify::Parent::new(socket));
                 continue;
             }
             let listener = fds

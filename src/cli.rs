@@ -479,6 +479,21 @@ pub struct Args {
     #[arg(long, env = "WSSBRIDGE_WEBSOCKET_CLOSE_ON_DRAIN")]
     pub websocket_close_on_drain: bool,
 
+    /// Memory all connections still reading their ClientHello may hold together.
+    ///
+    /// Memory that every connection still reading its ClientHello may hold together. A silent
+    /// connection holds none (its task and socket only); the bytes of a ClientHello are held
+    /// as they come, and beyond this the connections that have held bytes the longest are
+    /// closed first (an honest ClientHello arrives whole in one round trip).
+    #[arg(help_heading = "Limits", hide_env = true)]
+    #[arg(
+        long,
+        env = "WSSBRIDGE_MAX_HANDSHAKE_MEMORY",
+        value_name = "SIZE",
+        default_value = "64MiB"
+    )]
+    pub max_handshake_memory: Size,
+
     /// Largest request head (431 beyond).
     ///
     /// Largest first request head accepted (answered 431 beyond).
@@ -691,6 +706,7 @@ impl Args {
             max_header_bytes: self.max_header_bytes.0,
             max_connections: self.max_connections,
             max_handshakes: self.max_handshakes,
+            max_handshake_memory: self.max_handshake_memory.0,
             max_connections_per_ip: self.max_connections_per_ip,
             security: Security {
                 allowed_upgrades: self.allow_upgrades,

@@ -134,6 +134,7 @@ pub struct Settings {
     pub max_connections: Option<usize>,
     /// `None`: four per core.
     pub max_handshakes: Option<usize>,
+    pub max_handshake_memory: usize,
     pub max_connections_per_ip: Option<usize>,
     pub security: Security,
 }
@@ -169,6 +170,7 @@ impl Default for Settings {
             max_header_bytes: 16 * 1024,
             max_connections: None,
             max_handshakes: None,
+            max_handshake_memory: 64 << 20,
             max_connections_per_ip: None,
             security: Security {
                 allowed_upgrades: Vec::new(),
@@ -240,6 +242,8 @@ pub struct Limits {
     pub max_connections: usize,
     /// TLS handshakes in progress at once; more wait, under their handshake deadline.
     pub max_handshakes: usize,
+    /// What every connection still reading its ClientHello may hold together.
+    pub max_handshake_memory: usize,
     /// Connections one client address may hold at once (`None`: no limit).
     pub max_connections_per_ip: Option<usize>,
 }
@@ -339,6 +343,7 @@ impl Config {
                 max_header_bytes: settings.max_header_bytes,
                 max_connections,
                 max_handshakes,
+                max_handshake_memory: settings.max_handshake_memory,
                 max_connections_per_ip: settings.max_connections_per_ip,
             },
             admin_hosts: settings.admin_hosts.clone(),

@@ -76,7 +76,7 @@ async fn start_and_serve(args: Args) -> ExitCode {
     }
 }
 
-fn fail(code: u8, e: &anyhow::Error, parent: Option<&wssbridge::upgrade::Parent>) -> ExitCode {
+fn fail(code: u8, e: &anyhow::Error, parent: Option<&wssbridge::notify::Parent>) -> ExitCode {
     eprintln!("wssbridge: error: {e:#}");
     // Started by a binary upgrade: the old process logs why this one did not take over.
     if let Some(parent) = parent {

@@ -31,7 +31,7 @@ pub struct Metrics {
     pub traffic: Traffic,
     connections_active: Gauge,
     connections: Known<8>,
-    handshakes: Known<5>,
+    handshakes: Known<6>,
     handshake_seconds: Timings,
     responses: Known<10>,
     reloads: Known<2>,
@@ -76,7 +76,8 @@ pub enum OutcomeLabel {
 /// The `result` labels of `wssbridge_tls_handshakes_total`: `ok` and every
 /// `HandshakeError::label` (a test in `tls` holds the two together), so each series exists
 /// from the start.
-pub const HANDSHAKE_RESULTS: [&str; 5] = ["ok", "failed", "timeout", "unknown_name", "acme"];
+pub const HANDSHAKE_RESULTS: [&str; 6] =
+    ["ok", "failed", "timeout", "unknown_name", "acme", "shed"];
 
 impl OutcomeLabel {
     const ALL: [&'static str; 8] = [
@@ -122,7 +123,7 @@ impl Default for Metrics {
         let handshakes = Known::new("result", HANDSHAKE_RESULTS);
         registry.register(
             "wssbridge_tls_handshakes",
-            "TLS handshakes, by result (ok, failed, timeout, unknown_name, acme)",
+            "TLS handshakes, by result (ok, failed, timeout, unknown_name, acme, shed)",
             handshakes.family.clone(),
         );
         let handshake_seconds = Timings::new(&[

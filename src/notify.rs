@@ -10,9 +10,14 @@
 //!   change.
 //!
 //! Without `NOTIFY_SOCKET` nothing is sent and no task runs. A leaf but for `lifecycle`.
+//!
+//! The same protocol, one message of it, goes to the process that started this one in a
+//! binary upgrade ([`Parent`]): `READY=1` or `FAILED=…`, on a socket inherited among the
+//! `LISTEN_FDS`, never a name in the environment (see `upgrade`).
 
 use std::io;
 use std::os::unix::net::UnixDatagram;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::broadcast::Receiver;
@@ -144,6 +149,42 @@ fn send_abstract(_: &UnixDatagram, _: &str, _: &[u8]) -> io::Result<usize> {
         io::ErrorKind::Unsupported,
         "abstract sockets are Linux's",
     ))
+}
+
+/// The `LISTEN_FDNAMES` name of the socket a process started by a binary upgrade reports
+/// on to the one that started it (`upgrade`).
+pub const PARENT_FDNAME: &str = "upgrade";
+
+/// In a process a binary upgrade started: the socket it reports on to the process that
+/// started it, once. Cloned freely; the first report closes it for all.
+#[derive(Debug, Clone)]
+pub struct Parent(Arc<Mutex<Option<UnixDatagram>>>);
+
+impl Parent {
+    /// The report socket the starting process passed (named [`PARENT_FDNAME`] among the
+    /// `LISTEN_FDS`: `accept::Listeners::inherited` finds it).
+    pub fn new(socket: UnixDatagram) -> Parent {
+        Parent(Arc::new(Mutex::new(Some(socket))))
+    }
+
+    /// Tells the starting process this one is ready: it drains and exits.
+    pub fn ready(&self) {
+        self.report("READY=1");
+    }
+
+    /// Tells the starting process why this one could not start: it goes on serving.
+    pub fn failed(&self, why: &str) {
+        self.report(&format!("FAILED={why}").replace('\n', " "));
+    }
+
+    fn report(&self, message: &str) {
+        let socket = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(socket) = socket
+            && let Err(e) = socket.send(message.as_bytes())
+        {
+            tracing::debug!("upgrade report {message:?}: {e}");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -37,6 +37,8 @@ pub struct State {
     pub life: Lifecycle,
     /// Handshakes in progress (`--max-handshakes`).
     pub handshakes: Semaphore,
+    /// What connections still reading their ClientHello hold (`--max-handshake-memory`).
+    pub hellos: crate::tls::hello::Budget,
     /// Connections being served (`--max-connections`).
     pub permits: Arc<Semaphore>,
     /// Connections over the limit being answered 503.
@@ -61,6 +63,7 @@ impl State {
             metrics: Metrics::default(),
             life: Lifecycle::default(),
             handshakes: Semaphore::new(limits.max_handshakes),
+            hellos: crate::tls::hello::Budget::new(limits.max_handshake_memory),
             permits: Arc::new(Semaphore::new(limits.max_connections)),
             overflow: Arc::new(Semaphore::new(OVERFLOW_ANSWERS)),
             per_ip: limits.max_connections_per_ip.map(PerIp::new),

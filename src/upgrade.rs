@@ -24,7 +24,6 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -35,9 +34,6 @@ use crate::notify::Notifier;
 
 /// How long a new process may take to report ready.
 pub const READY_WITHIN: Duration = Duration::from_secs(60);
-
-/// The `LISTEN_FDNAMES` name of the socket a new process reports on.
-pub const REPORT_NAME: &str = "upgrade";
 
 /// One upgrade at a time.
 static IN_PROGRESS: AtomicBool = AtomicBool::new(false);
@@ -85,7 +81,7 @@ async fn start(
 
     let (mut fds, mut names) = descriptors(listeners)?;
     fds.push(OwnedFd::from(theirs));
-    names.push(REPORT_NAME);
+    names.push(crate::notify::PARENT_FDNAME);
     let mut command = tokio::process::Command::new(&exe);
     command
         .args(std::env::args_os().skip(1))
@@ -202,38 +198,6 @@ fn receive_from(socket: &impl AsFd, buf: &mut [u8]) -> std::io::Result<(usize, O
         _ => None,
     });
     Ok((got.bytes, sender))
-}
-
-/// In a process a binary upgrade started: the socket it reports on to the process that
-/// started it, once. Cloned freely; the first report closes it for all.
-#[derive(Debug, Clone)]
-pub struct Parent(Arc<Mutex<Option<UnixDatagram>>>);
-
-impl Parent {
-    /// The report socket the starting process passed (named [`REPORT_NAME`] among the
-    /// `LISTEN_FDS`: `accept::Listeners::inherited` finds it).
-    pub fn new(socket: UnixDatagram) -> Parent {
-        Parent(Arc::new(Mutex::new(Some(socket))))
-    }
-
-    /// Tells the starting process this one is ready: it drains and exits.
-    pub fn ready(&self) {
-        self.report("READY=1");
-    }
-
-    /// Tells the starting process why this one could not start: it goes on serving.
-    pub fn failed(&self, why: &str) {
-        self.report(&format!("FAILED={why}").replace('\n', " "));
-    }
-
-    fn report(&self, message: &str) {
-        let socket = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(socket) = socket
-            && let Err(e) = socket.send(message.as_bytes())
-        {
-            tracing::debug!("upgrade report {message:?}: {e}");
-        }
-    }
 }
 
 /// What one report from the new process says: ready, and why it failed, if it says.

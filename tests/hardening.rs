@@ -69,23 +69,30 @@ async fn a_stalled_body_is_answered_408_and_frees_its_slot() {
             "the backend's side closed too"
         );
     }
-    // The slots are free again: a new client is served, not refused with 503.
+    // The slots are free again (once the 408s' lingering closes end): a new client is
+    // served, not refused with 503.
     drop(clients);
-    let mut client = tls_connect(running.addr).await;
-    client
-        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let accepted = tokio::time::timeout(WAIT, backend.accept()).await;
-    let Ok(Ok((mut app, _))) = accepted else {
-        panic!("not served: {}", read_to_close(&mut client).await);
-    };
-    read_head(&mut app).await.unwrap();
-    app.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
-        .await
-        .unwrap();
-    drop(app);
-    assert_eq!(status_of(&read_to_close(&mut client).await), 200);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut client = tls_connect(running.addr).await;
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let accepted = tokio::time::timeout(Duration::from_millis(300), backend.accept()).await;
+        if let Ok(Ok((mut app, _))) = accepted {
+            read_head(&mut app).await.unwrap();
+            app.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+                .await
+                .unwrap();
+            drop(app);
+            assert_eq!(status_of(&read_to_close(&mut client).await), 200);
+            return;
+        }
+        let answer = read_to_close(&mut client).await;
+        assert!(Instant::now() < deadline, "never served again: {answer}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test]
@@ -623,4 +630,75 @@ async fn acme_validation_handshakes_wait_for_a_handshake_slot() {
     );
     holder.join().unwrap();
     let _ = std::fs::remove_dir_all(&state);
+}
+
+// 4. Memory before the handshake.
+
+/// The first `len` bytes of a ClientHello of about 60 KB (a padding extension), in records
+/// of 16 KiB, as a client whose hello is large (post-quantum keys, many names) sends it.
+fn large_client_hello(len: usize) -> Vec<u8> {
+    let body_len = 60_000;
+    let mut message = vec![
+        1,
+        (body_len >> 16) as u8,
+        (body_len >> 8) as u8,
+        body_len as u8,
+    ];
+    message.extend_from_slice(&[3, 3]);
+    message.resize(4 + body_len, 0);
+    let mut records = Vec::new();
+    for piece in message.chunks(16 * 1024) {
+        records.extend_from_slice(&[0x16, 3, 1]);
+        records.extend_from_slice(&(piece.len() as u16).to_be_bytes());
+        records.extend_from_slice(piece);
+    }
+    records.truncate(len);
+    records
+}
+
+/// Whether wssbridge closed `tcp` (EOF or reset), waiting at most `within`.
+async fn closed_within(tcp: &mut TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 64];
+    matches!(
+        tokio::time::timeout(within, tcp.read(&mut buf)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+#[tokio::test]
+async fn stalled_client_hellos_beyond_the_budget_are_shed_oldest_first() {
+    let (_backend, running) = bridge(&[
+        "--max-handshake-memory",
+        "1MiB",
+        "--handshake-timeout",
+        "60s",
+        "--header-timeout",
+        "60s",
+    ])
+    .await;
+    // 40 clients stall 48 KB into a 60 KB ClientHello: 1.9 MB, over the 1 MiB budget.
+    let mut stalled = Vec::new();
+    for _ in 0..40 {
+        let mut tcp = TcpStream::connect(running.addr).await.unwrap();
+        tcp.write_all(&large_client_hello(48_000)).await.unwrap();
+        stalled.push(tcp);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut shed = Vec::new();
+    for tcp in &mut stalled {
+        shed.push(closed_within(tcp, Duration::from_millis(20)).await);
+    }
+    let closed = shed.iter().filter(|s| **s).count();
+    assert!((15..=30).contains(&closed), "{closed} of 40 shed: {shed:?}");
+    assert!(shed[0] && !shed[39], "the oldest go first: {shed:?}");
+    // Silent connections hold nothing of it and are not shed; honest clients still connect.
+    let mut silent = TcpStream::connect(running.addr).await.unwrap();
+    let mut client = tls_connect(running.addr).await;
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(!closed_within(&mut silent, Duration::from_millis(300)).await);
+    running.wait_for_line(&["--max-handshake-memory"]).await;
 }

@@ -111,6 +111,8 @@ const RULES: &[(&str, &[&str])] = &[
             "connect::tune",
             "deadline",
             "metrics",
+            "notify::Parent",
+            "notify::PARENT_FDNAME",
             "proxy_protocol",
             "redirect",
             "state",

@@ -25,7 +25,7 @@ use crate::proxy_protocol::{self, Origin};
 use crate::respond::{self, Status};
 use crate::splice;
 use crate::state::State;
-use crate::tls::Client;
+use crate::tls::{self, Client, HandshakeError};
 use crate::websocket::{self, Farewell};
 use summary::{Outcome, Summary};
 
@@ -95,7 +95,18 @@ async fn pipeline(
     let local = local.or_else(|| proxy_local(config, &stream));
 
     // tls. Every stage before the splice runs boxed: its state is freed when it ends, so a
-    // tunnel open for a day does not carry the handshake's (several KiB) in its task.
+    // tunnel open for a day does not carry the handshake's (several KiB) in its task. The
+    // ClientHello is read first, in a small box of its own: a connection that never sends
+    // one holds no TLS state at all.
+    let deadline = tls::deadline(config.timeouts.handshake, started, header_deadline);
+    let early = match Box::pin(tls::hello::read(&stream, early, &state.hellos, deadline)).await {
+        Ok(hello) => hello,
+        Err(e) => {
+            let e = HandshakeError::from_hello(e, started);
+            state.metrics.handshake(e.label(), None);
+            return Outcome::TlsFailed(e);
+        }
+    };
     let handshake = handshake(state, config, stream, early, header_deadline, started);
     let mut client = match Box::pin(handshake).await {
         Ok(client) => client,

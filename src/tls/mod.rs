@@ -9,13 +9,15 @@
 //! them, so a reload swaps certificates for new handshakes while sessions from before it
 //! still resume, and live connections are not touched.
 //!
-//! Under rustls sit two adapters of the client's socket: [`readahead`] (large reads while a
-//! client sends in bulk) and [`coalesce`] (the handshake's last writes leave with the first
-//! answer).
+//! Before rustls, [`hello`] waits for the client's first bytes holding nothing and reads its
+//! ClientHello under a process-wide memory budget. Under rustls sit two adapters of the
+//! client's socket: [`readahead`] (large reads while a client sends in bulk) and [`coalesce`]
+//! (the handshake's last writes leave with the first answer).
 
 pub mod acme;
 pub mod certs;
 pub mod coalesce;
+pub mod hello;
 pub mod ktls;
 pub mod readahead;
 
@@ -114,10 +116,7 @@ impl Tls {
         started: Instant,
     ) -> Result<Client, HandshakeError> {
         let server = self.current.load_full();
-        let deadline = match (timeout.map(|t| started + t), outer) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let deadline = deadline(timeout, started, outer);
         let handshake = async {
             let io = Coalesce::new(ReadAhead::with_early(stream, early));
             let mut hello = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
@@ -178,6 +177,19 @@ impl Tls {
                 .is_ok_and(|state| state.plaintext_bytes_to_read() > 0);
         io.handshake_done(request_in_hand);
         Ok(client)
+    }
+}
+
+/// When a handshake must be done: `timeout` after `started` (accept), and by `outer` (the
+/// header deadline) at the latest.
+pub fn deadline(
+    timeout: Option<Duration>,
+    started: Instant,
+    outer: Option<Instant>,
+) -> Option<Instant> {
+    match (timeout.map(|t| started + t), outer) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
@@ -270,17 +282,30 @@ pub enum HandshakeError {
     /// An ACME TLS-ALPN-01 validation for this name was answered (and closed).
     AcmeValidation(String),
     TimedOut(Duration),
+    /// Closed before its ClientHello was whole, to keep `--max-handshake-memory`: it had
+    /// held bytes the longest.
+    Shed,
     /// `--strict-sni` refused a name no certificate has.
     UnknownName(String),
     Failed(std::io::Error),
 }
 
 impl HandshakeError {
+    /// Why no ClientHello came (`hello`), for a connection accepted at `started`.
+    pub fn from_hello(e: hello::NoHello, started: Instant) -> HandshakeError {
+        match e {
+            hello::NoHello::TimedOut => HandshakeError::TimedOut(started.elapsed()),
+            hello::NoHello::Shed => HandshakeError::Shed,
+            hello::NoHello::Io(e) => HandshakeError::Failed(e),
+        }
+    }
+
     /// The `result` label of `wssbridge_tls_handshakes_total`.
     pub fn label(&self) -> &'static str {
         match self {
             HandshakeError::AcmeValidation(_) => "acme",
             HandshakeError::TimedOut(_) => "timeout",
+            HandshakeError::Shed => "shed",
             HandshakeError::UnknownName(_) => "unknown_name",
             HandshakeError::Failed(_) => "failed",
         }
@@ -294,6 +319,9 @@ impl fmt::Display for HandshakeError {
                 write!(f, "answered an ACME TLS-ALPN-01 validation for {name:?}")
             }
             HandshakeError::TimedOut(after) => write!(f, "handshake timed out after {after:?}"),
+            HandshakeError::Shed => {
+                f.write_str("closed with its ClientHello unfinished to keep --max-handshake-memory")
+            }
             HandshakeError::UnknownName(name) => {
                 write!(f, "refused unknown name {:?} (--strict-sni)", name)
             }
@@ -324,6 +352,7 @@ mod tests {
         let errors = [
             HandshakeError::AcmeValidation("a.example".into()),
             HandshakeError::TimedOut(Duration::from_secs(1)),
+            HandshakeError::Shed,
             HandshakeError::UnknownName("b.example".into()),
             HandshakeError::Failed(std::io::ErrorKind::InvalidData.into()),
         ];
