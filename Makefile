@@ -7,7 +7,7 @@ DEMO_BACKEND ?= 127.0.0.1:3000
 E2E_CERTS := target/e2e-certs
 
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := head route exchange proxy frames
+FUZZ_TARGETS := head route exchange proxy frames chunked hello
 # What cargo-fuzz passes for libFuzzer, without needing a nightly toolchain.
 FUZZ_RUSTFLAGS := --cfg fuzzing -Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
   -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
@@ -30,9 +30,13 @@ release:
 ## The whole test suite: Rust tests (unit, integration on real sockets, the real binary),
 ## then the end-to-end suite (socket.io clients and Chromium).
 test: unit e2e demo-check
+	@tests/leftovers.sh
 
 ## cargo-nextest runs each test in its own process; plain cargo test when it is missing.
+## What the last run's tests made under target/tmp (PKIs, peers, copies of the binary) goes
+## first, so it does not grow run after run.
 unit:
+	@rm -rf target/tmp
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 	  $(CARGO) nextest run --no-fail-fast; \
 	else \

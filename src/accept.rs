@@ -82,12 +82,17 @@ impl Listeners {
             settings.redirect_http.is_empty(),
         ) {
             (true, false) => {
+                let shared = Sharing::from(settings.reuse_port);
                 for addr in &settings.redirect_http {
-                    let shared = Sharing::from(settings.reuse_port);
                     inherited
                         .redirect
                         .push(bind_for("--redirect-http", *addr, shared)?);
                 }
+                inherited.redirect.extend(bind_if_possible(
+                    "--redirect-http",
+                    &settings.redirect_http_if_possible,
+                    shared,
+                ));
             }
             (false, false) => anyhow::bail!(
                 "--redirect-http and a socket named http passed by systemd: give one or the other"
@@ -185,20 +190,43 @@ impl Listeners {
                 .collect::<anyhow::Result<Vec<_>>>()
         };
         let mut tls = bind("--listen", &settings.listen, public)?;
-        for addr in &settings.listen_if_possible {
-            match bind_for("--listen", *addr, public) {
-                Ok(listener) => tls.push(listener),
-                // `:443` means IPv6 too where the machine has it; without it, IPv4 alone.
-                Err(e) => tracing::info!("not listening on {addr}: {e:#}"),
-            }
-        }
+        tls.extend(bind_if_possible(
+            "--listen",
+            &settings.listen_if_possible,
+            public,
+        ));
+        let mut redirect = bind("--redirect-http", &settings.redirect_http, public)?;
+        redirect.extend(bind_if_possible(
+            "--redirect-http",
+            &settings.redirect_http_if_possible,
+            public,
+        ));
         Ok(Listeners {
             tls,
-            redirect: bind("--redirect-http", &settings.redirect_http, public)?,
+            redirect,
             admin: bind("--admin", settings.admin.as_slice(), Sharing::Exclusive)?.pop(),
             parent: None,
         })
     }
+}
+
+/// Binds the IPv6 twins of `:PORT` addresses where the machine has IPv6: `:443` means IPv6
+/// too where it can; without it, IPv4 alone (logged).
+fn bind_if_possible(
+    flag: &str,
+    addrs: &[SocketAddr],
+    sharing: Sharing,
+) -> Vec<std::net::TcpListener> {
+    addrs
+        .iter()
+        .filter_map(|addr| match bind_for(flag, *addr, sharing) {
+            Ok(listener) => Some(listener),
+            Err(e) => {
+                tracing::info!("not listening on {addr}: {e:#}");
+                None
+            }
+        })
+        .collect()
 }
 
 /// Raises the soft RLIMIT_NOFILE to the hard limit (a tunnel needs two descriptors, and the

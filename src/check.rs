@@ -31,6 +31,11 @@ pub fn report(config: &Config) -> anyhow::Result<String> {
             "listen      {addr}  plain HTTP, redirected to https"
         ));
     }
+    for addr in &settings.redirect_http_if_possible {
+        line(format!(
+            "listen      {addr}  plain HTTP, redirected to https, where the machine has IPv6"
+        ));
+    }
     if let Some(addr) = settings.admin {
         line(format!(
             "listen      {addr}  admin: / (status page) /status.json /metrics /livez /healthz /readyz"

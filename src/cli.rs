@@ -73,12 +73,12 @@ pub struct Args {
 
     /// Plain-HTTP address that redirects to https (e.g. :80).
     ///
-    /// Plain-HTTP address answering every request 308 Permanent Redirect to https://
-    /// (e.g. 0.0.0.0:80); repeatable.
+    /// Plain-HTTP address answering every request 308 Permanent Redirect to https://, in
+    /// every form --listen takes (:80, 80, 0.0.0.0:80, [::]:80, localhost:80); repeatable.
     #[arg(help_heading = "Listening", hide_env = true)]
     #[arg(long = "redirect-http", env = "WSSBRIDGE_REDIRECT_HTTP", value_name = "ADDR",
           value_delimiter = ' ', action = ArgAction::Append)]
-    pub redirect_http: Vec<SocketAddr>,
+    pub redirect_http: Vec<ListenArg>,
 
     /// Share the listening ports with other processes (SO_REUSEPORT).
     ///
@@ -674,7 +674,8 @@ impl Args {
                 state: self.acme_state.unwrap_or_else(AcmeSettings::default_state),
                 renew_before: self.acme_renew_before.0,
             }),
-            redirect_http: self.redirect_http,
+            redirect_http: self.redirect_http.iter().map(|l| l.addr).collect(),
+            redirect_http_if_possible: self.redirect_http.iter().filter_map(|l| l.also).collect(),
             reuse_port: self.reuse_port,
             routes,
             balancing: Balancing {

@@ -103,6 +103,8 @@ pub struct Settings {
     pub acme: Option<AcmeSettings>,
     /// Plain-HTTP listeners that redirect every request to https.
     pub redirect_http: Vec<SocketAddr>,
+    /// The IPv6 twins of `--redirect-http :PORT`, bound where the machine has IPv6.
+    pub redirect_http_if_possible: Vec<SocketAddr>,
     /// SO_REUSEPORT on the TLS and redirect listeners (several processes on one port).
     pub reuse_port: bool,
     /// Add X-Forwarded-For, X-Forwarded-Proto, X-Real-IP and Forwarded to every request.
@@ -153,6 +155,7 @@ impl Default for Settings {
             acme: None,
             cert_poll: Some(Duration::from_secs(60)),
             redirect_http: Vec::new(),
+            redirect_http_if_possible: Vec::new(),
             reuse_port: false,
             add_forwarded: false,
             trust_forwarded: Vec::new(),
@@ -258,6 +261,7 @@ impl Config {
         if settings.routes.is_empty() {
             anyhow::bail!("no route: give --to BACKEND or --route PATH=BACKEND");
         }
+        no_listener_twice(settings)?;
         let routes = RouteTable::new(settings.routes.clone())
             .map_err(|e| anyhow::anyhow!("--route: {e}"))?;
         let pools = Pools::new(&routes, &settings.balancing).map_err(|e| anyhow::anyhow!(e))?;
@@ -349,6 +353,41 @@ impl Config {
             admin_hosts: settings.admin_hosts.clone(),
         })
     }
+}
+
+/// Refuses two listeners on one address (`--listen :8443 --redirect-http :8443`, or one
+/// `--listen` twice), naming both flags, where binding would only say "Address already in
+/// use" with no hint that the clash is with itself. Port 0 (any free port) never clashes.
+fn no_listener_twice(settings: &Settings) -> anyhow::Result<()> {
+    let listeners = settings
+        .listen
+        .iter()
+        .map(|a| ("--listen", *a))
+        .chain(
+            settings
+                .redirect_http
+                .iter()
+                .map(|a| ("--redirect-http", *a)),
+        )
+        .chain(settings.admin.iter().map(|a| ("--admin", *a)));
+    let mut seen: Vec<(&str, SocketAddr)> = Vec::new();
+    for (flag, addr) in listeners {
+        let clash = seen.iter().find(|(_, other)| {
+            addr.port() != 0
+                && addr.port() == other.port()
+                && addr.is_ipv4() == other.is_ipv4()
+                && (addr.ip() == other.ip()
+                    || addr.ip().is_unspecified()
+                    || other.ip().is_unspecified())
+        });
+        if let Some((other_flag, other)) = clash {
+            anyhow::bail!(
+                "{other_flag} {other} and {flag} {addr} are the same address: give each its own port"
+            );
+        }
+        seen.push((flag, addr));
+    }
+    Ok(())
 }
 
 /// Descriptors kept back from the connection limit: listeners, logs, DNS look-ups, and the

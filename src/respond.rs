@@ -19,6 +19,9 @@ const LINGER_BYTES: usize = 256 * 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
     BadRequest,
+    /// 400 to a plain-HTTP request on the TLS port (nginx's "plain HTTP request was sent to
+    /// HTTPS port"), before any TLS.
+    PlainHttp,
     NotFound,
     MethodNotAllowed,
     RequestTimeout,
@@ -32,7 +35,7 @@ pub enum Status {
 impl Status {
     pub fn code(self) -> u16 {
         match self {
-            Status::BadRequest => 400,
+            Status::BadRequest | Status::PlainHttp => 400,
             Status::NotFound => 404,
             Status::MethodNotAllowed => 405,
             Status::RequestTimeout => 408,
@@ -47,6 +50,9 @@ impl Status {
     fn body(self) -> &'static str {
         match self {
             Status::BadRequest => "wssbridge: the request could not be parsed as HTTP/1.1",
+            Status::PlainHttp => {
+                "wssbridge: a plain HTTP request was sent to the HTTPS port: use https://"
+            }
             Status::NotFound => "wssbridge: no route for this host and path",
             Status::MethodNotAllowed => "wssbridge: CONNECT is not supported",
             Status::RequestTimeout => "wssbridge: the request head did not arrive in time",
@@ -174,6 +180,7 @@ mod tests {
     fn every_status_has_its_reason_phrase() {
         for s in [
             Status::BadRequest,
+            Status::PlainHttp,
             Status::NotFound,
             Status::MethodNotAllowed,
             Status::RequestTimeout,

@@ -194,7 +194,7 @@ async fn http2_preface_is_505() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn plain_http_on_the_tls_port_is_closed_quietly() {
+async fn plain_http_on_the_tls_port_is_answered_400_saying_so() {
     let backend = Backend::http("never").await;
     let tunnel = Tunnel::start(&["--to", &backend.address()]).await;
     let mut tcp = TcpStream::connect(tunnel.addr).await.unwrap();
@@ -205,10 +205,13 @@ async fn plain_http_on_the_tls_port_is_closed_quietly() {
     let _ = tokio::time::timeout(WAIT, tcp.read_to_end(&mut reply))
         .await
         .expect("not closed");
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{reply}");
     assert!(
-        !reply.starts_with(b"HTTP/"),
-        "answered plain HTTP: {reply:?}"
+        reply.contains("plain HTTP request was sent to the HTTPS port"),
+        "{reply}"
     );
+    assert!(backend.received.lock().unwrap().is_empty());
     tunnel.assert_idle().await;
 }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use support::binary::{Running, fails, field};
 use support::{Backend, WAIT};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -255,4 +256,71 @@ fn a_missing_tool_is_named_with_its_package_in_one_line() {
         "this test needs wssbridge-no-such-tool: apt-get install no-such-package \
          (.ci/run installs it)"
     );
+}
+
+/// `--redirect-http` takes every form `--listen` takes, through the same parser: the README's
+/// ACME one-liner, `/etc/default/wssbridge` and `-h` write `:80`.
+#[tokio::test]
+async fn redirect_http_takes_every_form_listen_takes() {
+    let backend = Backend::http("app").await;
+    let tls = support::peers::free_port().to_string();
+    for form in [
+        format!(":{}", support::peers::free_port()),
+        support::peers::free_port().to_string(),
+        format!("localhost:{}", support::peers::free_port()),
+        format!("127.0.0.1:{}", support::peers::free_port()),
+    ] {
+        let running = Running::with_test_cert(&[
+            "--listen",
+            &tls,
+            "--redirect-http",
+            &form,
+            "--to",
+            &backend.address(),
+        ]);
+        let port: u16 = form.rsplit(':').next().unwrap().parse().unwrap();
+        let mut tcp = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port)))
+            .await
+            .unwrap_or_else(|e| panic!("--redirect-http {form}: {e}"));
+        tcp.write_all(b"GET /x HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        let reply = support::read_to_close(&mut tcp).await;
+        assert!(reply.starts_with("HTTP/1.1 308"), "{form}: {reply}");
+        drop(running);
+    }
+    let (code, stderr) = fails(&[
+        "--check",
+        "--redirect-http",
+        "[::]:80",
+        "--to",
+        "127.0.0.1:9",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+}
+
+/// The same address in two listeners is named at `--check` and at start, both flags, not
+/// "Address already in use" as if someone else held it.
+#[test]
+fn the_same_address_twice_is_refused_naming_both_flags() {
+    for args in [
+        &["--listen", ":8443", "--redirect-http", ":8443"][..],
+        &["--listen", "0.0.0.0:8443", "--listen", "127.0.0.1:8443"],
+        &["--listen", ":8443", "--admin", "127.0.0.1:8443"],
+    ] {
+        for check in [true, false] {
+            let mut all = args.to_vec();
+            all.extend_from_slice(&["--to", "127.0.0.1:9"]);
+            if check {
+                all.push("--check");
+            }
+            let (code, stderr) = fails(&all);
+            assert_eq!(code, 2, "{args:?}: {stderr}");
+            assert!(
+                stderr.contains("are the same address") && stderr.contains(args[0]),
+                "{args:?}: {stderr}"
+            );
+            assert!(!stderr.contains("already in use"), "{stderr}");
+        }
+    }
 }

@@ -107,6 +107,13 @@ async fn pipeline(
             return Outcome::TlsFailed(e);
         }
     };
+    if tls::hello::is_plain_http(&early) {
+        // http:// to the TLS port: say so, as nginx does, rather than send TLS alert bytes.
+        tracing::info!(client = %client_addr, "plain HTTP on the TLS port: answered 400");
+        let mut stream = stream;
+        Box::pin(respond::send(&mut stream, Status::PlainHttp)).await;
+        return Outcome::Status(Status::PlainHttp);
+    }
     let handshake = handshake(state, config, stream, early, header_deadline, started);
     let mut client = match Box::pin(handshake).await {
         Ok(client) => client,

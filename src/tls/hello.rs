@@ -213,6 +213,29 @@ async fn fill(stream: &TcpStream, bytes: &mut Vec<u8>, share: &Share<'_>) -> Res
     Ok(())
 }
 
+/// Whether the first bytes on the TLS port are plain HTTP: they begin a request line with a
+/// method RFC 9110 defines (`GET /…`), which no TLS record can (a record begins with a
+/// content type, 0x14–0x17). Anything else (a PROXY header from a stranger, garbage) is left
+/// to rustls, which refuses it with an alert.
+pub fn is_plain_http(bytes: &[u8]) -> bool {
+    const METHODS: [&[u8]; 9] = [
+        b"GET ",
+        b"HEAD ",
+        b"POST ",
+        b"PUT ",
+        b"DELETE ",
+        b"CONNECT ",
+        b"OPTIONS ",
+        b"TRACE ",
+        b"PATCH ",
+    ];
+    !bytes.is_empty()
+        && METHODS.iter().any(|m| {
+            let n = m.len().min(bytes.len());
+            bytes[..n] == m[..n]
+        })
+}
+
 /// How many more bytes the ClientHello in `bytes` needs at the least (the rest of a record
 /// header or of a record), or `None` when it is whole, or when what came is not a ClientHello
 /// (rustls then refuses it). Pure: the record layer's headers and the handshake message's
@@ -278,6 +301,16 @@ mod tests {
             }
             assert_eq!(missing(&whole), None);
         }
+    }
+
+    #[test]
+    fn a_request_line_is_plain_http_and_a_record_is_not() {
+        assert!(is_plain_http(b"GET /"));
+        assert!(is_plain_http(b"OPTIO"));
+        assert!(!is_plain_http(&hello(508, 16384)[..5]));
+        assert!(!is_plain_http(b""));
+        assert!(!is_plain_http(b"\x80\x2e\x01\x03\x01"));
+        assert!(!is_plain_http(b"PROXY"), "a PROXY header is not a request");
     }
 
     #[test]

@@ -1,8 +1,11 @@
 //! Real peers from Debian's packages, run as processes for one test: HAProxy and nginx in
-//! front of wssbridge or behind it. Each gets its own directory and ports, and is killed on
-//! drop. The tests that use them need `haproxy` and `nginx` installed (`.ci/run` does).
+//! front of wssbridge or behind it. Each gets its own directory and ports, and runs in a
+//! process group of its own, killed whole on drop (nginx's workers too, which outlive a
+//! master killed alone), its directory removed. The tests that use them need `haproxy` and
+//! `nginx` installed (`.ci/run` does).
 
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -38,6 +41,7 @@ impl Peer {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
+            .process_group(0)
             .spawn()
             .expect("start haproxy (apt-get install haproxy)");
         Peer::ready(child, dir, port)
@@ -61,6 +65,7 @@ impl Peer {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
+            .process_group(0)
             .spawn()
             .expect("start nginx (apt-get install nginx-light)");
         Peer::ready(child, dir, port)
@@ -82,8 +87,12 @@ impl Peer {
 
 impl Drop for Peer {
     fn drop(&mut self) {
+        // The whole group: the peer's pid is its group's id.
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
