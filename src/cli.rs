@@ -538,6 +538,15 @@ pub struct Args {
     #[arg(long, env = "WSSBRIDGE_ADMIN", value_name = "ADDR")]
     pub admin: Option<SocketAddr>,
 
+    /// File to write the serving process's pid to (taken over after SIGUSR2).
+    ///
+    /// File to write the pid of the serving process to, once it is ready (atomically), for
+    /// `kill -USR2 $(cat PATH)` without systemd: after a binary upgrade the new process takes
+    /// it over; a process that exits without handing over removes it.
+    #[arg(help_heading = "Admin", hide_env = true)]
+    #[arg(long, env = "WSSBRIDGE_PID_FILE", value_name = "PATH")]
+    pub pid_file: Option<std::path::PathBuf>,
+
     /// A Host name the admin port answers besides IP literals and localhost.
     ///
     /// The admin port answers only requests whose Host is an IP literal, localhost, or a name
@@ -688,6 +697,7 @@ impl Args {
             accept_proxy_from: self.accept_proxy_from,
             admin: self.admin,
             admin_hosts: self.admin_hosts,
+            pid_file: self.pid_file,
             shutdown_delay: self.shutdown_delay.0.unwrap_or(Duration::ZERO),
             websocket_close_on_drain: self.websocket_close_on_drain,
             fail_timeout: self.fail_timeout.0,

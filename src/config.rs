@@ -117,6 +117,8 @@ pub struct Settings {
     pub admin: Option<SocketAddr>,
     /// `--admin-host`: names the admin port answers besides IP literals and localhost.
     pub admin_hosts: Vec<String>,
+    /// `--pid-file`.
+    pub pid_file: Option<std::path::PathBuf>,
     /// Between readiness turning 503 at shutdown and the listeners closing.
     pub shutdown_delay: Duration,
     /// Close WebSockets (1001) when shutdown begins, not when the grace ends.
@@ -162,6 +164,7 @@ impl Default for Settings {
             accept_proxy_from: Vec::new(),
             admin: None,
             admin_hosts: Vec::new(),
+            pid_file: None,
             shutdown_delay: Duration::ZERO,
             websocket_close_on_drain: false,
             routes: Vec::new(),

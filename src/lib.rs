@@ -30,6 +30,7 @@ pub mod http;
 pub mod lifecycle;
 pub mod metrics;
 pub mod notify;
+pub mod pidfile;
 pub mod proxy_protocol;
 pub mod redirect;
 pub mod reload;

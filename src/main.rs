@@ -63,6 +63,9 @@ async fn start_and_serve(args: Args) -> ExitCode {
         };
     }
     let started = config.and_then(|config| {
+        if let Some(path) = &config.settings.pid_file {
+            wssbridge::pidfile::check(path)?;
+        }
         let listeners = wssbridge::Listeners::open(&config.settings, inherited)?;
         Ok((wssbridge::Server::new(config)?, listeners))
     });

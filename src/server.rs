@@ -17,6 +17,7 @@ use crate::admin;
 use crate::config::Config;
 use crate::lifecycle::Event;
 use crate::notify;
+use crate::pidfile;
 use crate::reload::{self, Trigger};
 use crate::signals::Signals;
 use crate::state::State;
@@ -104,6 +105,26 @@ impl Server {
             let until = life.force().clone().cancelled_owned();
             life.spawn_background(notifier.follow(events, counts, until));
         }
+        // `--pid-file`: written when ready (after an upgrade, by the new process).
+        let pid_file = self.state.config.load().settings.pid_file.clone();
+        if let Some(path) = pid_file.clone() {
+            let mut events = life.events();
+            life.spawn_background(async move {
+                use tokio::sync::broadcast::error::RecvError;
+                loop {
+                    match events.recv().await {
+                        Ok(Event::Ready) => {
+                            if let Err(e) = pidfile::write(&path) {
+                                tracing::warn!("--pid-file: {e:#}");
+                            }
+                            return;
+                        }
+                        Ok(Event::Stopped) | Err(RecvError::Closed) => return,
+                        _ => {}
+                    }
+                }
+            });
+        }
         // In a process a binary upgrade started: one READY=1 to the old one, then its socket
         // is closed (nothing more is said to it).
         if let Some(parent) = listeners.parent.take() {
@@ -112,8 +133,8 @@ impl Server {
                 use tokio::sync::broadcast::error::RecvError;
                 loop {
                     match events.recv().await {
-                        Ok(crate::lifecycle::Event::Ready) => return parent.ready(),
-                        Ok(crate::lifecycle::Event::Stopped) | Err(RecvError::Closed) => return,
+                        Ok(Event::Ready) => return parent.ready(),
+                        Ok(Event::Stopped) | Err(RecvError::Closed) => return,
                         _ => {}
                     }
                 }
@@ -172,7 +193,14 @@ impl Server {
                 _ = upgraded.notified() => {}
             }
         };
-        self.run_shared(listeners, shutdown).await
+        let state = self.state.clone();
+        let served = self.run_shared(listeners, shutdown).await;
+        if let Some(path) = &pid_file
+            && !state.life.handing_over()
+        {
+            pidfile::remove(path);
+        }
+        served
     }
 
     /// Serves on `listeners` until `shutdown` resolves, then shuts down in this order, the

@@ -353,3 +353,63 @@ async fn the_new_process_keeps_no_report_address() {
     );
     kill(pid, "TERM");
 }
+
+/// `--pid-file` names the serving process: written when ready, taken over by the new process
+/// after SIGUSR2 (so `kill -USR2 $(cat PATH)` works again without systemd), removed when the
+/// last one exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pid_file_follows_the_serving_process_across_an_upgrade() {
+    let http = Backend::http("app").await;
+    let dir = support::temp_dir("upgrade-pid-file");
+    let exe = copy_of_the_binary(&dir);
+    let pid_file = dir.join("run").join("wssbridge.pid");
+    std::fs::create_dir_all(pid_file.parent().unwrap()).unwrap();
+    let path = pid_file.display().to_string();
+    let mut running = start(&exe, &http.address(), &["--pid-file", &path]);
+    let read = || std::fs::read_to_string(&pid_file).unwrap_or_default();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while read().trim() != running.child.id().to_string() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "pid file: {:?}",
+            read()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    kill(read().trim().parse().unwrap(), "USR2");
+    let new = upgraded_pid(&running, 0).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while read().trim() != new.to_string() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "pid file: {:?}",
+            read()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The old process exits and leaves the new one's file in place.
+    assert!(running.wait().success());
+    assert_eq!(read().trim(), new.to_string());
+    kill(new, "TERM");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while pid_file.exists() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the last process left its pid file"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (code, stderr) = support::binary::fails(&[
+        "--pid-file",
+        "/nonexistent/dir/wssbridge.pid",
+        "--to",
+        "127.0.0.1:9",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("--pid-file /nonexistent/dir/wssbridge.pid"),
+        "{stderr}"
+    );
+}
