@@ -18,6 +18,10 @@ const server = http.createServer((req, res) => {
   if (req.url === '/' || req.url.startsWith('/?')) {
     res.writeHead(200, { 'Content-Type': 'text/html; charset=utf-8' });
     res.end(page);
+  } else if (req.url === '/healthz') {
+    // What `wssbridge --health-check /healthz` (the --help example) asks.
+    res.writeHead(200, { 'Content-Type': 'text/plain' });
+    res.end('ok\n');
   } else if (!req.url.startsWith('/socket.io/')) {
     res.writeHead(404);
     res.end();
