@@ -184,33 +184,43 @@ pub async fn read(
     }
 }
 
-/// Reads exactly what the ClientHello still needs, growing `bytes` as it comes.
+/// Reads what the ClientHello still needs, growing `bytes` as it comes.
 async fn fill(stream: &TcpStream, bytes: &mut Vec<u8>, share: &Share<'_>) -> Result<(), NoHello> {
     while let Some(want) = missing(bytes) {
+        stream.readable().await.map_err(NoHello::Io)?;
         let before = bytes.capacity();
-        bytes.reserve_exact(want);
-        if !share.grow(bytes.capacity() - before) {
-            return Err(NoHello::Shed);
+        match read_some(stream, bytes, want) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            // EOF or an error: rustls gets what came and says what it makes of it.
+            Ok(0) | Err(_) => return Ok(()),
+            Ok(_) => {}
         }
-        let start = bytes.len();
-        bytes.resize(start + want, 0);
-        let got = loop {
-            stream.readable().await.map_err(NoHello::Io)?;
-            match stream.try_read(&mut bytes[start..]) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                other => break other,
-            }
-        };
-        match got {
-            Ok(0) | Err(_) => {
-                // EOF or an error: rustls gets what came and says what it makes of it.
-                bytes.truncate(start);
-                return Ok(());
-            }
-            Ok(n) => bytes.truncate(start + n),
+        if !share.grow(bytes.capacity().saturating_sub(before)) {
+            return Err(NoHello::Shed);
         }
     }
     Ok(())
+}
+
+/// One read: a whole small ClientHello (the usual case, a few hundred bytes to 2 KiB) in one
+/// system call through the stack, appended exactly; the rest of a large record straight into
+/// `bytes`, exactly as much as it lacks. Whatever is read goes to rustls, so reading past the
+/// ClientHello loses nothing. Not async: the stack buffer is never part of a future.
+fn read_some(stream: &TcpStream, bytes: &mut Vec<u8>, want: usize) -> std::io::Result<usize> {
+    const SMALL: usize = 4096;
+    if want > SMALL {
+        let start = bytes.len();
+        bytes.reserve_exact(want);
+        bytes.resize(start + want, 0);
+        let read = stream.try_read(&mut bytes[start..]);
+        bytes.truncate(start + *read.as_ref().unwrap_or(&0));
+        return read;
+    }
+    let mut chunk = [0u8; SMALL];
+    let n = stream.try_read(&mut chunk)?;
+    bytes.reserve_exact(n);
+    bytes.extend_from_slice(&chunk[..n]);
+    Ok(n)
 }
 
 /// Whether the first bytes on the TLS port are plain HTTP: they begin a request line with a
