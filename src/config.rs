@@ -282,6 +282,7 @@ impl Config {
                 {
                     anyhow::bail!("--acme {bad}: not a DNS name");
                 }
+                check_acme(acme)?;
                 let names = acme.names.iter().map(|n| (n.clone(), acme.cert_paths(n)));
                 CertStore::with_acme(&settings.certs, &names.collect::<Vec<_>>())?
             }
@@ -356,6 +357,39 @@ impl Config {
             admin_hosts: settings.admin_hosts.clone(),
         })
     }
+}
+
+/// What `--check` can catch of an ACME setup without contacting anyone: mistakes the CA
+/// would otherwise refuse minutes later, in a background retry loop.
+fn check_acme(acme: &AcmeSettings) -> anyhow::Result<()> {
+    if let Some(ip) = acme
+        .names
+        .iter()
+        .find(|n| n.parse::<std::net::IpAddr>().is_ok())
+    {
+        anyhow::bail!(
+            "--acme {ip}: an IP address; ACME CAs such as Let's Encrypt issue for DNS names: \
+             give the name whose DNS points at this machine"
+        );
+    }
+    if !acme.directory.starts_with("https://") {
+        anyhow::bail!(
+            "--acme-directory {}: an ACME directory is served over https:// (RFC 8555 §6.1)",
+            acme.directory
+        );
+    }
+    if let Some(email) = &acme.email {
+        let looks_right = email.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty()
+                && !local.contains(char::is_whitespace)
+                && domain.contains('.')
+                && crate::tls::acme::is_dns_name(domain)
+        });
+        if !looks_right {
+            anyhow::bail!("--acme-email {email}: not an e-mail address (you@example.com)");
+        }
+    }
+    Ok(())
 }
 
 /// Refuses two listeners on one address (`--listen :8443 --redirect-http :8443`, or one

@@ -324,3 +324,51 @@ fn the_same_address_twice_is_refused_naming_both_flags() {
         }
     }
 }
+
+/// `--check` catches what an ACME CA would refuse minutes later: an IP address for a name,
+/// a directory that is not https://, an e-mail that is not one. Each names its flag.
+#[test]
+fn check_catches_what_the_acme_ca_would_refuse_later() {
+    let state = support::temp_dir("acme-check");
+    let state = state.display().to_string();
+    let base = ["--check", "--to", "127.0.0.1:9", "--acme-state", &state];
+    for (extra, says) in [
+        (
+            &["--acme", "203.0.113.7"][..],
+            "--acme 203.0.113.7: an IP address",
+        ),
+        (
+            &[
+                "--acme",
+                "chat.example.com",
+                "--acme-directory",
+                "http://ca.example/dir",
+            ],
+            "--acme-directory http://ca.example/dir: an ACME directory is served over https://",
+        ),
+        (
+            &[
+                "--acme",
+                "chat.example.com",
+                "--acme-email",
+                "not-an-address",
+            ],
+            "--acme-email not-an-address: not an e-mail address",
+        ),
+    ] {
+        let mut args = base.to_vec();
+        args.extend_from_slice(extra);
+        let (code, stderr) = fails(&args);
+        assert_eq!(code, 2, "{extra:?}: {stderr}");
+        assert!(stderr.contains(says), "{extra:?}: {stderr}");
+    }
+    let mut good = base.to_vec();
+    good.extend_from_slice(&[
+        "--acme",
+        "chat.example.com",
+        "--acme-email",
+        "ops@example.com",
+    ]);
+    let (code, stderr) = fails(&good);
+    assert_eq!(code, 0, "{stderr}");
+}
