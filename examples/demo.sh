@@ -14,6 +14,7 @@ make_pid=$1 listen=$2 backend=$3 running=${4:-} kind=${5:-chat}
 dir=$(mktemp -d)
 chat= bridge=
 stop() {
+  [ -n "${follower:-}" ] && kill "$follower" 2>/dev/null
   [ -n "$bridge" ] && kill "$bridge" 2>/dev/null
   [ -n "$chat" ] && kill "$chat" 2>/dev/null
   wait 2>/dev/null
@@ -39,15 +40,27 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 
+# wssbridge's own "listening" line says it is ready: a connect to the port could reach
+# whatever else holds it. Its log goes on to the terminal as it comes.
 target/debug/wssbridge --listen "$listen" --cert certs/server.pem --key certs/server.key \
-  --to "$backend" &
+  --to "$backend" 2> "$dir/bridge.log" &
 bridge=$!
 port=${listen##*:}
-for _ in $(seq 100); do
-  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-  kill -0 "$bridge" 2>/dev/null || exit 1
+tail -n +1 -f "$dir/bridge.log" >&2 &
+follower=$!
+ready=
+for _ in $(seq 300); do
+  grep -q "listening addr=" "$dir/bridge.log" && { ready=1; break; }
+  kill -0 "$bridge" 2>/dev/null || break
   sleep 0.1
 done
+if [ -z "$ready" ]; then
+  sleep 0.2
+  kill "$follower" 2>/dev/null
+  echo "demo: wssbridge did not start listening on $listen (its message is above);" \
+    "pick another address: make demo DEMO_LISTEN=127.0.0.1:8444" >&2
+  exit 1
+fi
 echo
 echo "  Open https://localhost:$port/ in two browser tabs."
 echo "  Trust certs/ca.pem in the browser to avoid the warning, or accept it once."

@@ -11,7 +11,17 @@ cd "$(dirname "$0")/.."
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 log=$(mktemp)
-cleanup() { rm -f "$log"; [ -n "${holder:-}" ] && kill "$holder" 2>/dev/null; true; }
+# On any exit, a failed check included: the make under test stops, and with it (TERM, which
+# make forwards) demo.sh, the chat and wssbridge.
+cleanup() {
+  rm -f "$log"
+  [ -n "${holder:-}" ] && kill "$holder" 2>/dev/null
+  if [ -n "${mk:-}" ] && kill -0 "$mk" 2>/dev/null; then
+    kill -TERM "$mk" 2>/dev/null
+    for _ in $(seq 40); do kill -0 "$mk" 2>/dev/null || break; sleep 0.25; done
+  fi
+  true
+}
 trap cleanup EXIT
 
 # A job a script starts in the background ignores SIGINT (the shell's rule); a make started
@@ -90,3 +100,19 @@ fi
 grep -q "cannot listen on 127.0.0.1:$back" "$log" || { cat "$log"; echo "demo-check: no message"; exit 1; }
 if listening "$front"; then echo "demo-check: wssbridge started anyway"; exit 1; fi
 echo "demo-check: a taken backend port stops the demo with the chat's message"
+kill "$holder" 2>/dev/null; wait "$holder" 2>/dev/null || true; holder=
+
+# The demo's own port taken by someone else: no URL (it would point at their server), a
+# non-zero exit naming the port and DEMO_LISTEN, and nothing of the demo left running.
+back=$(free_port)
+python3 -c 'import socket,time,sys; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(); time.sleep(120)' "$front" &
+holder=$!
+for _ in $(seq 40); do listening "$front" && break; sleep 0.1; done
+if make --no-print-directory demo DEMO_LISTEN=127.0.0.1:$front DEMO_BACKEND=127.0.0.1:$back >"$log" 2>&1; then
+  cat "$log"; echo "demo-check: make demo succeeded with its port taken"; exit 1
+fi
+if grep -q "Open https://" "$log"; then cat "$log"; echo "demo-check: a URL was printed for someone else's port"; exit 1; fi
+grep -q "127.0.0.1:$front" "$log" && grep -q "DEMO_LISTEN=" "$log" \
+  || { cat "$log"; echo "demo-check: the message names neither the port nor DEMO_LISTEN"; exit 1; }
+if listening "$back"; then echo "demo-check: the chat backend was left running"; exit 1; fi
+echo "demo-check: a taken demo port stops the demo, naming it and DEMO_LISTEN"
