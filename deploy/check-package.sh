@@ -24,6 +24,20 @@ for f in /usr/share/bash-completion/completions/wssbridge \
   [ -s "$f" ] || { echo "missing: $f"; exit 1; }
 done
 grep -q -- '--listen' /usr/share/bash-completion/completions/wssbridge
+# The docs the README links, and a copyright file that says who and under what licence.
+for f in README.md operations.md security.md performance.md scale-out.md; do
+  [ -s "/usr/share/doc/wssbridge/$f" ] || { echo "missing: /usr/share/doc/wssbridge/$f"; exit 1; }
+done
+grep -q '^Copyright: .*wssbridge' /usr/share/doc/wssbridge/copyright \
+  && grep -q '^License: MIT OR Apache-2.0' /usr/share/doc/wssbridge/copyright \
+  || { echo "the copyright file lacks its owners or licence"; cat /usr/share/doc/wssbridge/copyright; exit 1; }
+# The shipped /etc/default/wssbridge is empty: the unit's start says where the flags go, and
+# exit 2 ("cannot start") is not restarted every second.
+grep -q '^RestartPreventExitStatus=2' /lib/systemd/system/wssbridge.service \
+  || { echo "the unit restarts a start that cannot succeed"; exit 1; }
+msg=$(env WSSBRIDGE_ARGS= /usr/bin/wssbridge 2>&1 || true)
+echo "$msg" | grep -q 'WSSBRIDGE_ARGS in /etc/default/wssbridge' \
+  || { echo "an unconfigured start does not say where the flags go: $msg"; exit 1; }
 
 if command -v systemd-analyze >/dev/null; then
   echo "== systemd-analyze verify"

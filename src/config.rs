@@ -262,7 +262,13 @@ impl Config {
     /// the settings fails here, before any socket is opened.
     pub fn build(settings: &Settings) -> anyhow::Result<Config> {
         if settings.routes.is_empty() {
-            anyhow::bail!("no route: give --to BACKEND or --route PATH=BACKEND");
+            // The package's unit passes WSSBRIDGE_ARGS from /etc/default/wssbridge, which
+            // ships empty: say where the flags go.
+            let unit = std::env::var_os("WSSBRIDGE_ARGS").map_or(
+                "",
+                |_| " (under the package's unit: in WSSBRIDGE_ARGS in /etc/default/wssbridge)",
+            );
+            anyhow::bail!("no route: give --to BACKEND or --route PATH=BACKEND{unit}");
         }
         no_listener_twice(settings)?;
         let routes = RouteTable::new(settings.routes.clone())
