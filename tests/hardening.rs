@@ -25,6 +25,23 @@ async fn bridge(extra: &[&str]) -> (TcpListener, Running) {
     (backend, Running::with_test_cert(&args))
 }
 
+/// A client through `running` that sent `request`, and the backend connection that read its
+/// head.
+async fn sent(
+    running: &Running,
+    backend: &TcpListener,
+    request: &[u8],
+) -> (tokio_rustls::client::TlsStream<TcpStream>, TcpStream) {
+    let mut client = tls_connect(running.addr).await;
+    client.write_all(request).await.unwrap();
+    let (mut app, _) = tokio::time::timeout(WAIT, backend.accept())
+        .await
+        .expect("the request reached the backend")
+        .unwrap();
+    read_head(&mut app).await.unwrap();
+    (client, app)
+}
+
 /// Everything a backend connection receives until wssbridge closes it (bounded by WAIT).
 async fn read_all(app: &mut TcpStream) -> Vec<u8> {
     let mut got = Vec::new();
@@ -44,14 +61,8 @@ async fn a_stalled_body_is_answered_408_and_frees_its_slot() {
         b"POST /upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000\r\n\r\n0123456789";
     let mut clients = Vec::new();
     let mut apps = Vec::new();
-    for i in 0..20 {
-        let mut client = tls_connect(running.addr).await;
-        client.write_all(request).await.unwrap();
-        let (mut app, _) = tokio::time::timeout(WAIT, backend.accept())
-            .await
-            .unwrap_or_else(|_| panic!("client {i} never reached the backend"))
-            .unwrap();
-        read_head(&mut app).await.unwrap();
+    for _ in 0..20 {
+        let (client, app) = sent(&running, &backend, request).await;
         clients.push(client);
         apps.push(app);
     }
@@ -98,13 +109,12 @@ async fn a_stalled_body_is_answered_408_and_frees_its_slot() {
 #[tokio::test]
 async fn a_body_that_keeps_moving_is_never_cut() {
     let (backend, running) = bridge(&["--body-timeout", "1s"]).await;
-    let mut client = tls_connect(running.addr).await;
-    client
-        .write_all(b"POST /upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 8\r\n\r\n")
-        .await
-        .unwrap();
-    let (mut app, _) = backend.accept().await.unwrap();
-    read_head(&mut app).await.unwrap();
+    let (mut client, mut app) = sent(
+        &running,
+        &backend,
+        b"POST /upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 8\r\n\r\n",
+    )
+    .await;
     // 8 bytes over 3.2 s, one every 400 ms: no gap reaches the timeout, the whole does.
     for byte in b"abcdefgh" {
         tokio::time::sleep(Duration::from_millis(400)).await;
@@ -127,13 +137,12 @@ async fn a_body_that_keeps_moving_is_never_cut() {
 #[tokio::test]
 async fn a_stalled_body_whose_response_began_is_closed_both_ways() {
     let (backend, running) = bridge(&["--body-timeout", "1s"]).await;
-    let mut client = tls_connect(running.addr).await;
-    client
-        .write_all(b"POST /upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\nabc")
-        .await
-        .unwrap();
-    let (mut app, _) = backend.accept().await.unwrap();
-    read_head(&mut app).await.unwrap();
+    let (mut client, mut app) = sent(
+        &running,
+        &backend,
+        b"POST /upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\nabc",
+    )
+    .await;
     // The backend begins its answer before the body is whole, then waits for the rest.
     app.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello")
         .await
@@ -152,13 +161,16 @@ async fn a_stalled_body_whose_response_began_is_closed_both_ways() {
 /// received after the head; the backend answers once it has the body up to `until`.
 async fn chunked(body: &[u8], until: &[u8]) -> (String, Vec<u8>) {
     let (backend, running) = bridge(&[]).await;
-    let mut client = tls_connect(running.addr).await;
-    let mut request =
-        b"POST /upload HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
-    request.extend_from_slice(body);
-    client.write_all(&request).await.unwrap();
-    let (mut app, _) = backend.accept().await.unwrap();
-    read_head(&mut app).await.unwrap();
+    let head = b"POST /upload HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let (client, mut app) = sent(&running, &backend, head).await;
+    // The body is written while the answer is read: wssbridge may refuse it before it is all
+    // sent, and then stop reading it (a write error here is expected, not a failure).
+    let (mut reader, mut writer) = tokio::io::split(client);
+    let body = body.to_vec();
+    let writing = tokio::spawn(async move {
+        let _ = writer.write_all(&body).await;
+        writer
+    });
     let mut got = Vec::new();
     let mut buf = [0u8; 16 * 1024];
     let read = tokio::time::timeout(Duration::from_secs(3), async {
@@ -174,7 +186,9 @@ async fn chunked(body: &[u8], until: &[u8]) -> (String, Vec<u8>) {
     .await;
     drop(app);
     assert!(read.is_ok(), "the backend neither got the body nor a close");
-    (read_to_close(&mut client).await, got)
+    let answer = read_to_close(&mut reader).await;
+    let _ = writing.await;
+    (answer, got)
 }
 
 #[tokio::test]
@@ -277,11 +291,8 @@ async fn http_1_0_with_transfer_encoding_is_400_and_closed() {
 #[tokio::test]
 async fn blank_lines_between_requests_are_dropped_and_do_not_keep_a_connection() {
     let (backend, running) = bridge(&["--keepalive-timeout", "1s"]).await;
-    let mut client = tls_connect(running.addr).await;
     let request = b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n";
-    client.write_all(request).await.unwrap();
-    let (mut app, _) = backend.accept().await.unwrap();
-    read_head(&mut app).await.unwrap();
+    let (mut client, mut app) = sent(&running, &backend, request).await;
     let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
     app.write_all(ok).await.unwrap();
     let mut first = vec![0u8; ok.len()];
@@ -306,13 +317,12 @@ async fn blank_lines_between_requests_are_dropped_and_do_not_keep_a_connection()
 #[tokio::test]
 async fn an_unsolicited_response_ends_the_connection_both_ways() {
     let (backend, running) = bridge(&["--keepalive-timeout", "60s"]).await;
-    let mut client = tls_connect(running.addr).await;
-    client
-        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .await
-        .unwrap();
-    let (mut app, _) = backend.accept().await.unwrap();
-    read_head(&mut app).await.unwrap();
+    let (mut client, mut app) = sent(
+        &running,
+        &backend,
+        b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    )
+    .await;
     // One request, two answers.
     let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
     app.write_all(ok).await.unwrap();
@@ -335,14 +345,9 @@ async fn an_unsolicited_response_ends_the_connection_both_ways() {
 async fn a_websocket_opened_by_a_later_request_gets_1001_at_shutdown() {
     let (backend, mut running) =
         bridge(&["--shutdown-grace", "10s", "--websocket-close-on-drain"]).await;
-    let tls = tls_connect(running.addr).await;
     let (mut tls, mut app) = {
-        let mut tls = tls;
-        tls.write_all(b"GET /plain HTTP/1.1\r\nHost: localhost\r\n\r\n")
-            .await
-            .unwrap();
-        let (mut app, _) = backend.accept().await.unwrap();
-        read_head(&mut app).await.unwrap();
+        let request = b"GET /plain HTTP/1.1\r\nHost: localhost\r\n\r\n";
+        let (mut tls, mut app) = sent(&running, &backend, request).await;
         let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
         app.write_all(ok).await.unwrap();
         let mut first = vec![0u8; ok.len()];
@@ -400,14 +405,9 @@ async fn a_websocket_opened_by_a_later_request_gets_1001_at_shutdown() {
 /// A close-delimited response of which the backend sends `partial`, then ends its side with
 /// a reset (`reset`) or a FIN; returns what the client read and how its read ended.
 async fn close_delimited(reset: bool) -> (Vec<u8>, std::io::Result<usize>) {
-    let (backend, _running_guard) = bridge(&[]).await;
-    let mut client = tls_connect(_running_guard.addr).await;
-    client
-        .write_all(b"GET /download HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .await
-        .unwrap();
-    let (mut app, _) = backend.accept().await.unwrap();
-    read_head(&mut app).await.unwrap();
+    let (backend, running) = bridge(&[]).await;
+    let request = b"GET /download HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    let (mut client, mut app) = sent(&running, &backend, request).await;
     app.write_all(b"HTTP/1.1 200 OK\r\n\r\npartial")
         .await
         .unwrap();
