@@ -319,6 +319,12 @@ impl Config {
         if settings.max_connections_per_ip == Some(0) {
             anyhow::bail!("--max-connections-per-ip must be at least 1");
         }
+        if settings.max_handshake_memory < MIN_HANDSHAKE_MEMORY {
+            anyhow::bail!(
+                "--max-handshake-memory must be at least 64KiB: below one large ClientHello, \
+                 every TLS client would be closed"
+            );
+        }
         if settings.max_header_bytes < 64 {
             anyhow::bail!("--max-header-bytes must be at least 64 bytes");
         }
@@ -397,6 +403,9 @@ fn check_acme(acme: &AcmeSettings) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The smallest `--max-handshake-memory`: a ClientHello may be up to 64 KiB.
+const MIN_HANDSHAKE_MEMORY: usize = 64 * 1024;
 
 /// Refuses two listeners on one address (`--listen :8443 --redirect-http :8443`, or one
 /// `--listen` twice), naming both flags, where binding would only say "Address already in

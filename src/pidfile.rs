@@ -14,7 +14,7 @@ use anyhow::Context;
 /// mistake is a start-up error naming the flag, not a warning once serving.
 pub fn check(path: &Path) -> anyhow::Result<()> {
     let probe = sibling(path);
-    std::fs::write(&probe, b"")
+    create(&probe, b"")
         .with_context(|| format!("--pid-file {}: cannot write beside it", path.display()))?;
     let _ = std::fs::remove_file(&probe);
     Ok(())
@@ -23,7 +23,7 @@ pub fn check(path: &Path) -> anyhow::Result<()> {
 /// Writes this process's pid to `path`, replacing whatever was there in one step.
 pub fn write(path: &Path) -> anyhow::Result<()> {
     let fresh = sibling(path);
-    std::fs::write(&fresh, format!("{}\n", std::process::id()))
+    create(&fresh, format!("{}\n", std::process::id()).as_bytes())
         .with_context(|| format!("writing {}", fresh.display()))?;
     std::fs::rename(&fresh, path)
         .with_context(|| format!("renaming {} to {}", fresh.display(), path.display()))
@@ -36,6 +36,19 @@ pub fn remove(path: &Path) {
     if ours && let Err(e) = std::fs::remove_file(path) {
         tracing::warn!("--pid-file {}: not removed: {e}", path.display());
     }
+}
+
+/// Creates `path` anew with `contents`: a file left there (ours, from a crash) is removed
+/// first, and the create refuses to follow a symbolic link placed there (`O_EXCL`), so a pid
+/// file in a directory others can write cannot be turned into a write elsewhere.
+fn create(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let _ = std::fs::remove_file(path);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)?;
+    file.write_all(contents)
 }
 
 /// A name beside `path`, unique to this process.

@@ -702,3 +702,32 @@ async fn stalled_client_hellos_beyond_the_budget_are_shed_oldest_first() {
     assert!(!closed_within(&mut silent, Duration::from_millis(300)).await);
     running.wait_for_line(&["--max-handshake-memory"]).await;
 }
+
+/// A record header that claims a large record, then nothing: the room kept for that record
+/// counts in the budget as soon as it is made, not only once bytes fill it.
+#[tokio::test]
+async fn a_claimed_record_counts_in_the_budget_before_it_arrives() {
+    let (_backend, running) = bridge(&[
+        "--max-handshake-memory",
+        "1MiB",
+        "--handshake-timeout",
+        "60s",
+        "--header-timeout",
+        "60s",
+    ])
+    .await;
+    // 100 headers claiming 18 KiB each: 1.8 MB of room, over the 1 MiB budget.
+    let mut stalled = Vec::new();
+    for _ in 0..100 {
+        let mut tcp = TcpStream::connect(running.addr).await.unwrap();
+        tcp.write_all(&[0x16, 3, 1, 0x48, 0x00]).await.unwrap();
+        stalled.push(tcp);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut shed = 0;
+    for tcp in &mut stalled {
+        shed += usize::from(closed_within(tcp, Duration::from_millis(20)).await);
+    }
+    assert!((30..=70).contains(&shed), "{shed} of 100 shed");
+}

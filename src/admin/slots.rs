@@ -5,12 +5,13 @@
 //! Three rules, each cheap:
 //! - each connection has [`HEAD_TIME`] for its request head, whatever `--header-timeout` says
 //!   (a probe sends its head in one write; 0 does not turn this off);
-//! - one address holds at most [`PER_ADDRESS`] connections: one attacker cannot take them all;
+//! - one address (an IPv6 /64, which one host usually holds whole) holds at most
+//!   [`PER_ADDRESS`] connections: one attacker cannot take them all;
 //! - when all [`CONNECTIONS`] are held, a new connection takes the place of the **oldest one
 //!   still waiting for its head**, which is closed: a probe's head arrives in its first
 //!   moments, so it is never the oldest incomplete one for long, while trickled heads age.
-//!   Only when every held connection has its head (answers being written) is the new one
-//!   closed at accept.
+//!   When every held connection has its head (answers being written, perhaps to clients that
+//!   do not read them), the oldest of all gives way: a probe's answer is written in a moment.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -53,14 +54,9 @@ pub struct Slot {
     closed: Arc<Notify>,
 }
 
-/// Why a connection was not given a place.
+/// Why a connection was not given a place: its address holds [`PER_ADDRESS`] already.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refused {
-    /// Its address holds [`PER_ADDRESS`] already.
-    Address,
-    /// Every place is held by a connection that has its head.
-    Full,
-}
+pub struct Refused;
 
 impl Slots {
     pub fn new() -> Arc<Slots> {
@@ -68,22 +64,21 @@ impl Slots {
     }
 
     /// A place for a connection from `address`, taking the oldest waiting one's if all are
-    /// held.
+    /// held, else the oldest one's.
     pub fn enter(self: &Arc<Self>, address: IpAddr) -> Result<Slot, Refused> {
+        let address = share_of(address);
         let mut inner = self.lock();
         if inner.per_address.get(&address).copied().unwrap_or(0) >= PER_ADDRESS {
-            return Err(Refused::Address);
+            return Err(Refused);
         }
         if inner.held.len() >= CONNECTIONS {
-            let oldest = inner
+            let waiting = inner
                 .held
                 .iter()
                 .find(|(_, e)| e.waiting)
                 .map(|(&id, _)| id);
-            let Some(oldest) = oldest else {
-                return Err(Refused::Full);
-            };
-            if let Some(entry) = inner.remove(oldest) {
+            let oldest = waiting.or_else(|| inner.held.keys().next().copied());
+            if let Some(entry) = oldest.and_then(|id| inner.remove(id)) {
                 entry.closed.notify_one();
             }
         }
@@ -114,6 +109,17 @@ impl Slots {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic elsewhere while holding it leaves plain counts behind: still usable.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// What an address counts under: itself for IPv4, its /64 for IPv6.
+fn share_of(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(bits.into())
+        }
+        other => other,
     }
 }
 
@@ -164,7 +170,17 @@ mod tests {
         let held: Vec<Slot> = (0..PER_ADDRESS)
             .map(|_| slots.enter(ip(2)).unwrap())
             .collect();
-        assert_eq!(slots.enter(ip(2)).err(), Some(Refused::Address));
+        assert_eq!(slots.enter(ip(2)).err(), Some(Refused));
+        let v6 = |n: u16| IpAddr::from([0x2001, 0xdb8, 0, 1, 0, 0, 0, n]);
+        let same_64: Vec<Slot> = (0..PER_ADDRESS as u16)
+            .map(|n| slots.enter(v6(n)).unwrap())
+            .collect();
+        assert_eq!(
+            slots.enter(v6(999)).err(),
+            Some(Refused),
+            "one /64 is one share"
+        );
+        drop(same_64);
         assert!(slots.enter(ip(3)).is_ok());
         drop(held);
         assert!(slots.enter(ip(2)).is_ok());
@@ -183,12 +199,17 @@ mod tests {
             .await
             .expect("the oldest waiting one was told");
         assert_eq!(slots.held(), CONNECTIONS);
-        // Every place held by a connection with its head: a newcomer is refused.
+        // Every place held by a connection with its head: the oldest of all gives way.
         for slot in held.iter().chain([&newcomer]) {
             slot.has_head();
         }
-        assert_eq!(slots.enter(ip(201)).err(), Some(Refused::Full));
+        let last = slots.enter(ip(201)).expect("a place");
+        tokio::time::timeout(Duration::from_secs(1), held[0].taken())
+            .await
+            .expect("the oldest was told");
         held.clear();
-        assert_eq!(slots.held(), 1);
+        assert_eq!(slots.held(), 2);
+        drop((newcomer, last));
+        assert_eq!(slots.held(), 0);
     }
 }

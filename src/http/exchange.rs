@@ -203,7 +203,7 @@ impl Exchange {
             Wait::Next(_) => self.halt(Stop::KeepaliveTimeout),
             Wait::Body(_) => {
                 let stop = match self.only_its_response_left() {
-                    true => Stop::Refused(Status::RequestTimeout),
+                    true => Stop::Refused(Status::BodyTimeout),
                     false => Stop::BodyTimeout,
                 };
                 self.halt(stop);

@@ -264,7 +264,9 @@ impl Chunked {
                     Size
                 }
                 (TrailerStart | TrailerLine | TrailerLf, _) => {
-                    if self.trailer.len() >= self.trailer_limit {
+                    // The section's final CR is not part of it.
+                    let last = self.state == TrailerStart && b == b'\r';
+                    if !last && self.trailer.len() >= self.trailer_limit {
                         return Err(FramingError::TooLarge);
                     }
                     self.trailer.push(b);
@@ -539,6 +541,14 @@ mod tests {
             Err(FramingError::TooLarge)
         );
         assert_eq!(out, b"0\r\n", "nothing of the trailer went on");
+        let exactly = b"0\r\nX-A: 123456789\r\n\r\n";
+        let mut at_limit = Body::chunked().limit_trailers(16);
+        let mut out = Vec::new();
+        assert_eq!(at_limit.advance(exactly, &mut out), Ok(exactly.len()));
+        assert!(
+            at_limit.is_done(),
+            "a section of exactly the limit is taken"
+        );
     }
 
     /// However the bytes are split, the same bytes go on and the same verdict comes.

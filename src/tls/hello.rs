@@ -189,14 +189,16 @@ async fn fill(stream: &TcpStream, bytes: &mut Vec<u8>, share: &Share<'_>) -> Res
     while let Some(want) = missing(bytes) {
         stream.readable().await.map_err(NoHello::Io)?;
         let before = bytes.capacity();
-        match read_some(stream, bytes, want) {
+        let read = read_some(stream, bytes, want);
+        // Counted whatever the read brought: a large record's room is reserved before it.
+        if !share.grow(bytes.capacity().saturating_sub(before)) {
+            return Err(NoHello::Shed);
+        }
+        match read {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             // EOF or an error: rustls gets what came and says what it makes of it.
             Ok(0) | Err(_) => return Ok(()),
             Ok(_) => {}
-        }
-        if !share.grow(bytes.capacity().saturating_sub(before)) {
-            return Err(NoHello::Shed);
         }
     }
     Ok(())

@@ -91,11 +91,13 @@ impl Tunnel for Farewell {
         }
     }
 
-    /// A WebSocket opened by a later request on a keep-alive connection is followed from
-    /// its first byte, as one opened by the first.
+    /// The tunnel is what its `101` opened, whichever request asked: a WebSocket opened by a
+    /// later request on a keep-alive connection is followed from its first byte, and a hook
+    /// set up for a first request's WebSocket upgrade that was refused goes inert when a later
+    /// request opens another protocol.
     fn opened(&mut self, protocol: Option<&str>) {
-        if self.asked.is_none() && protocol == Some("websocket") {
-            *self = Farewell::websocket();
+        if self.asked != Some(true) {
+            *self = Farewell::for_upgrade(protocol);
         }
     }
 
@@ -181,6 +183,16 @@ mod tests {
         hook.drain();
         assert_eq!(hook.room(Way::Down), Some(0));
         assert_eq!(hook.last(Way::Down), None);
+    }
+
+    #[test]
+    fn the_protocol_the_101_opened_decides() {
+        let mut refused_then_other = Farewell::for_upgrade(Some("websocket"));
+        refused_then_other.opened(Some("h2c"));
+        assert!(!refused_then_other.is_websocket());
+        let mut later = Farewell::off();
+        later.opened(Some("websocket"));
+        assert!(later.is_websocket());
     }
 
     #[test]
