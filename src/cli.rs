@@ -137,7 +137,8 @@ pub struct Args {
     /// Get a certificate for NAME from an ACME CA (Let's Encrypt by default), serve it, and
     /// renew it, with no certbot: TLS-ALPN-01 on the TLS listeners, or HTTP-01 on
     /// --redirect-http. NAME's DNS must point at this machine and port 443 (or 80) be
-    /// reachable. Repeatable.
+    /// reachable: --acme does not change --listen's default (0.0.0.0:8443), so write
+    /// --listen :443 (and --redirect-http :80), or put a balancer's 443 in front. Repeatable.
     #[arg(help_heading = "Certificates", hide_env = true)]
     #[arg(long = "acme", env = "WSSBRIDGE_ACME", value_name = "NAME",
           value_delimiter = ' ', action = ArgAction::Append)]
@@ -184,14 +185,15 @@ pub struct Args {
 
     /// Renew when less than this is left.
     ///
-    /// Renew an ACME certificate when less than this is left of it (by default when a third
-    /// of its lifetime is left).
+    /// Renew an ACME certificate when less than this is left of it [default: when a third of
+    /// its lifetime is left].
     #[arg(help_heading = "Certificates", hide_env = true)]
     #[arg(
         long,
         env = "WSSBRIDGE_ACME_RENEW_BEFORE",
         value_name = "DURATION",
-        default_value = "0"
+        default_value = "0",
+        hide_default_value = true
     )]
     pub acme_renew_before: Span,
 
@@ -957,6 +959,16 @@ mod tests {
         assert_eq!("1MiB".parse::<Size>(), Ok(Size(1 << 20)));
         assert_eq!("4096".parse::<Size>(), Ok(Size(4096)));
         assert!("16 bytes".parse::<Size>().is_err());
+    }
+
+    #[test]
+    fn acme_renew_before_shows_its_real_default() {
+        use clap::CommandFactory;
+        let help = Args::command().render_long_help().to_string();
+        let entry = help.split("--acme-renew-before").nth(1).unwrap_or_default();
+        let entry = entry.split("\n      --").next().unwrap_or_default();
+        assert!(!entry.contains("[default: 0]"), "{entry}");
+        assert!(entry.contains("a third of"), "{entry}");
     }
 
     #[test]
