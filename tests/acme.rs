@@ -314,6 +314,11 @@ async fn a_ca_that_cannot_be_reached_leaves_the_fallback_served_and_is_retried()
         .wait_for_line(&["acme: no certificate this time", "trying again in 60s"])
         .await;
     assert!(line.contains(NAME), "{line}");
+    // There was none before: the line does not pretend otherwise.
+    assert!(
+        line.contains("serving a self-signed one for it meanwhile"),
+        "{line}"
+    );
     // Still serving, with the self-signed fallback for the name.
     let tcp = TcpStream::connect(running.addr).await.unwrap();
     let config = rustls::ClientConfig::builder()
@@ -369,4 +374,42 @@ async fn two_instances_sharing_the_state_behind_haproxy_make_one_order_and_both_
     );
     let mut ws = websocket(SocketAddr::from(([127, 0, 0, 1], front)), &root).await;
     support::echo(&mut ws, "through the balancer").await;
+}
+
+/// The two mistakes a first setup makes most are named with what to do: a CA whose HTTPS
+/// certificate is not trusted (give --acme-ca), and a URL that is not an ACME directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_ca_and_a_wrong_directory_url_say_what_to_do() {
+    let tls_port = free_port();
+    let pebble = Pebble::start(tls_port, free_port());
+    let backend = Backend::ws_echo().await;
+    // No --acme-ca: pebble's certificate chains to the test root, which nothing trusts.
+    let state = support::temp_dir("acme-untrusted").join("state");
+    let mut cmd = support::binary::wssbridge();
+    cmd.args([
+        "--listen",
+        &format!("127.0.0.1:{tls_port}"),
+        "--to",
+        &backend.address(),
+    ])
+    .args(["--acme", NAME, "--acme-directory", &pebble.directory])
+    .arg("--acme-state")
+    .arg(&state);
+    let untrusted = Running::spawn(cmd);
+    let line = untrusted
+        .wait_for_line(&["acme: no certificate this time"])
+        .await;
+    assert!(line.contains("give its root with --acme-ca"), "{line}");
+    drop(untrusted);
+    // A path on the CA's server that is not its directory.
+    let wrong = pebble.directory.replace("/dir", "/nope");
+    let state = support::temp_dir("acme-wrong-url").join("state");
+    let running = bridge(&wrong, &state, free_port(), &backend.address(), &[]);
+    let line = running
+        .wait_for_line(&["acme: no certificate this time"])
+        .await;
+    assert!(
+        line.contains("is --acme-directory the CA's directory URL?"),
+        "{line}"
+    );
 }

@@ -100,11 +100,16 @@ pub async fn keep(state: Arc<State>) {
                     let wait = BACKOFF_FIRST
                         .saturating_mul(1 << (count - 1).min(6))
                         .min(BACKOFF_LAST);
+                    let serving = match acme.cert_paths(name).cert.exists() {
+                        true => "still serving the one before",
+                        false => "serving a self-signed one for it meanwhile",
+                    };
                     tracing::error!(
                         name = %name,
                         failures = count,
-                        "acme: no certificate this time, still serving the one before; \
-                         trying again in {wait:?}: {e:#}"
+                        "acme: no certificate this time, {serving}; trying again in {wait:?}: \
+                         {e:#}{}",
+                        hint(&e)
                     );
                     let until = Instant::now() + wait;
                     failing.insert(name.clone(), Failing { count, until });
@@ -116,6 +121,20 @@ pub async fn keep(state: Arc<State>) {
             _ = state.life.stop().cancelled() => return,
             _ = tokio::time::sleep_until(next) => {}
         }
+    }
+}
+
+/// What a person can do about the two failures a first setup meets most, said after the
+/// error: a CA whose certificate is not trusted, and a URL that is not an ACME directory.
+fn hint(e: &anyhow::Error) -> &'static str {
+    let text = format!("{e:#}");
+    if text.contains("UnknownIssuer") || text.contains("invalid peer certificate") {
+        " (the CA's HTTPS certificate is not trusted: give its root with --acme-ca)"
+    } else if text.contains("(de)serialize") || text.contains("invalid type") {
+        " (is --acme-directory the CA's directory URL? What it answered is not an ACME \
+         directory)"
+    } else {
+        ""
     }
 }
 
