@@ -665,9 +665,11 @@ async fn closed_within(tcp: &mut TcpStream, within: Duration) -> bool {
     )
 }
 
-#[tokio::test]
-async fn stalled_client_hellos_beyond_the_budget_are_shed_oldest_first() {
-    let (_backend, running) = bridge(&[
+/// wssbridge with a 1 MiB ClientHello budget (and deadlines long enough not to interfere),
+/// and `clients` connections each sending `first` then nothing, `pause` apart: which of
+/// them it closed, oldest first.
+async fn stall(clients: usize, first: &[u8], pause: Duration) -> (Running, TcpListener, Vec<bool>) {
+    let (backend, running) = bridge(&[
         "--max-handshake-memory",
         "1MiB",
         "--handshake-timeout",
@@ -676,19 +678,26 @@ async fn stalled_client_hellos_beyond_the_budget_are_shed_oldest_first() {
         "60s",
     ])
     .await;
-    // 40 clients stall 48 KB into a 60 KB ClientHello: 1.9 MB, over the 1 MiB budget.
     let mut stalled = Vec::new();
-    for _ in 0..40 {
+    for _ in 0..clients {
         let mut tcp = TcpStream::connect(running.addr).await.unwrap();
-        tcp.write_all(&large_client_hello(48_000)).await.unwrap();
+        tcp.write_all(first).await.unwrap();
         stalled.push(tcp);
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(pause).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut shed = Vec::new();
     for tcp in &mut stalled {
         shed.push(closed_within(tcp, Duration::from_millis(20)).await);
     }
+    (running, backend, shed)
+}
+
+#[tokio::test]
+async fn stalled_client_hellos_beyond_the_budget_are_shed_oldest_first() {
+    // 40 clients stall 48 KB into a 60 KB ClientHello: 1.9 MB, over the 1 MiB budget.
+    let hello = large_client_hello(48_000);
+    let (running, _backend, shed) = stall(40, &hello, Duration::from_millis(20)).await;
     let closed = shed.iter().filter(|s| **s).count();
     assert!((15..=30).contains(&closed), "{closed} of 40 shed: {shed:?}");
     assert!(shed[0] && !shed[39], "the oldest go first: {shed:?}");
@@ -707,27 +716,9 @@ async fn stalled_client_hellos_beyond_the_budget_are_shed_oldest_first() {
 /// counts in the budget as soon as it is made, not only once bytes fill it.
 #[tokio::test]
 async fn a_claimed_record_counts_in_the_budget_before_it_arrives() {
-    let (_backend, running) = bridge(&[
-        "--max-handshake-memory",
-        "1MiB",
-        "--handshake-timeout",
-        "60s",
-        "--header-timeout",
-        "60s",
-    ])
-    .await;
     // 100 headers claiming 18 KiB each: 1.8 MB of room, over the 1 MiB budget.
-    let mut stalled = Vec::new();
-    for _ in 0..100 {
-        let mut tcp = TcpStream::connect(running.addr).await.unwrap();
-        tcp.write_all(&[0x16, 3, 1, 0x48, 0x00]).await.unwrap();
-        stalled.push(tcp);
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut shed = 0;
-    for tcp in &mut stalled {
-        shed += usize::from(closed_within(tcp, Duration::from_millis(20)).await);
-    }
+    let header = [0x16, 3, 1, 0x48, 0x00];
+    let (_running, _backend, shed) = stall(100, &header, Duration::from_millis(5)).await;
+    let shed = shed.iter().filter(|s| **s).count();
     assert!((30..=70).contains(&shed), "{shed} of 100 shed");
 }
