@@ -4,11 +4,15 @@
 
 use std::fmt::Write;
 use std::net::ToSocketAddrs;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 
+use crate::balance::health;
 use crate::config::Config;
+
+/// How long `--check --online` waits for the CA, and for each backend.
+const ONLINE: Duration = Duration::from_secs(10);
 
 /// What `config` would serve, one line each: listeners, certificates, routes. Fails, naming
 /// the route and backend, when a backend's name does not resolve.
@@ -78,6 +82,54 @@ pub fn report(config: &Config) -> anyhow::Result<String> {
             backends.join(", "),
             pool.policy,
         ));
+    }
+    Ok(out)
+}
+
+/// `--check --online`: what [`report`] cannot know without contacting anyone, one line each.
+/// The ACME CA must answer (it fails the check otherwise: no certificate could be ordered);
+/// each backend is checked once as its route's health checks would, and reported up or
+/// down without failing the check, as a backend may start after wssbridge.
+pub async fn online(config: &Config) -> anyhow::Result<String> {
+    let mut out = String::new();
+    if let Some(acme) = &config.settings.acme {
+        tokio::time::timeout(ONLINE, crate::acme::reach(acme))
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {ONLINE:?}")))
+            .with_context(|| format!("--acme-directory {}", acme.directory))?;
+        let _ = writeln!(
+            out,
+            "acme        {}  answers (its directory, a nonce, a signed request)",
+            acme.directory
+        );
+    }
+    let mut down = 0;
+    for pool in config.pools.iter() {
+        for state in pool.backends() {
+            let verdict = match health::once(pool, &state.backend, ONLINE).await {
+                Ok(()) => "up".to_string(),
+                Err(why) => {
+                    down += 1;
+                    format!("DOWN: {why}")
+                }
+            };
+            let check = pool
+                .check
+                .as_ref()
+                .map_or("a connect".into(), |c| c.to_string());
+            let _ = writeln!(
+                out,
+                "backend     {}  {}  {verdict} ({check})",
+                pool.route(),
+                state.backend
+            );
+        }
+    }
+    if down > 0 {
+        let _ = writeln!(
+            out,
+            "wssbridge: {down} backend(s) down now: requests for them would get 502 until they answer"
+        );
     }
     Ok(out)
 }

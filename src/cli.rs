@@ -564,10 +564,21 @@ pub struct Args {
     ///
     /// Check the configuration as a start would (flags, files, routes, backend names), print
     /// what would be served, and exit: 0, or 2 with the message a start would give. Binds
-    /// and connects to nothing (like nginx -t).
+    /// and connects to nothing (like nginx -t); --online adds what needs the network.
     #[arg(help_heading = "Admin", hide_env = true)]
     #[arg(long, env = "WSSBRIDGE_CHECK")]
     pub check: bool,
+
+    /// With --check: also ask the ACME CA and connect to every backend.
+    ///
+    /// With --check: also contact what a start would. The ACME CA (with --acme) is asked one
+    /// signed question that creates nothing, through the same trust (--acme-ca): a CA that
+    /// does not answer fails the check. Every backend is connected to and asked its route's
+    /// health check once, and reported up or down; a backend down does not fail the check
+    /// (it may start after wssbridge). Each within 10s.
+    #[arg(help_heading = "Admin", hide_env = true)]
+    #[arg(long, env = "WSSBRIDGE_ONLINE", requires = "check")]
+    pub online: bool,
 
     /// Log format.
     #[arg(help_heading = "Logging", hide_env = true)]

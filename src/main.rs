@@ -48,19 +48,28 @@ async fn start_and_serve(args: Args) -> ExitCode {
     let parent = inherited.as_ref().and_then(|l| l.parent.clone());
     let failed = |code, e: &anyhow::Error| fail(code, e, parent.as_ref());
     wssbridge::accept::raise_fd_limit();
-    let check = args.check;
+    let (check, online) = (args.check, args.online);
     let config = args
         .into_settings()
         .and_then(|settings| wssbridge::Config::build(&settings));
     if check {
-        return match config.and_then(|config| wssbridge::check::report(&config)) {
-            Ok(report) => {
-                print!("{report}");
-                println!("wssbridge: the configuration is ok");
-                ExitCode::SUCCESS
-            }
-            Err(e) => failed(CANNOT_START, &e),
+        let config = match config {
+            Ok(config) => config,
+            Err(e) => return failed(CANNOT_START, &e),
         };
+        let report = match wssbridge::check::report(&config) {
+            Ok(report) => report,
+            Err(e) => return failed(CANNOT_START, &e),
+        };
+        print!("{report}");
+        if online {
+            match wssbridge::check::online(&config).await {
+                Ok(report) => print!("{report}"),
+                Err(e) => return failed(CANNOT_START, &e),
+            }
+        }
+        println!("wssbridge: the configuration is ok");
+        return ExitCode::SUCCESS;
     }
     let started = config.and_then(|config| {
         if let Some(path) = &config.settings.pid_file {

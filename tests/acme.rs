@@ -412,4 +412,62 @@ async fn an_untrusted_ca_and_a_wrong_directory_url_say_what_to_do() {
         line.contains("is --acme-directory the CA's directory URL?"),
         "{line}"
     );
+    // Said once: instant-acme's error writes its cause into its own text.
+    assert_eq!(line.matches("invalid type").count(), 1, "{line}");
+}
+
+/// `--check --online` asks the CA what a first order would (directory, nonce, a signed
+/// request), creating nothing, and checks every backend once: it catches the untrusted CA
+/// and the wrong URL that a plain `--check` cannot, and reports a backend down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_online_asks_the_ca_and_the_backends() {
+    let pebble = Pebble::start(free_port(), free_port());
+    let backend = Backend::ws_echo().await;
+    let down = format!("127.0.0.1:{}", free_port());
+    let state = support::temp_dir("acme-online").join("state");
+    let check = |directory: &str, trust: bool| {
+        let mut cmd = support::binary::wssbridge();
+        cmd.args(["--check", "--online", "--listen", "127.0.0.1:0"])
+            .args(["--route", &format!("/a/={}", backend.address())])
+            .args(["--route", &format!("/b/={down}")])
+            .args(["--to", &backend.address()])
+            .args(["--acme", NAME, "--acme-directory", directory])
+            .arg("--acme-state")
+            .arg(&state);
+        if trust {
+            cmd.arg("--acme-ca").arg(pki().dir.join("root.pem"));
+        }
+        let out = cmd.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code(), text)
+    };
+    let (code, text) = check(&pebble.directory, true);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains(&format!("acme        {}  answers", pebble.directory)),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("/a/  {}  up", backend.address())),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("/b/  {down}  DOWN: connect")),
+        "{text}"
+    );
+    assert!(text.contains("1 backend(s) down now"), "{text}");
+    // Nothing was created: no account file, no order (pebble counts none).
+    assert!(!state.exists() || std::fs::read_dir(&state).unwrap().next().is_none());
+    // The plain --check says ok to both of these; --online does not.
+    let (code, text) = check(&pebble.directory, false);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("give its root with --acme-ca"), "{text}");
+    let (code, text) = check(&pebble.directory.replace("/dir", "/nope"), true);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.contains("is --acme-directory the CA's directory URL?"),
+        "{text}"
+    );
+    assert_eq!(text.matches("invalid type").count(), 1, "{text}");
 }

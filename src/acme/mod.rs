@@ -25,8 +25,8 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, bail};
 use instant_acme::{
-    Account, AuthorizationStatus, ChallengeType, Identifier, NewAccount, NewOrder, OrderStatus,
-    RetryPolicy,
+    Account, AccountBuilder, AuthorizationStatus, ChallengeType, Identifier, NewAccount, NewOrder,
+    OrderStatus, RetryPolicy,
 };
 use tokio::time::Instant;
 
@@ -108,7 +108,8 @@ pub async fn keep(state: Arc<State>) {
                         name = %name,
                         failures = count,
                         "acme: no certificate this time, {serving}; trying again in {wait:?}: \
-                         {e:#}{}",
+                         {}{}",
+                        describe(&e),
                         hint(&e)
                     );
                     let until = Instant::now() + wait;
@@ -124,10 +125,58 @@ pub async fn keep(state: Arc<State>) {
     }
 }
 
+/// `e` and its causes as `{e:#}` writes them, less a cause the text before it already ends
+/// with: instant-acme's errors write their source into their own text, so `{e:#}` said
+/// "failed to (de)serialize JSON: invalid type: integer 404 …" twice.
+pub(crate) fn describe(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.ends_with(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+/// `--check --online`: asks the CA for the account of a key made just now, which cannot
+/// exist (`onlyReturnExisting`): that fetches the directory and a nonce and sends one signed
+/// request, through the same client and trust (`--acme-ca`) an order uses, and creates
+/// nothing. The CA's `accountDoesNotExist` is the answer that proves the way works.
+pub async fn reach(acme: &AcmeSettings) -> anyhow::Result<()> {
+    let probe = NewAccount {
+        contact: &[],
+        terms_of_service_agreed: true,
+        only_return_existing: true,
+    };
+    match builder(acme)?
+        .create(&probe, acme.directory.clone(), None)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(instant_acme::Error::Api(problem))
+            if problem
+                .r#type
+                .as_deref()
+                .is_some_and(|t| t.ends_with(":accountDoesNotExist")) =>
+        {
+            Ok(())
+        }
+        Err(e) => {
+            let e = anyhow::Error::new(e);
+            bail!("{}{}", describe(&e), hint(&e))
+        }
+    }
+}
+
 /// What a person can do about the two failures a first setup meets most, said after the
 /// error: a CA whose certificate is not trusted, and a URL that is not an ACME directory.
 fn hint(e: &anyhow::Error) -> &'static str {
-    let text = format!("{e:#}");
+    let text = describe(e);
     if text.contains("UnknownIssuer") || text.contains("invalid peer certificate") {
         " (the CA's HTTPS certificate is not trusted: give its root with --acme-ca)"
     } else if text.contains("(de)serialize") || text.contains("invalid type") {
@@ -223,14 +272,19 @@ async fn finish(order: &mut instant_acme::Order) -> anyhow::Result<(String, Stri
     Ok((chain, key))
 }
 
-/// The account for `acme.directory`: the stored one, or a new one (stored, 0600).
-async fn account(acme: &AcmeSettings) -> anyhow::Result<Account> {
-    let builder = || match &acme.ca {
+/// An account builder that trusts `--acme-ca`, or else the system's root certificates.
+fn builder(acme: &AcmeSettings) -> anyhow::Result<AccountBuilder> {
+    match &acme.ca {
         Some(ca) => {
             Account::builder_with_root(ca).with_context(|| format!("--acme-ca {}", ca.display()))
         }
         None => Account::builder().context("the system's root certificates"),
-    };
+    }
+}
+
+/// The account for `acme.directory`: the stored one, or a new one (stored, 0600).
+async fn account(acme: &AcmeSettings) -> anyhow::Result<Account> {
+    let builder = || builder(acme);
     let file = store::account_file(acme);
     if let Ok(json) = std::fs::read(&file) {
         let credentials =

@@ -20,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use super::{BackendState, Pools};
+use super::{BackendState, Pool, Pools};
 use crate::http::probe as http_probe;
 use crate::lifecycle::Lifecycle;
 use crate::proxy_protocol;
@@ -175,6 +175,18 @@ async fn run(state: Arc<BackendState>, probe: Probe, timing: Timing, stop: Cance
         tracing::trace!(backend = %state.backend, ?outcome, "health check");
         state.checked(outcome);
     }
+}
+
+/// `--check --online`: `backend` checked once, as its route's health checks would (a
+/// connect where the route has none), within `timeout`.
+pub async fn once(pool: &Pool, backend: &Backend, timeout: Duration) -> Result<(), String> {
+    let probe = Probe {
+        check: pool.check.clone().unwrap_or(Check::Tcp),
+        send_proxy: pool.send_proxy,
+    };
+    tokio::time::timeout(timeout, check(backend, &probe))
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")))
 }
 
 /// One check against `backend`.
