@@ -17,15 +17,19 @@ TLS_AUDIT_PORT ?= 9443
 
 BENCH_ARGS ?=
 
-.PHONY: all build release test unit e2e e2e-setup fleet-test lint check certs demo demo-socketio demo-check FORCE fuzz tls-audit bench bench-quick bench-scale soak micro dist deb deb-check install clean
+.PHONY: all build release test unit e2e e2e-setup fleet-test lint check certs demo demo-socketio demo-check FORCE fuzz tls-audit bench bench-quick bench-scale soak micro dist deb deb-check install image image-check clean
 
 all: build
 
 build:
 	$(CARGO) build
 
+## One release build for everything a user runs: `make demo`, `demo-socketio`, `install`
+## and `deb` all use it (the binary, the demo's chat backend and the man-page writer, built
+## together so that no dependency is compiled twice for different feature sets).
+RELEASE_BUILD = $(CARGO) build --release --workspace --bins
 release:
-	$(CARGO) build --release
+	$(RELEASE_BUILD)
 
 ## The whole test suite: Rust tests (unit, integration on real sockets, the real binary),
 ## then the end-to-end suite (socket.io clients and Chromium).
@@ -38,9 +42,9 @@ test: unit e2e demo-check
 unit:
 	@rm -rf target/tmp
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
-	  $(CARGO) nextest run --no-fail-fast; \
+	  $(CARGO) nextest run --workspace --no-fail-fast; \
 	else \
-	  $(CARGO) test --lib --bins --tests --no-fail-fast; \
+	  $(CARGO) test --workspace --lib --bins --tests --no-fail-fast; \
 	fi
 
 ## socket.io v4/v2 clients and headless Chromium through the real binary (tests/e2e/).
@@ -51,8 +55,8 @@ e2e: e2e-setup
 	$(E2E_RUN)
 
 e2e-setup:
-	$(CARGO) build --quiet --bin wssbridge --example gencerts
-	target/debug/examples/gencerts $(E2E_CERTS) >/dev/null
+	$(CARGO) build --quiet --bin wssbridge
+	certs/gen.sh $(E2E_CERTS) >/dev/null
 	cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error
 
 ## A fleet (issue #23, docs/scale-out.md): HAProxy (mode tcp, PROXY v2, /readyz checks, from
@@ -138,7 +142,7 @@ micro:
 
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 check: lint test
 
@@ -148,8 +152,7 @@ CERT_NAMES ?= localhost 127.0.0.1 ::1
 certs: certs/server.pem
 
 certs/server.pem:
-	@echo "make certs: building the certificate tool (the first build of all takes several minutes)…"
-	$(CARGO) run --example gencerts -- certs $(CERT_NAMES)
+	certs/gen.sh certs $(CERT_NAMES)
 
 ## The chat demo behind wssbridge: open the printed URL in two tabs. Every demo process stops
 ## when make stops: Ctrl-C, or SIGINT, SIGTERM, SIGHUP or SIGQUIT to make's PID alone. (On
@@ -159,8 +162,8 @@ certs/server.pem:
 demo: target/demo.running
 
 target/demo.running: FORCE certs
-	@echo "make demo: building wssbridge and the chat backend (the first build takes several minutes)…"
-	$(CARGO) build --bin wssbridge --example chat
+	@echo "make demo: building wssbridge and the chat backend (the first build takes a few minutes)…"
+	$(RELEASE_BUILD)
 	@touch $@
 	@examples/demo.sh $$PPID "$(DEMO_LISTEN)" "$(DEMO_BACKEND)" $@
 
@@ -169,8 +172,8 @@ target/demo.running: FORCE certs
 demo-socketio: target/demo-socketio.running
 
 target/demo-socketio.running: FORCE certs
-	@echo "make demo-socketio: building wssbridge, installing socket.io (the first build takes several minutes)…"
-	$(CARGO) build --bin wssbridge
+	@echo "make demo-socketio: building wssbridge, installing socket.io (the first build takes a few minutes)…"
+	$(RELEASE_BUILD)
 	cd examples/socketio && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 	@examples/demo.sh $$PPID "$(DEMO_LISTEN)" "$(DEMO_BACKEND)" $@ socketio
@@ -184,28 +187,28 @@ demo-check:
 ## The man page and the bash, zsh and fish completions, generated from the flags.
 DIST := target/dist
 dist:
-	$(CARGO) run --quiet --example dist -- $(DIST)
+	$(RELEASE_BUILD)
+	target/release/wssbridge-dist $(DIST)
 	gzip -9nkf $(DIST)/wssbridge.1
 
 ## A Debian package in target/debian/ (cargo-deb, installed when missing): the release
 ## binary stripped, its man page and completions, the systemd units, /etc/default/wssbridge.
+DEB_MAINTAINER ?=
 deb: dist
 	@$(CARGO) deb --version >/dev/null 2>&1 || $(CARGO) install --locked cargo-deb
 	@command -v dpkg-shlibdeps >/dev/null || \
 	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q dpkg-dev)
-	$(CARGO) deb
+	$(CARGO) deb --no-build $(if $(DEB_MAINTAINER),--maintainer "$(DEB_MAINTAINER)")
 
 ## Installs the package made by `make deb`, checks it (binary, man page, completions, units,
 ## certificates readable as the unit would read them, make install) and removes it. Root.
 deb-check: deb
-	$(CARGO) build --quiet --example gencerts
 	deploy/check-package.sh
 
 ## The binary, man page and completions under $(DESTDIR)$(PREFIX) (default /usr/local).
 PREFIX ?= /usr/local
 DESTDIR ?=
 install: dist
-	$(CARGO) build --release --bin wssbridge
 	install -Dm755 target/release/wssbridge $(DESTDIR)$(PREFIX)/bin/wssbridge
 	install -Dm644 $(DIST)/wssbridge.1 $(DESTDIR)$(PREFIX)/share/man/man1/wssbridge.1
 	install -Dm644 $(DIST)/completions/wssbridge.bash \
@@ -213,6 +216,25 @@ install: dist
 	install -Dm644 $(DIST)/completions/_wssbridge $(DESTDIR)$(PREFIX)/share/zsh/site-functions/_wssbridge
 	install -Dm644 $(DIST)/completions/wssbridge.fish \
 	  $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/wssbridge.fish
+
+## The container image (deploy/container/Containerfile): FROM scratch, the release binary,
+## its libraries and CA roots, user 65532, no shell; about 13 MB. Built with podman, buildah
+## or docker, whichever is there. `make image-check` (root) checks its config and runs its
+## files in a chroot: this machine's podman builds images but cannot start containers.
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+IMAGE ?= wssbridge:$(VERSION)
+IMAGE_SOURCE ?= $(shell git remote get-url origin 2>/dev/null)
+IMAGE_TOOL ?= $(firstword $(foreach t,podman buildah docker,$(shell command -v $(t) 2>/dev/null)))
+image:
+	@[ -n "$(IMAGE_TOOL)" ] || { echo "make image: no podman, buildah or docker (apt-get install podman)"; exit 1; }
+	$(RELEASE_BUILD)
+	deploy/container/rootfs.sh target/release/wssbridge target/image
+	$(IMAGE_TOOL) $(if $(findstring buildah,$(IMAGE_TOOL)),bud,build) --build-arg VERSION=$(VERSION) \
+	  --build-arg SOURCE="$(IMAGE_SOURCE)" --build-arg REVISION="$$(git rev-parse HEAD 2>/dev/null)" \
+	  -t $(IMAGE) target/image
+
+image-check: image
+	deploy/container/check-image.sh $(IMAGE) $(VERSION)
 
 clean:
 	$(CARGO) clean

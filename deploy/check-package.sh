@@ -24,6 +24,9 @@ for f in /usr/share/bash-completion/completions/wssbridge \
   [ -s "$f" ] || { echo "missing: $f"; exit 1; }
 done
 grep -q -- '--listen' /usr/share/bash-completion/completions/wssbridge
+# A Maintainer with an address (Debian policy 5.6.2: a name and an e-mail address).
+dpkg-query -W -f='${Maintainer}\n' wssbridge | grep -Eq '^[^<]+ <[^@ ]+@[^> ]+>$' \
+  || { echo "Maintainer lacks an address: $(dpkg-query -W -f='${Maintainer}' wssbridge)"; exit 1; }
 # The docs the README links, and a copyright file that says who and under what licence.
 for f in README.md operations.md security.md performance.md scale-out.md; do
   [ -s "/usr/share/doc/wssbridge/$f" ] || { echo "missing: /usr/share/doc/wssbridge/$f"; exit 1; }
@@ -52,7 +55,7 @@ fi
 echo "== certificates under a letsencrypt-style tree, readable by group ssl-cert only"
 le=$(mktemp -d)
 mkdir -p "$le/live/example" "$le/archive/example"
-target/debug/examples/gencerts "$le/gen" >/dev/null 2>&1 || cargo run --quiet --example gencerts -- "$le/gen" >/dev/null
+certs/gen.sh "$le/gen" >/dev/null
 cp "$le/gen/server.pem" "$le/archive/example/fullchain1.pem"
 cp "$le/gen/server.key" "$le/archive/example/privkey1.pem"
 ln -s ../../archive/example/fullchain1.pem "$le/live/example/fullchain.pem"

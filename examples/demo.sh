@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make demo`: the chat backend (examples/chat.rs) with wssbridge in front of it; `make
+# `make demo`: the chat backend (examples/chat/) with wssbridge in front of it; `make
 # demo-socketio`: the socket.io chat (examples/socketio/) instead.
 #
 # Usage: examples/demo.sh MAKE_PID LISTEN BACKEND RUNNING [chat|socketio]. Every process started here stops
@@ -26,7 +26,7 @@ trap 'exit 0' INT TERM HUP
 
 case $kind in
   socketio) node examples/socketio/server.js "$backend" > "$dir/chat.out" & ;;
-  *) target/debug/examples/chat "$backend" > "$dir/chat.out" & ;;
+  *) target/release/chat "$backend" > "$dir/chat.out" & ;;
 esac
 chat=$!
 for _ in $(seq 100); do
@@ -42,7 +42,7 @@ done
 
 # wssbridge's own "listening" line says it is ready: a connect to the port could reach
 # whatever else holds it. Its log goes on to the terminal as it comes.
-target/debug/wssbridge --listen "$listen" --cert certs/server.pem --key certs/server.key \
+target/release/wssbridge --listen "$listen" --cert certs/server.pem --key certs/server.key \
   --to "$backend" 2> "$dir/bridge.log" &
 bridge=$!
 port=${listen##*:}

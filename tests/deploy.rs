@@ -217,10 +217,11 @@ fn the_kubernetes_manifests_have_what_a_fleet_needs() {
     let security = &container["securityContext"];
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
     assert_eq!(security["capabilities"]["drop"], serde_json::json!(["ALL"]));
-    assert_eq!(
-        security["capabilities"]["add"],
-        serde_json::json!(["NET_BIND_SERVICE"])
-    );
+    // Non-root on an unprivileged port needs no capability; the Service maps 443 to it.
+    assert!(security["capabilities"]["add"].is_null(), "{security}");
+    assert!(args.contains(&"--listen=:8443".to_string()), "{args:?}");
+    assert_eq!(container["ports"][0]["containerPort"], 8443);
+    assert_eq!(pod["securityContext"]["runAsUser"], 65532);
     assert_eq!(security["allowPrivilegeEscalation"], false);
     assert!(
         pod["volumes"][0]["secret"]["secretName"].is_string(),
@@ -231,6 +232,8 @@ fn the_kubernetes_manifests_have_what_a_fleet_needs() {
 
     let service = kind(&all, "Service");
     assert_eq!(service["spec"]["type"], "LoadBalancer");
+    assert_eq!(service["spec"]["ports"][0]["port"], 443);
+    assert_eq!(service["spec"]["ports"][0]["targetPort"], "https");
     let annotations = &service["metadata"]["annotations"];
     assert_eq!(
         annotations["service.beta.kubernetes.io/aws-load-balancer-proxy-protocol"],

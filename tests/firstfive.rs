@@ -171,12 +171,13 @@ fn a_start_up_failure_comes_before_the_development_certificate_warning() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_backend_s_page_loads_are_logged_as_http_closed() {
-    // examples/chat, built beside the binary by `cargo test` / `cargo nextest`.
+    // examples/chat (package wssbridge-chat), built beside the binary by `make unit`'s
+    // `cargo nextest run --workspace`.
     let exe = std::path::Path::new(env!("CARGO_BIN_EXE_wssbridge"));
-    let chat = exe.parent().unwrap().join("examples").join("chat");
+    let chat = exe.parent().unwrap().join("chat");
     assert!(
         chat.exists(),
-        "build the demo backend: cargo build --example chat"
+        "build the demo backend: cargo build -p wssbridge-chat (make unit does)"
     );
     let port = support::peers::free_port();
     let backend = format!("127.0.0.1:{port}");

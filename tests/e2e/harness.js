@@ -1,7 +1,7 @@
 // Starts the real wssbridge binary in front of a backend and reads its JSON log lines, so a
 // test can prove its traffic went through wssbridge. Paths come from the Makefile (`make e2e`):
 //   WSSBRIDGE_BIN  the binary (default ../../target/debug/wssbridge)
-//   E2E_CERTS      a folder written by `cargo run --example gencerts` (ca.pem, server.pem, server.key)
+//   E2E_CERTS      a folder written by certs/gen.sh (ca.pem, server.pem, server.key)
 'use strict';
 
 const { spawn } = require('node:child_process');

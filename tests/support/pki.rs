@@ -1,9 +1,9 @@
 //! A development PKI: root CA → intermediate CA → server certificate.
 //!
-//! Shared by the tests (a fresh one per test run) and by `make certs` (the `gencerts`
-//! example), so the chain users try in a browser is the one the tests prove. The server
-//! chain is served leaf first, then the intermediate; clients trust only the root, so every
-//! test that connects also proves the intermediate is served.
+//! A fresh one per test run, shaped as `make certs` (`certs/gen.sh`, which the end-to-end
+//! suite and its browser use) writes them. The server chain is served leaf first, then the
+//! intermediate; clients trust only the root, so every test that connects also proves the
+//! intermediate is served.
 #![allow(dead_code)]
 
 use rcgen::{

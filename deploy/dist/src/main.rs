@@ -3,7 +3,7 @@
 //! completions. `make deb` and `make install` run it:
 //!
 //! ```sh
-//! cargo run --example dist -- target/dist
+//! cargo run --release -p wssbridge-dist -- target/dist
 //! ```
 
 use std::fs::{self, File};

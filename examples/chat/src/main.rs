@@ -2,7 +2,7 @@
 //!
 //! `GET /` serves the chat page; a WebSocket upgrade on `/ws` joins the room, and every text
 //! message is sent to everyone in it. It knows nothing of TLS: wssbridge in front makes it
-//! https:// and wss://. Usage: `cargo run --example chat -- [ADDR]` (default 127.0.0.1:3000).
+//! https:// and wss://. Usage: `cargo run -p wssbridge-chat -- [ADDR]` (default 127.0.0.1:3000).
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
