@@ -19,7 +19,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 
 use crate::cidr::Cidr;
-use crate::config::{Config, Settings};
+use crate::config::{Listening, ServingConfig};
 use crate::conn::Accepted;
 use crate::metrics::OutcomeLabel;
 use crate::proxy_protocol::{self, Header};
@@ -58,18 +58,18 @@ impl From<Vec<std::net::TcpListener>> for Listeners {
 impl Listeners {
     /// The listeners to serve on: the sockets the service manager passed (socket activation,
     /// `inherited`, taken by [`Listeners::inherited`] at start), or, when it passed none,
-    /// every listener the settings name, bound here. A process a binary upgrade started (its
+    /// every listener `--listen`, `--redirect-http` and `--admin` name, bound here. A process a binary upgrade started (its
     /// `parent` is set) gets every listener from the old one, whatever its flags (the same
     /// flags) name.
-    pub fn open(settings: &Settings, inherited: Option<Listeners>) -> anyhow::Result<Listeners> {
+    pub fn open(listening: &Listening, inherited: Option<Listeners>) -> anyhow::Result<Listeners> {
         let Some(mut inherited) = inherited else {
-            return Listeners::bind(settings);
+            return Listeners::bind(listening);
         };
         if inherited.parent.is_some() {
             return Ok(inherited);
         }
-        if settings.listen_given {
-            let given: Vec<String> = settings.listen.iter().map(|a| a.to_string()).collect();
+        if listening.tls_given {
+            let given: Vec<String> = listening.tls.iter().map(|a| a.to_string()).collect();
             anyhow::bail!(
                 "--listen {} and the sockets systemd passed (LISTEN_FDS): give one or the other \
                  (ListenStream= in the .socket unit, or --listen without it)",
@@ -77,20 +77,17 @@ impl Listeners {
             );
         }
         // What the manager did not pass may still come from the flags.
-        match (
-            inherited.redirect.is_empty(),
-            settings.redirect_http.is_empty(),
-        ) {
+        match (inherited.redirect.is_empty(), listening.redirect.is_empty()) {
             (true, false) => {
-                let shared = Sharing::from(settings.reuse_port);
-                for addr in &settings.redirect_http {
+                let shared = Sharing::from(listening.reuse_port);
+                for addr in &listening.redirect {
                     inherited
                         .redirect
                         .push(bind_for("--redirect-http", *addr, shared)?);
                 }
                 inherited.redirect.extend(bind_if_possible(
                     "--redirect-http",
-                    &settings.redirect_http_if_possible,
+                    &listening.redirect_if_possible,
                     shared,
                 ));
             }
@@ -99,7 +96,7 @@ impl Listeners {
             ),
             _ => {}
         }
-        match (&inherited.admin, settings.admin) {
+        match (&inherited.admin, listening.admin) {
             (None, Some(addr)) => {
                 inherited.admin = Some(bind_for("--admin", addr, Sharing::Exclusive)?)
             }
@@ -178,33 +175,33 @@ impl Listeners {
         all
     }
 
-    /// Binds every listener the settings name; an error names the flag and address. The
+    /// Binds every listener `--listen`, `--redirect-http` and `--admin` name; an error names the flag and address. The
     /// IPv6 twin of `:PORT` is bound where the machine has IPv6, and skipped (logged) where
     /// it has not.
-    pub fn bind(settings: &Settings) -> anyhow::Result<Listeners> {
-        let public = Sharing::from(settings.reuse_port);
+    pub fn bind(listening: &Listening) -> anyhow::Result<Listeners> {
+        let public = Sharing::from(listening.reuse_port);
         let bind = |flag: &str, addrs: &[SocketAddr], sharing: Sharing| {
             addrs
                 .iter()
                 .map(|addr| bind_for(flag, *addr, sharing))
                 .collect::<anyhow::Result<Vec<_>>>()
         };
-        let mut tls = bind("--listen", &settings.listen, public)?;
+        let mut tls = bind("--listen", &listening.tls, public)?;
         tls.extend(bind_if_possible(
             "--listen",
-            &settings.listen_if_possible,
+            &listening.tls_if_possible,
             public,
         ));
-        let mut redirect = bind("--redirect-http", &settings.redirect_http, public)?;
+        let mut redirect = bind("--redirect-http", &listening.redirect, public)?;
         redirect.extend(bind_if_possible(
             "--redirect-http",
-            &settings.redirect_http_if_possible,
+            &listening.redirect_if_possible,
             public,
         ));
         Ok(Listeners {
             tls,
             redirect,
-            admin: bind("--admin", settings.admin.as_slice(), Sharing::Exclusive)?.pop(),
+            admin: bind("--admin", listening.admin.as_slice(), Sharing::Exclusive)?.pop(),
             parent: None,
         })
     }
@@ -349,7 +346,7 @@ pub async fn accept_loop(listener: TcpListener, state: Arc<State>, service: Serv
             }
         };
         // The connection's one snapshot of the config: a reload from here on is for others.
-        let config = state.config.load_full();
+        let config = state.serving.load_full();
         // A load balancer's connection starts with a PROXY header naming the client: its
         // per-address count waits for that. Anyone else is counted now, before a task exists.
         let proxied = Cidr::any(&config.accept_proxy_from, peer.ip());
@@ -397,7 +394,14 @@ pub async fn accept_loop(listener: TcpListener, state: Arc<State>, service: Serv
                     let Accepted {
                         stream, early, at, ..
                     } = accepted;
-                    let redirect = redirect::serve(stream, early, at, &config, https_port);
+                    let redirect = redirect::serve(
+                        stream,
+                        early,
+                        at,
+                        &config,
+                        state.process.acme.as_ref(),
+                        https_port,
+                    );
                     let status = tokio::select! {
                         status = Box::pin(redirect) => status,
                         _ = state.life.force().cancelled() => None,
@@ -435,7 +439,7 @@ fn enter(state: &State, client: SocketAddr) -> Result<Option<IpSlot>, ()> {
 /// Without a valid header the connection is closed, logged at debug.
 async fn arrive(
     state: &State,
-    config: &Config,
+    config: &ServingConfig,
     mut stream: tokio::net::TcpStream,
     peer: SocketAddr,
 ) -> Option<(Accepted, Option<IpSlot>)> {

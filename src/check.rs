@@ -17,30 +17,30 @@ const ONLINE: Duration = Duration::from_secs(10);
 /// What `config` would serve, one line each: listeners, certificates, routes. Fails, naming
 /// the route and backend, when a backend's name does not resolve.
 pub fn report(config: &Config) -> anyhow::Result<String> {
-    let settings = &config.settings;
+    let (listening, config) = (&config.process.listening, &config.serving);
     let mut out = String::new();
     let mut line = |text: String| {
         let _ = writeln!(out, "{text}");
     };
-    for addr in &settings.listen {
+    for addr in &listening.tls {
         line(format!("listen      {addr}  TLS"));
     }
-    for addr in &settings.listen_if_possible {
+    for addr in &listening.tls_if_possible {
         line(format!(
             "listen      {addr}  TLS, where the machine has IPv6"
         ));
     }
-    for addr in &settings.redirect_http {
+    for addr in &listening.redirect {
         line(format!(
             "listen      {addr}  plain HTTP, redirected to https"
         ));
     }
-    for addr in &settings.redirect_http_if_possible {
+    for addr in &listening.redirect_if_possible {
         line(format!(
             "listen      {addr}  plain HTTP, redirected to https, where the machine has IPv6"
         ));
     }
-    if let Some(addr) = settings.admin {
+    if let Some(addr) = listening.admin {
         line(format!(
             "listen      {addr}  admin: / (status page) /status.json /metrics /livez /healthz /readyz"
         ));
@@ -92,7 +92,7 @@ pub fn report(config: &Config) -> anyhow::Result<String> {
 /// down without failing the check, as a backend may start after wssbridge.
 pub async fn online(config: &Config) -> anyhow::Result<String> {
     let mut out = String::new();
-    if let Some(acme) = &config.settings.acme {
+    if let Some(acme) = &config.process.acme {
         tokio::time::timeout(ONLINE, crate::acme::reach(acme))
             .await
             .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {ONLINE:?}")))
@@ -104,7 +104,7 @@ pub async fn online(config: &Config) -> anyhow::Result<String> {
         );
     }
     let mut down = 0;
-    for pool in config.pools.iter() {
+    for pool in config.serving.pools.iter() {
         for state in pool.backends() {
             let verdict = match health::once(pool, &state.backend, ONLINE).await {
                 Ok(()) => "up".to_string(),

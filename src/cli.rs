@@ -14,7 +14,7 @@ use clap::{ArgAction, Parser, ValueEnum};
 
 use crate::balance::{Balancing, Check, PerRoute, Policy};
 use crate::cidr::Cidr;
-use crate::config::{AcmeSettings, Security, Settings, Timeouts};
+use crate::config::{AcmeSettings, ProcessSettings, Security, ServingSettings, Settings, Timeouts};
 use crate::proxy_protocol;
 use crate::route::{Backend, RouteSpec};
 use crate::tls::CertPaths;
@@ -679,15 +679,19 @@ impl Args {
             .zip(self.keys)
             .map(|(cert, key)| CertPaths { cert, key })
             .collect();
-        Ok(Settings {
+        let process = ProcessSettings {
             listen: self.listen.iter().map(|l| l.addr).collect(),
             listen_if_possible: self.listen.iter().filter_map(|l| l.also).collect(),
             listen_given: self.listen_given,
-            certs,
-            strict_sni: self.strict_sni,
-            client_cas: self.client_cas,
-            client_auth_optional: self.client_auth == ClientAuth::Optional,
-            cert_poll: self.cert_poll.0,
+            redirect_http: self.redirect_http.iter().map(|l| l.addr).collect(),
+            redirect_http_if_possible: self.redirect_http.iter().filter_map(|l| l.also).collect(),
+            reuse_port: self.reuse_port,
+            admin: self.admin,
+            admin_hosts: self.admin_hosts,
+            pid_file: self.pid_file,
+            shutdown_delay: self.shutdown_delay.0.unwrap_or(Duration::ZERO),
+            shutdown_grace: self.shutdown_grace.0.unwrap_or(Duration::ZERO),
+            websocket_close_on_drain: self.websocket_close_on_drain,
             acme: (!self.acme.is_empty()).then(|| AcmeSettings {
                 names: self.acme.iter().map(|n| n.to_ascii_lowercase()).collect(),
                 email: self.acme_email,
@@ -696,23 +700,26 @@ impl Args {
                 state: self.acme_state.unwrap_or_else(AcmeSettings::default_state),
                 renew_before: self.acme_renew_before.0,
             }),
-            redirect_http: self.redirect_http.iter().map(|l| l.addr).collect(),
-            redirect_http_if_possible: self.redirect_http.iter().filter_map(|l| l.also).collect(),
-            reuse_port: self.reuse_port,
+            cert_poll: self.cert_poll.0,
+            max_connections: self.max_connections,
+            max_handshakes: self.max_handshakes,
+            max_handshake_memory: self.max_handshake_memory.0,
+            max_connections_per_ip: self.max_connections_per_ip,
+        };
+        let serving = ServingSettings {
+            certs,
+            strict_sni: self.strict_sni,
+            client_cas: self.client_cas,
+            client_auth_optional: self.client_auth == ClientAuth::Optional,
+            add_forwarded: self.add_forwarded,
+            trust_forwarded: self.trust_forwarded,
+            accept_proxy_from: self.accept_proxy_from,
             routes,
             balancing: Balancing {
                 policies: self.balance,
                 checks: self.health_checks,
                 send_proxy: self.send_proxy,
             },
-            add_forwarded: self.add_forwarded,
-            trust_forwarded: self.trust_forwarded,
-            accept_proxy_from: self.accept_proxy_from,
-            admin: self.admin,
-            admin_hosts: self.admin_hosts,
-            pid_file: self.pid_file,
-            shutdown_delay: self.shutdown_delay.0.unwrap_or(Duration::ZERO),
-            websocket_close_on_drain: self.websocket_close_on_drain,
             fail_timeout: self.fail_timeout.0,
             health_interval: self.health_interval.0,
             health_timeout: self.health_timeout.0,
@@ -725,19 +732,15 @@ impl Args {
                 keepalive: self.keepalive_timeout.0,
                 close: self.close_timeout.0,
                 send: self.send_timeout.0,
-                shutdown_grace: self.shutdown_grace.0.unwrap_or(Duration::ZERO),
             },
             max_header_bytes: self.max_header_bytes.0,
-            max_connections: self.max_connections,
-            max_handshakes: self.max_handshakes,
-            max_handshake_memory: self.max_handshake_memory.0,
-            max_connections_per_ip: self.max_connections_per_ip,
             security: Security {
                 allowed_upgrades: self.allow_upgrades,
                 check_websocket_accept: self.check_websocket_accept,
                 sni_host_check: !self.allow_sni_mismatch,
             },
-        })
+        };
+        Ok(Settings { process, serving })
     }
 }
 
@@ -922,10 +925,8 @@ mod tests {
     fn clap_defaults_and_settings_defaults_agree() {
         let args = Args::try_parse_from(["wssbridge", "--to", "127.0.0.1:3000"]).unwrap();
         let from_flags = args.into_settings().unwrap();
-        let defaults = Settings {
-            routes: from_flags.routes.clone(),
-            ..Settings::default()
-        };
+        let mut defaults = Settings::default();
+        defaults.serving.routes = from_flags.serving.routes.clone();
         assert_eq!(format!("{from_flags:?}"), format!("{defaults:?}"));
     }
 

@@ -72,10 +72,10 @@ async fn start_and_serve(args: Args) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let started = config.and_then(|config| {
-        if let Some(path) = &config.settings.pid_file {
+        if let Some(path) = &config.process.pid_file {
             wssbridge::pidfile::check(path)?;
         }
-        let listeners = wssbridge::Listeners::open(&config.settings, inherited)?;
+        let listeners = wssbridge::Listeners::open(&config.process.listening, inherited)?;
         Ok((wssbridge::Server::new(config)?, listeners))
     });
     let (server, listeners) = match started {

@@ -15,7 +15,7 @@ use tokio::io::BufReader;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::config::Config;
+use crate::config::{AcmeSettings, ServingConfig};
 use crate::http::head::{self, Head, ReadError};
 use crate::respond::{self, Status};
 use crate::tls::readahead::ReadAhead;
@@ -26,12 +26,13 @@ pub async fn serve(
     stream: TcpStream,
     early: Vec<u8>,
     started: Instant,
-    config: &Config,
+    config: &ServingConfig,
+    acme: Option<&AcmeSettings>,
     https_port: u16,
 ) -> Option<u16> {
     let mut stream = BufReader::with_capacity(1024, ReadAhead::with_early(stream, early));
     let mut buf = Vec::new();
-    let read = head::read(&mut stream, &mut buf, config.limits.max_header_bytes);
+    let read = head::read(&mut stream, &mut buf, config.max_header_bytes());
     let Some(read) =
         crate::deadline::within(config.timeouts.header.map(|t| started + t), read).await
     else {
@@ -42,7 +43,7 @@ pub async fn serve(
         Ok(None) | Err(ReadError::Io(_)) => return None,
         Err(ReadError::Head(e)) => return Some(answer(&mut stream, e.status()).await),
     };
-    if let Some(acme) = &config.settings.acme
+    if let Some(acme) = acme
         && let Some(token) = head.target.strip_prefix(CHALLENGE_PATH)
     {
         let response = challenge_answer(&acme.challenges("http-01"), token);

@@ -1,8 +1,9 @@
 //! Reloading the configuration from its files, and the background work that keeps
 //! certificates fresh: polling their content, and the daily expiry check.
 //!
-//! A reload builds the configuration again from the settings it was built from, so every
-//! certificate, key and client CA file is read again and validated. Only a complete build is
+//! A reload builds the serving config again from the settings it was built from (the state
+//! keeps them for this path alone), so every certificate, key and client CA file is read
+//! again and validated; the process config stays as it was at start. Only a complete build is
 //! swapped in; a failed one changes nothing, is logged once as an error naming the file and
 //! the reason, and the old certificates go on serving. Live connections never notice either.
 //!
@@ -13,7 +14,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::config::Config;
+use crate::config::ServingConfig;
 use crate::lifecycle::Event;
 use crate::state::State;
 use crate::tls::certs::EXPIRY_WARNING;
@@ -63,19 +64,20 @@ pub fn from_files(state: &State, trigger: Trigger) -> anyhow::Result<()> {
     result.map(drop)
 }
 
-fn rebuild(state: &State) -> anyhow::Result<Arc<Config>> {
-    let current = state.config.load_full();
-    let mut config = Config::build(&current.settings)?;
+fn rebuild(state: &State) -> anyhow::Result<Arc<ServingConfig>> {
+    let current = state.serving.load_full();
+    let source = state.source();
+    let mut serving = ServingConfig::build(&source, state.process.acme.as_ref())?;
     if current.tls.certs.ephemeral.is_some() {
         // The development certificate stays the one browsers were told to accept.
-        config.tls.certs = current.tls.certs.clone();
+        serving.tls.certs = current.tls.certs.clone();
     }
-    state.reload(config)?;
-    Ok(state.config.load_full())
+    state.reload(serving, source)?;
+    Ok(state.serving.load_full())
 }
 
 /// One line per certificate: its file, names, issuer and expiry.
-pub fn log_certificates(config: &Config) {
+pub fn log_certificates(config: &ServingConfig) {
     for cert in config.tls.certs.infos() {
         tracing::info!(
             file = %cert.file,
@@ -88,7 +90,7 @@ pub fn log_certificates(config: &Config) {
 }
 
 /// A warning for each certificate that expires within 14 days, an error for each expired.
-pub fn check_expiry(config: &Config, now: SystemTime) {
+pub fn check_expiry(config: &ServingConfig, now: SystemTime) {
     for cert in config.tls.certs.infos() {
         let left = cert.seconds_left(now);
         let names = cert.names.join(",");
@@ -109,7 +111,7 @@ pub async fn expiry_daily(state: Arc<State>) {
     loop {
         tokio::select! {
             _ = state.life.stop().cancelled() => return,
-            _ = ticks.tick() => check_expiry(&state.config.load(), SystemTime::now()),
+            _ = ticks.tick() => check_expiry(&state.serving.load(), SystemTime::now()),
         }
     }
 }
@@ -118,14 +120,14 @@ pub async fn expiry_daily(state: Arc<State>) {
 /// `interval` until `state` stops. A change that does not load is logged once, not at every
 /// check; the next change is tried again.
 pub async fn poll_files(state: Arc<State>, interval: Duration) {
-    let mut seen = digest(&state.config.load());
+    let mut seen = digest(&state);
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     loop {
         tokio::select! {
             _ = state.life.stop().cancelled() => return,
             _ = ticks.tick() => {}
         }
-        let now = digest(&state.config.load());
+        let now = digest(&state);
         if now != seen {
             seen = now;
             // Logged inside; after a failure, the next change is tried again.
@@ -136,9 +138,10 @@ pub async fn poll_files(state: Arc<State>, interval: Duration) {
 
 /// A digest of the content of every file the configuration was loaded from; a file that
 /// cannot be read counts as its error, so its return is a change too.
-fn digest(config: &Config) -> Vec<u8> {
-    let settings = &config.settings;
-    let acme = settings
+fn digest(state: &State) -> Vec<u8> {
+    let settings = state.source();
+    let acme = state
+        .process
         .acme
         .iter()
         .flat_map(|a| a.names.iter().map(|n| a.cert_paths(n)));

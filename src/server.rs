@@ -14,13 +14,14 @@ use tokio::task::JoinSet;
 use crate::accept::{self, Listeners, Service};
 use crate::acme;
 use crate::admin;
-use crate::config::Config;
+use crate::config::{Config, ServingConfig};
 use crate::lifecycle::Event;
 use crate::notify;
 use crate::pidfile;
 use crate::reload::{self, Trigger};
 use crate::signals::Signals;
 use crate::state::State;
+use crate::tls::ktls;
 use crate::trim;
 use crate::upgrade;
 use crate::websocket::SPREAD;
@@ -39,7 +40,7 @@ pub struct Server {
 
 impl Server {
     pub fn new(config: Config) -> anyhow::Result<Server> {
-        if let Some(acme) = &config.settings.acme {
+        if let Some(acme) = &config.process.acme {
             acme::store::prepare(acme)?;
             for name in &acme.names {
                 if acme::store::renew_at(acme, name).is_none() {
@@ -61,9 +62,9 @@ impl Server {
         self.state.life.connections()
     }
 
-    /// The configuration new connections get.
-    pub fn config(&self) -> Arc<Config> {
-        self.state.config.load_full()
+    /// The serving config new connections get.
+    pub fn config(&self) -> Arc<ServingConfig> {
+        self.state.serving.load_full()
     }
 
     /// The lifecycle events from now on (ready, reloads, draining, stopped).
@@ -71,12 +72,12 @@ impl Server {
         self.state.life.events()
     }
 
-    /// Serves `config` to every connection accepted from now on. A connection accepted
-    /// before keeps the configuration it started with (its routes, its backends) to its end:
-    /// nothing live is dropped. Balancing state of routes both share carries over;
-    /// listeners and limits stay as they were at start.
+    /// Serves `config`'s serving part to every connection accepted from now on. A
+    /// connection accepted before keeps the configuration it started with (its routes, its
+    /// backends) to its end: nothing live is dropped. Balancing state of routes both share
+    /// carries over; the process part (listeners, limits, timings) stays as it was at start.
     pub fn reload(&self, config: Config) -> anyhow::Result<()> {
-        self.state.reload(config)
+        self.state.reload(config.serving, config.source)
     }
 
     /// Reads every certificate, key and client CA file again and, if all load, serves them
@@ -106,7 +107,7 @@ impl Server {
             life.spawn_background(notifier.follow(events, counts, until));
         }
         // `--pid-file`: written when ready (after an upgrade, by the new process).
-        let pid_file = self.state.config.load().settings.pid_file.clone();
+        let pid_file = self.state.process.pid_file.clone();
         if let Some(path) = pid_file.clone() {
             let mut events = life.events();
             life.spawn_background(async move {
@@ -233,7 +234,7 @@ impl Server {
     ) -> anyhow::Result<()> {
         let state = self.state;
         let life = &state.life;
-        crate::log_startup(&state.config.load(), &listeners);
+        log_startup(&state, &listeners);
 
         if let Some(listener) = &listeners.admin {
             // The status page's board, filled while the process runs (a sample every 10 s,
@@ -267,11 +268,11 @@ impl Server {
             loops.spawn(accept::accept_loop(listener, state.clone(), service));
         }
         state.start_background();
-        if let Some(interval) = state.config.load().settings.cert_poll {
+        if let Some(interval) = state.process.cert_poll {
             life.spawn_background(reload::poll_files(state.clone(), interval));
         }
         life.spawn_background(reload::expiry_daily(state.clone()));
-        if state.config.load().settings.acme.is_some() {
+        if state.process.acme.is_some() {
             life.spawn_background(acme::keep(state.clone()));
         }
         let state_t = state.clone();
@@ -282,10 +283,11 @@ impl Server {
         shutdown.await;
         life.begin_drain();
         life.emit(Event::Draining);
-        if state.config.load().settings.websocket_close_on_drain {
+        let timings = state.process.shutdown;
+        if timings.websocket_close_on_drain {
             life.say_farewell();
         }
-        let delay = state.config.load().settings.shutdown_delay;
+        let delay = timings.delay;
         if !delay.is_zero() {
             tracing::info!("not ready: closing the listeners in {delay:?}");
             tokio::time::sleep(delay).await;
@@ -294,7 +296,7 @@ impl Server {
         life.stop().cancel();
         while loops.join_next().await.is_some() {}
         drop(listeners);
-        let grace = state.config.load().timeouts.shutdown_grace;
+        let grace = timings.grace;
         tracing::info!(
             connections = life.connections(),
             "listeners closed; draining for up to {grace:?}"
@@ -328,6 +330,59 @@ impl Server {
         life.background_done().await;
         life.emit(Event::Stopped);
         Ok(())
+    }
+}
+
+/// Logs the listeners, routes and certificates, one line each, as the server starts, and
+/// warns of certificates near their expiry.
+fn log_startup(state: &State, listeners: &Listeners) {
+    let config = state.serving.load();
+    let config = &**config;
+    let tls = listeners.tls.iter().map(|l| (l, "listening"));
+    let redirect = listeners
+        .redirect
+        .iter()
+        .map(|l| (l, "redirecting plain HTTP to https"));
+    let admin = listeners.admin.iter().map(|l| {
+        (
+            l,
+            "admin: / (status page) /status.json /metrics /livez /healthz /readyz",
+        )
+    });
+    for (l, what) in tls.chain(redirect).chain(admin) {
+        match l.local_addr() {
+            Ok(addr) => tracing::info!(%addr, "{what}"),
+            Err(e) => tracing::warn!("listener without address: {e}"),
+        }
+    }
+    tracing::info!(
+        max_connections = state.process.limits.max_connections,
+        max_header_bytes = config.max_header_bytes(),
+        "limits"
+    );
+    for pool in config.pools.iter() {
+        let backends: Vec<&str> = pool.backends().iter().map(|b| b.name()).collect();
+        let check = pool
+            .check
+            .as_ref()
+            .map_or("off".to_string(), ToString::to_string);
+        tracing::info!(
+            route = %pool.route(),
+            backends = %backends.join(","),
+            balance = %pool.policy,
+            health_check = %check,
+            "route"
+        );
+    }
+    ktls::log(&ktls::probe(std::path::Path::new(ktls::AVAILABLE_ULP)));
+    reload::log_certificates(config);
+    reload::check_expiry(config, std::time::SystemTime::now());
+    if let Some(sha256) = &config.tls.certs.ephemeral {
+        tracing::warn!(
+            sha256 = %sha256,
+            "no --cert/--key given: serving an ephemeral self-signed certificate for localhost; \
+             browsers will warn. Use it for development only"
+        );
     }
 }
 

@@ -1,7 +1,7 @@
-//! The one value that lives as long as the process: the configuration that may change (behind
-//! an `ArcSwap`), and everything that must not be reset when it does — limits and their
-//! semaphores, the lifecycle (shutdown tokens, task trackers, events), the TLS server,
-//! balancing state.
+//! The one value that lives as long as the process: the process config, built once; the
+//! serving config, the one value that may change (behind an `ArcSwap`); and everything that
+//! must not be reset when it does — the semaphores the limits size, the lifecycle (shutdown
+//! tokens, task trackers, events), the TLS server, balancing state.
 //!
 //! Each connection loads one configuration snapshot when it is accepted and keeps it to its
 //! end, so a reload changes what new connections get and nothing that is live. Per-connection
@@ -17,7 +17,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::Semaphore;
 
 use crate::balance::Registry;
-use crate::config::{Config, Limits};
+use crate::config::{Config, ProcessConfig, ServingConfig, ServingSettings};
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::tls::Tls;
@@ -26,10 +26,13 @@ use crate::tls::Tls;
 const OVERFLOW_ANSWERS: usize = 64;
 
 pub struct State {
-    /// The configuration new connections get.
-    pub config: ArcSwap<Config>,
-    /// The limits as they were at start: the semaphores below are sized by them.
-    pub limits: Limits,
+    /// What only a restart can change: listeners, limits (the semaphores below are sized by
+    /// them), the shutdown's timings, admin, ACME, the file poll.
+    pub process: ProcessConfig,
+    /// The serving config new connections get.
+    pub serving: ArcSwap<ServingConfig>,
+    /// The settings `serving` was built from: what the reload path builds the next one from.
+    source: Mutex<ServingSettings>,
     pub tls: Tls,
     pub balance: Registry,
     pub metrics: Metrics,
@@ -50,14 +53,20 @@ pub struct State {
 }
 
 impl State {
-    pub fn new(mut config: Config) -> anyhow::Result<State> {
-        let limits = config.limits;
-        let tls = Tls::new(&config.tls)?;
+    pub fn new(config: Config) -> anyhow::Result<State> {
+        let Config {
+            process,
+            mut serving,
+            source,
+        } = config;
+        let limits = process.limits;
+        let tls = Tls::new(&serving.tls)?;
         let balance = Registry::default();
-        balance.adopt(&mut config.pools);
+        balance.adopt(&mut serving.pools);
         Ok(State {
-            config: ArcSwap::from_pointee(config),
-            limits,
+            process,
+            serving: ArcSwap::from_pointee(serving),
+            source: Mutex::new(source),
             tls,
             balance,
             metrics: Metrics::default(),
@@ -80,23 +89,36 @@ impl State {
     /// checks); from now on reloads restart what they change.
     pub fn start_background(&self) {
         self.running.store(true, Ordering::Relaxed);
-        self.follow(&self.config.load());
+        self.follow(&self.serving.load());
     }
 
-    fn follow(&self, config: &Config) {
+    fn follow(&self, config: &ServingConfig) {
         if self.running.load(Ordering::Relaxed) {
             let health = &self.balance.health;
             health.reconcile(&config.pools, config.health, &self.life);
         }
     }
 
-    /// Makes `config` the one new connections get, keeping the balancing state of the routes
-    /// it shares with the old one. The limits stay as they were at start.
-    pub fn reload(&self, mut config: Config) -> anyhow::Result<()> {
-        self.tls.set(&config.tls)?;
-        self.balance.adopt(&mut config.pools);
-        self.follow(&config);
-        self.config.store(Arc::new(config));
+    /// The settings the current serving config was built from, for the reload path.
+    pub fn source(&self) -> ServingSettings {
+        self.source
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Makes `serving` the config new connections get, keeping the balancing state of the
+    /// routes it shares with the old one; `source` is what it was built from.
+    pub fn reload(
+        &self,
+        mut serving: ServingConfig,
+        source: ServingSettings,
+    ) -> anyhow::Result<()> {
+        self.tls.set(&serving.tls)?;
+        self.balance.adopt(&mut serving.pools);
+        self.follow(&serving);
+        *self.source.lock().unwrap_or_else(|e| e.into_inner()) = source;
+        self.serving.store(Arc::new(serving));
         Ok(())
     }
 }

@@ -175,7 +175,7 @@ async fn the_server_reports_ready_reloads_draining_and_stopped_in_order() {
     .chain(["--key".into(), pki.key.display().to_string()])
     .collect();
     let config = support::config_from_flags(&argv);
-    let listeners = wssbridge::Listeners::bind(&config.settings).unwrap();
+    let listeners = wssbridge::Listeners::bind(&config.process.listening).unwrap();
     let server = wssbridge::Server::new(config).unwrap();
     let mut events = server.events();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -1,12 +1,40 @@
 //! The import rules of ARCHITECTURE.md, checked: each module of `src/` may use only the crate
 //! modules its rule allows, so a change that breaks a rule fails here, not in a reader's grep.
+//!
+//! Files are parsed with `syn`, not searched as text: every `use` item (groups nested and
+//! split over lines, in inline modules too) and every path in the code (`crate::x::f()`,
+//! `crate :: x`) is seen, and `super::`/`self::` are resolved against the file's module, so
+//! `use super::conn;` in a top-level file is `crate::conn`. `lib.rs` and `main.rs` have rules
+//! too (`main` reaches the library as `wssbridge::`). `the_checker_*` tests prove each form is
+//! caught.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use syn::visit::Visit;
+
 /// Each module and what of the crate it may use (a path, or a path's start). Leaves use
 /// nothing of the crate. A module not listed here fails the test: a new module needs a rule.
 const RULES: &[(&str, &[&str])] = &[
+    // The library's root declares the modules and re-exports the entry points.
+    ("lib", &["accept::Listeners", "config", "server::Server"]),
+    // The binary: flags, logging, the runtime, then the library's entry points.
+    (
+        "main",
+        &[
+            "accept",
+            "check",
+            "cli",
+            "config",
+            "notify",
+            "pidfile",
+            "server",
+            "signals",
+            "Config",
+            "Listeners",
+            "Server",
+        ],
+    ),
     // Leaves: anything may use them, they use nothing.
     ("cidr", &[]),
     ("deadline", &[]),
@@ -45,8 +73,9 @@ const RULES: &[(&str, &[&str])] = &[
     ("notify", &["lifecycle"]),
     // Binary upgrade: the listeners to hand on, and the readiness protocol to hear.
     ("upgrade", &["accept", "notify"]),
-    // `--check`: a built configuration, shown.
-    ("check", &["config"]),
+    // `--check`: a built configuration, shown; `--online`, one health check of each backend
+    // and one question to the ACME CA.
+    ("check", &["config", "balance::health", "acme::reach"]),
     // Configuration is built, not run: no process state, nothing that binds or spawns.
     ("config", &["balance", "cidr", "http", "route", "tls"]),
     (
@@ -128,12 +157,12 @@ const RULES: &[(&str, &[&str])] = &[
             "admin",
             "config",
             "lifecycle",
-            "log_startup",
             "notify",
             "pidfile",
             "reload",
             "signals",
             "state",
+            "tls::ktls",
             "trim",
             "upgrade",
             "websocket::SPREAD",
@@ -147,24 +176,25 @@ fn every_module_uses_only_what_its_rule_allows() {
     let mut broken = Vec::new();
     for file in rust_files(&src) {
         let relative = file.strip_prefix(&src).unwrap();
-        let module = module_of(relative);
-        if module == "lib" || module == "main" {
-            continue;
-        }
-        let Some((_, allowed)) = RULES.iter().find(|(m, _)| *m == module) else {
+        let module = module_path(relative);
+        let top = module.first().cloned().unwrap_or_default();
+        let Some((_, allowed)) = RULES.iter().find(|(m, _)| *m == top) else {
             broken.push(format!(
-                "{}: module `{module}` has no rule",
+                "{}: module `{top}` has no rule",
                 relative.display()
             ));
             continue;
         };
         let text = std::fs::read_to_string(&file).unwrap();
-        for used in crate_paths(&text) {
-            let ok = used.split("::").next() == Some(module.as_str())
-                || allowed
-                    .iter()
-                    .any(|a| used == *a || used.starts_with(&format!("{a}::")));
-            if !ok {
+        let used = match crate_paths(&text, &module) {
+            Ok(used) => used,
+            Err(e) => {
+                broken.push(format!("{}: does not parse: {e}", relative.display()));
+                continue;
+            }
+        };
+        for used in used {
+            if !allows(&top, allowed, &used) {
                 broken.push(format!("{}: uses crate::{used}", relative.display()));
             }
         }
@@ -176,30 +206,125 @@ fn every_module_uses_only_what_its_rule_allows() {
     );
 }
 
+/// Whether module `top` may use `used` (a path from the crate root): its own paths, and
+/// what its rule names (a path, or a path's start).
+fn allows(top: &str, allowed: &[&str], used: &str) -> bool {
+    used.split("::").next() == Some(top)
+        || allowed
+            .iter()
+            .any(|a| used == *a || used.starts_with(&format!("{a}::")))
+}
+
+/// What the checker finds in `text` as the file of module `module`, sorted.
+fn found(text: &str, module: &[&str]) -> BTreeSet<String> {
+    let module: Vec<String> = module.iter().map(|s| s.to_string()).collect();
+    crate_paths(text, &module).unwrap().into_iter().collect()
+}
+
+fn set(paths: &[&str]) -> BTreeSet<String> {
+    paths.iter().map(|s| s.to_string()).collect()
+}
+
 #[test]
 fn the_checker_sees_grouped_and_inline_paths() {
     let text = "use crate::{conn, redirect::serve};\n// crate::server in a comment\n\
-                let x = crate::http::probe::request(p, h);\nuse crate::splice;\n\
+                fn f() { let x = crate::http::probe::request(p, h); }\nuse crate::splice;\n\
                 use crate::balance::Health;";
-    let found: BTreeSet<String> = crate_paths(text).into_iter().collect();
-    let expected: BTreeSet<String> = [
-        "conn",
-        "redirect::serve",
-        "http::probe::request",
-        "splice",
-        "balance::Health",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    assert_eq!(found, expected);
+    assert_eq!(
+        found(text, &["check"]),
+        set(&[
+            "conn",
+            "redirect::serve",
+            "http::probe::request",
+            "splice",
+            "balance::Health"
+        ])
+    );
 }
 
-/// `src/http/exchange.rs` → `http`; `src/splice.rs` → `splice`.
-fn module_of(relative: &Path) -> String {
-    let first = relative.components().next().unwrap();
-    let name = first.as_os_str().to_string_lossy();
-    name.strip_suffix(".rs").unwrap_or(&name).to_string()
+#[test]
+fn the_checker_resolves_super_from_a_top_level_file() {
+    // In src/server.rs, super is the crate root.
+    assert_eq!(found("use super::conn;", &["server"]), set(&["conn"]));
+    // In src/http/exchange.rs, super is http; in its tests module, super is the file.
+    assert_eq!(
+        found(
+            "use super::head::Head;\nmod tests { use super::*; use super::super::route; }",
+            &["http", "exchange"]
+        ),
+        set(&["http::head::Head", "http::exchange", "http::route"])
+    );
+}
+
+#[test]
+fn the_checker_sees_a_group_split_over_lines_and_nested_groups() {
+    let split = "use crate::{\n    metrics::Metrics,\n    conn,\n};";
+    assert_eq!(found(split, &["tls"]), set(&["metrics::Metrics", "conn"]));
+    let nested = "use crate::{metrics::X, http::{head, exchange::{Exchange}}, conn};";
+    assert_eq!(
+        found(nested, &["tls"]),
+        set(&[
+            "metrics::X",
+            "http::head",
+            "http::exchange::Exchange",
+            "conn"
+        ])
+    );
+}
+
+#[test]
+fn the_checker_sees_spaced_paths_and_self() {
+    assert_eq!(
+        found("fn f() { crate :: conn :: serve(); }", &["tls"]),
+        set(&["conn::serve"])
+    );
+    assert_eq!(
+        found("use self::hello::Budget;", &["tls"]),
+        set(&["tls::hello::Budget"])
+    );
+}
+
+#[test]
+fn the_checker_reads_lib_s_bare_module_paths() {
+    assert_eq!(
+        found(
+            "pub use server::Server;\npub use std::future::Future;",
+            &["lib"]
+        ),
+        set(&["server::Server"])
+    );
+}
+
+#[test]
+fn the_checker_reads_main_as_the_library_s_user() {
+    assert_eq!(
+        found(
+            "use wssbridge::conn;\nfn f() { wssbridge::server::Server::new(); }",
+            &["main"]
+        ),
+        set(&["conn", "server::Server::new"])
+    );
+    assert!(
+        !allows("main", RULES[1].1, "conn"),
+        "main may not reach conn"
+    );
+    assert!(allows("main", RULES[1].1, "server::Server::new"));
+}
+
+/// `src/http/exchange.rs` → `[http, exchange]`; `src/http/mod.rs` → `[http]`; `src/lib.rs`
+/// → `[lib]` (checked as its own module, though it is the root).
+fn module_path(relative: &Path) -> Vec<String> {
+    let mut parts: Vec<String> = relative
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().to_string())
+        .collect();
+    if let Some(last) = parts.pop() {
+        let stem = last.strip_suffix(".rs").unwrap_or(&last).to_string();
+        if stem != "mod" {
+            parts.push(stem);
+        }
+    }
+    parts
 }
 
 fn rust_files(dir: &Path) -> Vec<PathBuf> {
@@ -215,37 +340,123 @@ fn rust_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
-/// Every `crate::path` outside comments, with `crate::{a, b::c}` groups split.
-fn crate_paths(text: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for line in text.lines() {
-        let code = line.split("//").next().unwrap_or_default();
-        let mut rest = code;
-        while let Some(at) = rest.find("crate::") {
-            let after = &rest[at + "crate::".len()..];
-            if let Some(group) = after.strip_prefix('{') {
-                let end = group.find('}').unwrap_or(group.len());
-                for item in group[..end].split(',') {
-                    let path = path_at(item.trim());
-                    if !path.is_empty() {
-                        found.push(path);
-                    }
+/// Every path of the crate that `text`, the file of `module`, names: in `use` items (groups
+/// flattened) and in code, from the crate root. `lib` and `main` are the root: `super` does
+/// not apply there, and `main` names the library `wssbridge`.
+fn crate_paths(text: &str, module: &[String]) -> syn::Result<Vec<String>> {
+    let file = syn::parse_file(text)?;
+    let root = matches!(module, [m] if m == "lib" || m == "main");
+    let mut visitor = Paths {
+        module: if root { Vec::new() } else { module.to_vec() },
+        root_name: if module == ["main"] {
+            "wssbridge"
+        } else {
+            "crate"
+        },
+        found: Vec::new(),
+    };
+    visitor.visit_file(&file);
+    Ok(visitor.found)
+}
+
+struct Paths {
+    /// The module the visitor is in, from the crate root (inline modules pushed).
+    module: Vec<String>,
+    /// What names the crate's root: `crate`, or `wssbridge` in the binary.
+    root_name: &'static str,
+    found: Vec<String>,
+}
+
+impl Paths {
+    /// `segments` from the crate root, if they start at it (`crate`, `super`, `self`);
+    /// `None` for a path of another crate or a local name.
+    fn resolve(&self, segments: &[String]) -> Option<Vec<String>> {
+        let first = segments.first()?;
+        if first == self.root_name {
+            return Some(segments[1..].to_vec());
+        }
+        // In lib.rs a module of the crate is named bare (`pub use server::Server;`).
+        if self.root_name == "crate"
+            && self.module.is_empty()
+            && RULES.iter().any(|(m, _)| m == first)
+        {
+            return Some(segments.to_vec());
+        }
+        if first != "super" && first != "self" {
+            return None;
+        }
+        let mut base = self.module.clone();
+        let mut rest = segments;
+        if rest.first().is_some_and(|s| s == "self") {
+            rest = &rest[1..];
+        }
+        while rest.first().is_some_and(|s| s == "super") {
+            base.pop()?;
+            rest = &rest[1..];
+        }
+        base.extend(rest.iter().cloned());
+        Some(base)
+    }
+
+    fn record(&mut self, segments: &[String]) {
+        if let Some(path) = self.resolve(segments)
+            && !path.is_empty()
+        {
+            self.found.push(path.join("::"));
+        }
+    }
+
+    /// Every path a `use` tree names, groups flattened; `*` names its parent.
+    fn tree(&mut self, prefix: &mut Vec<String>, tree: &syn::UseTree) {
+        match tree {
+            syn::UseTree::Path(p) => {
+                prefix.push(p.ident.to_string());
+                self.tree(prefix, &p.tree);
+                prefix.pop();
+            }
+            syn::UseTree::Name(n) => {
+                let name = n.ident.to_string();
+                let mut path = prefix.clone();
+                if name != "self" {
+                    path.push(name);
                 }
-                rest = &group[end..];
-            } else {
-                let path = path_at(after);
-                rest = &after[path.len()..];
-                found.push(path);
+                self.record(&path);
+            }
+            syn::UseTree::Rename(r) => {
+                let mut path = prefix.clone();
+                path.push(r.ident.to_string());
+                self.record(&path);
+            }
+            syn::UseTree::Glob(_) => {
+                let path = prefix.clone();
+                self.record(&path);
+            }
+            syn::UseTree::Group(g) => {
+                for item in &g.items {
+                    self.tree(prefix, item);
+                }
             }
         }
     }
-    found
 }
 
-/// The `a::b::C` at the start of `s` (modules, then an item).
-fn path_at(s: &str) -> String {
-    let end = s
-        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
-        .unwrap_or(s.len());
-    s[..end].trim_end_matches(':').to_string()
+impl<'ast> Visit<'ast> for Paths {
+    fn visit_item_use(&mut self, item: &'ast syn::ItemUse) {
+        self.tree(&mut Vec::new(), &item.tree);
+    }
+
+    fn visit_item_mod(&mut self, item: &'ast syn::ItemMod) {
+        // An inline module (`mod tests { … }`) is a level deeper for `super`.
+        self.module.push(item.ident.to_string());
+        syn::visit::visit_item_mod(self, item);
+        self.module.pop();
+    }
+
+    fn visit_path(&mut self, path: &'ast syn::Path) {
+        let segments: Vec<String> = path.segments.iter().map(|s| s.ident.to_string()).collect();
+        if path.leading_colon.is_none() && segments.len() > 1 {
+            self.record(&segments);
+        }
+        syn::visit::visit_path(self, path);
+    }
 }

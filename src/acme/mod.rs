@@ -61,11 +61,10 @@ enum Obtained {
 pub async fn keep(state: Arc<State>) {
     let mut failing: HashMap<String, Failing> = HashMap::new();
     loop {
-        let config = state.config.load_full();
-        let Some(acme) = config.settings.acme.clone() else {
+        let Some(acme) = state.process.acme.clone() else {
             return;
         };
-        let http = !config.settings.redirect_http.is_empty();
+        let http = !state.process.listening.redirect.is_empty();
         let mut next = Instant::now() + CHECK;
         for name in &acme.names {
             let now = Instant::now();

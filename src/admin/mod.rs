@@ -94,18 +94,22 @@ pub async fn serve(
 /// One request, one answer, then close. The write is bounded like the read: a scraper that
 /// stops reading does not hold a slot.
 async fn answer(stream: TcpStream, slot: &Slot, state: &State, board: &Board) {
-    let config = state.config.load_full();
+    let config = state.serving.load_full();
     let mut stream = BufReader::with_capacity(1024, stream);
     let mut buf = Vec::new();
-    let read = head::read(&mut stream, &mut buf, config.limits.max_header_bytes);
+    let read = head::read(&mut stream, &mut buf, config.max_header_bytes());
     let read = tokio::time::timeout(slots::HEAD_TIME, read).await.ok();
     slot.has_head();
     let (status, content_type, body) = match read {
-        Some(Ok(Some(request))) if !host_allowed(request.host.as_deref(), &config.admin_hosts) => (
-            421,
-            respond::TEXT,
-            "misdirected request: unknown Host\n".to_string(),
-        ),
+        Some(Ok(Some(request)))
+            if !host_allowed(request.host.as_deref(), &state.process.admin_hosts) =>
+        {
+            (
+                421,
+                respond::TEXT,
+                "misdirected request: unknown Host\n".to_string(),
+            )
+        }
         Some(Ok(Some(request))) => route(&request, state, board),
         Some(Ok(None)) => return,
         Some(Err(_)) => (400, respond::TEXT, "bad request\n".to_string()),
@@ -184,7 +188,7 @@ fn unready(state: &State) -> Option<String> {
     if !state.running() {
         return Some("starting".to_string());
     }
-    let config = state.config.load();
+    let config = state.serving.load();
     let down: Vec<String> = config
         .pools
         .iter()

@@ -69,7 +69,7 @@ pub struct ProcessView {
 impl Snapshot {
     pub fn gather(state: &State, unready: Option<String>) -> Snapshot {
         let traffic = &state.metrics.traffic;
-        let config = state.config.load();
+        let config = state.serving.load();
         let backends = config
             .pools
             .iter()

@@ -1,23 +1,34 @@
-//! Settings → Config: what the user asked for, and the validated configuration built from it.
+//! Settings → Config: what the user asked for, and the validated configuration built from it,
+//! in two parts that live differently.
 //!
-//! [`Settings`] is plain data (no clap: `cli` fills it from flags, tests fill it by hand).
-//! [`Config::build`] loads the files it names and checks every value, failing with a message
-//! that names the flag or file; nothing is bound or started. Building again from the same
-//! settings is how a reload re-reads certificates: the server swaps the new `Config` in only
+//! [`Settings`] is plain data (no clap: `cli` fills it from flags), split by what may change
+//! it: [`ProcessSettings`] (the sockets, the limits, the shutdown's timings, the admin port,
+//! ACME, the file poll) only a restart or an upgrade can change; [`ServingSettings`] (routes,
+//! certificates, backends and their policies, health checks, forwarded-header rules,
+//! per-connection timeouts) a reload may.
+//!
+//! [`Config::build`] loads the files they name and checks every value, failing with a message
+//! that names the flag or file; nothing is bound or started. It gives a [`ProcessConfig`],
+//! built once and owned by the supervisor, and a [`ServingConfig`], the one value behind the
+//! state's `ArcSwap`. No run-time code reads the settings: the reload path alone keeps the
+//! [`ServingSettings`] to build a new serving config from (`reload`), and swaps it in only
 //! once it is complete.
+
+mod process;
+mod serving;
+
+pub use process::{Limits, Listening, ProcessConfig, Shutdown};
+pub use serving::ServingConfig;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
-use crate::balance::health::Timing;
-use crate::balance::{Balancing, Pools};
+use crate::balance::Balancing;
 use crate::cidr::Cidr;
-use crate::http::Policy;
 pub use crate::http::Security;
-use crate::route::{RouteSpec, RouteTable};
-use crate::tls::{CertPaths, CertStore, ClientCas, TlsConfig};
+use crate::route::RouteSpec;
+use crate::tls::CertPaths;
 
 /// Let's Encrypt's production directory, `--acme-directory`'s default.
 pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
@@ -81,13 +92,53 @@ impl AcmeSettings {
 }
 
 /// What the user asked for, before any file is read.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Settings {
+    pub process: ProcessSettings,
+    pub serving: ServingSettings,
+}
+
+/// What only a restart, or an upgrade (SIGUSR2), can change.
+#[derive(Debug, Clone)]
+pub struct ProcessSettings {
     pub listen: Vec<SocketAddr>,
     /// Listened on too when the machine allows (the IPv6 twin of `:443`).
     pub listen_if_possible: Vec<SocketAddr>,
     /// `--listen` was given, not defaulted: an error beside sockets systemd passes.
     pub listen_given: bool,
+    /// Plain-HTTP listeners that redirect every request to https.
+    pub redirect_http: Vec<SocketAddr>,
+    /// The IPv6 twins of `--redirect-http :PORT`, bound where the machine has IPv6.
+    pub redirect_http_if_possible: Vec<SocketAddr>,
+    /// SO_REUSEPORT on the TLS and redirect listeners (several processes on one port).
+    pub reuse_port: bool,
+    /// The plain-HTTP admin listener (/metrics, /livez, /healthz, /readyz).
+    pub admin: Option<SocketAddr>,
+    /// `--admin-host`: names the admin port answers besides IP literals and localhost.
+    pub admin_hosts: Vec<String>,
+    /// `--pid-file`.
+    pub pid_file: Option<PathBuf>,
+    /// Between readiness turning 503 at shutdown and the listeners closing.
+    pub shutdown_delay: Duration,
+    /// How long connections may take to finish once the listeners closed.
+    pub shutdown_grace: Duration,
+    /// Close WebSockets (1001) when shutdown begins, not when the grace ends.
+    pub websocket_close_on_drain: bool,
+    /// `--acme`: names whose certificates ACME gets and renews.
+    pub acme: Option<AcmeSettings>,
+    /// How often certificate, key and CA files are checked for new content (`None`: never).
+    pub cert_poll: Option<Duration>,
+    /// `None`: from the file-descriptor limit.
+    pub max_connections: Option<usize>,
+    /// `None`: four per core.
+    pub max_handshakes: Option<usize>,
+    pub max_handshake_memory: usize,
+    pub max_connections_per_ip: Option<usize>,
+}
+
+/// What a reload may change, for new connections and new requests.
+#[derive(Debug, Clone)]
+pub struct ServingSettings {
     /// Certificate and key files, the first pair the default; none means an ephemeral
     /// self-signed certificate.
     pub certs: Vec<CertPaths>,
@@ -97,32 +148,12 @@ pub struct Settings {
     pub client_cas: Vec<PathBuf>,
     /// Let clients without a certificate through (a bad one is still refused).
     pub client_auth_optional: bool,
-    /// How often certificate, key and CA files are checked for new content (`None`: never).
-    pub cert_poll: Option<Duration>,
-    /// `--acme`: names whose certificates ACME gets and renews.
-    pub acme: Option<AcmeSettings>,
-    /// Plain-HTTP listeners that redirect every request to https.
-    pub redirect_http: Vec<SocketAddr>,
-    /// The IPv6 twins of `--redirect-http :PORT`, bound where the machine has IPv6.
-    pub redirect_http_if_possible: Vec<SocketAddr>,
-    /// SO_REUSEPORT on the TLS and redirect listeners (several processes on one port).
-    pub reuse_port: bool,
     /// Add X-Forwarded-For, X-Forwarded-Proto, X-Real-IP and Forwarded to every request.
     pub add_forwarded: bool,
     /// Clients whose own X-Forwarded-For and Forwarded are kept (and extended).
     pub trust_forwarded: Vec<Cidr>,
     /// Peers that must begin every connection with a PROXY header.
     pub accept_proxy_from: Vec<Cidr>,
-    /// The plain-HTTP admin listener (/metrics, /livez, /healthz, /readyz).
-    pub admin: Option<SocketAddr>,
-    /// `--admin-host`: names the admin port answers besides IP literals and localhost.
-    pub admin_hosts: Vec<String>,
-    /// `--pid-file`.
-    pub pid_file: Option<std::path::PathBuf>,
-    /// Between readiness turning 503 at shutdown and the listeners closing.
-    pub shutdown_delay: Duration,
-    /// Close WebSockets (1001) when shutdown begins, not when the grace ends.
-    pub websocket_close_on_drain: bool,
     /// Every route, `--to` included (as `/`).
     pub routes: Vec<RouteSpec>,
     /// Policies and active checks, per route or for all.
@@ -134,39 +165,46 @@ pub struct Settings {
     pub health_timeout: Option<Duration>,
     pub timeouts: Timeouts,
     pub max_header_bytes: usize,
-    /// `None`: from the file-descriptor limit.
-    pub max_connections: Option<usize>,
-    /// `None`: four per core.
-    pub max_handshakes: Option<usize>,
-    pub max_handshake_memory: usize,
-    pub max_connections_per_ip: Option<usize>,
     pub security: Security,
 }
 
-impl Default for Settings {
+impl Default for ProcessSettings {
     /// The defaults the command line documents.
     fn default() -> Self {
-        Settings {
+        ProcessSettings {
             listen: vec![SocketAddr::from(([0, 0, 0, 0], 8443))],
             listen_if_possible: Vec::new(),
             listen_given: false,
-            certs: Vec::new(),
-            strict_sni: false,
-            client_cas: Vec::new(),
-            client_auth_optional: false,
-            acme: None,
-            cert_poll: Some(Duration::from_secs(60)),
             redirect_http: Vec::new(),
             redirect_http_if_possible: Vec::new(),
             reuse_port: false,
-            add_forwarded: false,
-            trust_forwarded: Vec::new(),
-            accept_proxy_from: Vec::new(),
             admin: None,
             admin_hosts: Vec::new(),
             pid_file: None,
             shutdown_delay: Duration::ZERO,
+            shutdown_grace: Duration::from_secs(30),
             websocket_close_on_drain: false,
+            acme: None,
+            cert_poll: Some(Duration::from_secs(60)),
+            max_connections: None,
+            max_handshakes: None,
+            max_handshake_memory: 64 << 20,
+            max_connections_per_ip: None,
+        }
+    }
+}
+
+impl Default for ServingSettings {
+    /// The defaults the command line documents.
+    fn default() -> Self {
+        ServingSettings {
+            certs: Vec::new(),
+            strict_sni: false,
+            client_cas: Vec::new(),
+            client_auth_optional: false,
+            add_forwarded: false,
+            trust_forwarded: Vec::new(),
+            accept_proxy_from: Vec::new(),
             routes: Vec::new(),
             balancing: Balancing::default(),
             fail_timeout: Some(Duration::from_secs(10)),
@@ -174,10 +212,6 @@ impl Default for Settings {
             health_timeout: Some(Duration::from_secs(2)),
             timeouts: Timeouts::default(),
             max_header_bytes: 16 * 1024,
-            max_connections: None,
-            max_handshakes: None,
-            max_handshake_memory: 64 << 20,
-            max_connections_per_ip: None,
             security: Security {
                 allowed_upgrades: Vec::new(),
                 check_websocket_accept: false,
@@ -187,29 +221,17 @@ impl Default for Settings {
     }
 }
 
+/// A configuration as a start builds it: the part built once, the part a reload replaces,
+/// and what the reload path builds the next serving part from.
 #[derive(Debug)]
 pub struct Config {
-    /// What this configuration was built from: a reload builds again from it.
-    pub settings: Settings,
-    pub listen: Vec<SocketAddr>,
-    pub tls: TlsConfig,
-    /// What the `http` stage reads: the route table and its rules.
-    pub http: Arc<Policy>,
-    /// Balancing state per route, indexed like the routes; the server shares it across reloads.
-    pub pools: Pools,
-    pub fail_timeout: Option<Duration>,
-    pub health: Timing,
-    /// `--add-forwarded`, and the clients trusted to say who they forward for.
-    pub add_forwarded: bool,
-    pub trust_forwarded: Vec<Cidr>,
-    pub accept_proxy_from: Vec<Cidr>,
-    pub timeouts: Timeouts,
-    pub limits: Limits,
-    /// `--admin-host`.
-    pub admin_hosts: Vec<String>,
+    pub process: ProcessConfig,
+    pub serving: ServingConfig,
+    /// The settings `serving` was built from.
+    pub source: ServingSettings,
 }
 
-/// `None` means off.
+/// Per-connection timeouts; `None` means off.
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
     pub handshake: Option<Duration>,
@@ -223,7 +245,6 @@ pub struct Timeouts {
     pub close: Option<Duration>,
     /// A write to a peer that makes no progress this long ends the tunnel.
     pub send: Option<Duration>,
-    pub shutdown_grace: Duration,
 }
 
 impl Default for Timeouts {
@@ -237,31 +258,15 @@ impl Default for Timeouts {
             keepalive: Some(Duration::from_secs(75)),
             close: Some(Duration::from_secs(60)),
             send: Some(Duration::from_secs(60)),
-            shutdown_grace: Duration::from_secs(30),
         }
     }
 }
-
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    pub max_header_bytes: usize,
-    pub max_connections: usize,
-    /// TLS handshakes in progress at once; more wait, under their handshake deadline.
-    pub max_handshakes: usize,
-    /// What every connection still reading its ClientHello may hold together.
-    pub max_handshake_memory: usize,
-    /// Connections one client address may hold at once (`None`: no limit).
-    pub max_connections_per_ip: Option<usize>,
-}
-
-/// Far above what one process can hold (two descriptors each), and within what a semaphore takes.
-const MAX_CONNECTIONS: usize = 100_000_000;
 
 impl Config {
     /// Loads certificates and builds the route table: everything that can fail because of
     /// the settings fails here, before any socket is opened.
     pub fn build(settings: &Settings) -> anyhow::Result<Config> {
-        if settings.routes.is_empty() {
+        if settings.serving.routes.is_empty() {
             // The package's unit passes WSSBRIDGE_ARGS from /etc/default/wssbridge, which
             // ships empty: say where the flags go.
             let unit = std::env::var_os("WSSBRIDGE_ARGS").map_or(
@@ -270,192 +275,12 @@ impl Config {
             );
             anyhow::bail!("no route: give --to BACKEND or --route PATH=BACKEND{unit}");
         }
-        no_listener_twice(settings)?;
-        let routes = RouteTable::new(settings.routes.clone())
-            .map_err(|e| anyhow::anyhow!("--route: {e}"))?;
-        let pools = Pools::new(&routes, &settings.balancing).map_err(|e| anyhow::anyhow!(e))?;
-        let health = match (settings.health_interval, settings.health_timeout) {
-            (Some(interval), Some(timeout)) => Timing { interval, timeout },
-            (None, _) => anyhow::bail!("--health-interval must be more than 0"),
-            (_, None) => anyhow::bail!("--health-timeout must be more than 0"),
-        };
-        let certs = match (&settings.acme, settings.certs.is_empty()) {
-            (Some(acme), _) => {
-                if let Some(bad) = acme
-                    .names
-                    .iter()
-                    .find(|n| !crate::tls::acme::is_dns_name(n))
-                {
-                    anyhow::bail!("--acme {bad}: not a DNS name");
-                }
-                check_acme(acme)?;
-                let names = acme.names.iter().map(|n| (n.clone(), acme.cert_paths(n)));
-                CertStore::with_acme(&settings.certs, &names.collect::<Vec<_>>())?
-            }
-            (None, true) => CertStore::ephemeral()
-                .map_err(|e| anyhow::anyhow!("generating a self-signed certificate: {e}"))?,
-            (None, false) => CertStore::load(&settings.certs)?,
-        };
-        let client_cas = match settings.client_cas.is_empty() {
-            true => None,
-            false => Some(ClientCas::load(
-                &settings.client_cas,
-                settings.client_auth_optional,
-            )?),
-        };
-        let max_connections = match settings.max_connections {
-            Some(0) => anyhow::bail!("--max-connections must be at least 1"),
-            Some(n) if n > MAX_CONNECTIONS => {
-                anyhow::bail!("--max-connections {n} is more than {MAX_CONNECTIONS}")
-            }
-            Some(n) => n,
-            None => default_max_connections(),
-        };
-        let max_handshakes = match settings.max_handshakes {
-            Some(0) => anyhow::bail!("--max-handshakes must be at least 1"),
-            Some(n) => n.min(MAX_CONNECTIONS),
-            None => default_max_handshakes(),
-        };
-        if settings.max_connections_per_ip == Some(0) {
-            anyhow::bail!("--max-connections-per-ip must be at least 1");
-        }
-        if settings.max_handshake_memory < MIN_HANDSHAKE_MEMORY {
-            anyhow::bail!(
-                "--max-handshake-memory must be at least 64KiB: below one large ClientHello, \
-                 every TLS client would be closed"
-            );
-        }
-        if settings.max_header_bytes < 64 {
-            anyhow::bail!("--max-header-bytes must be at least 64 bytes");
-        }
-        let mut security = settings.security.clone();
-        security.allowed_upgrades = security
-            .allowed_upgrades
-            .iter()
-            .map(|p| p.trim().to_ascii_lowercase())
-            .filter(|p| !p.is_empty())
-            .collect();
-        let certs = Arc::new(certs);
-        let http = Policy {
-            routes,
-            security,
-            max_header_bytes: settings.max_header_bytes,
-            certs: Some(certs.clone()),
-        };
+        let process = ProcessConfig::build(&settings.process)?;
+        let serving = ServingConfig::build(&settings.serving, process.acme.as_ref())?;
         Ok(Config {
-            settings: settings.clone(),
-            listen: settings.listen.clone(),
-            tls: TlsConfig {
-                certs,
-                client_cas,
-                strict_sni: settings.strict_sni,
-                acme_answers: settings.acme.as_ref().map(|a| a.challenges("tls-alpn-01")),
-            },
-            pools,
-            http: Arc::new(http),
-            fail_timeout: settings.fail_timeout,
-            health,
-            add_forwarded: settings.add_forwarded,
-            trust_forwarded: settings.trust_forwarded.clone(),
-            accept_proxy_from: settings.accept_proxy_from.clone(),
-            timeouts: settings.timeouts,
-            limits: Limits {
-                max_header_bytes: settings.max_header_bytes,
-                max_connections,
-                max_handshakes,
-                max_handshake_memory: settings.max_handshake_memory,
-                max_connections_per_ip: settings.max_connections_per_ip,
-            },
-            admin_hosts: settings.admin_hosts.clone(),
+            process,
+            serving,
+            source: settings.serving.clone(),
         })
     }
-}
-
-/// What `--check` can catch of an ACME setup without contacting anyone: mistakes the CA
-/// would otherwise refuse minutes later, in a background retry loop.
-fn check_acme(acme: &AcmeSettings) -> anyhow::Result<()> {
-    if let Some(ip) = acme
-        .names
-        .iter()
-        .find(|n| n.parse::<std::net::IpAddr>().is_ok())
-    {
-        anyhow::bail!(
-            "--acme {ip}: an IP address; ACME CAs such as Let's Encrypt issue for DNS names: \
-             give the name whose DNS points at this machine"
-        );
-    }
-    if !acme.directory.starts_with("https://") {
-        anyhow::bail!(
-            "--acme-directory {}: an ACME directory is served over https:// (RFC 8555 §6.1)",
-            acme.directory
-        );
-    }
-    if let Some(email) = &acme.email {
-        let looks_right = email.split_once('@').is_some_and(|(local, domain)| {
-            !local.is_empty()
-                && !local.contains(char::is_whitespace)
-                && domain.contains('.')
-                && crate::tls::acme::is_dns_name(domain)
-        });
-        if !looks_right {
-            anyhow::bail!("--acme-email {email}: not an e-mail address (you@example.com)");
-        }
-    }
-    Ok(())
-}
-
-/// The smallest `--max-handshake-memory`: a ClientHello may be up to 64 KiB.
-const MIN_HANDSHAKE_MEMORY: usize = 64 * 1024;
-
-/// Refuses two listeners on one address (`--listen :8443 --redirect-http :8443`, or one
-/// `--listen` twice), naming both flags, where binding would only say "Address already in
-/// use" with no hint that the clash is with itself. Port 0 (any free port) never clashes.
-fn no_listener_twice(settings: &Settings) -> anyhow::Result<()> {
-    let listeners = settings
-        .listen
-        .iter()
-        .map(|a| ("--listen", *a))
-        .chain(
-            settings
-                .redirect_http
-                .iter()
-                .map(|a| ("--redirect-http", *a)),
-        )
-        .chain(settings.admin.iter().map(|a| ("--admin", *a)));
-    let mut seen: Vec<(&str, SocketAddr)> = Vec::new();
-    for (flag, addr) in listeners {
-        let clash = seen.iter().find(|(_, other)| {
-            addr.port() != 0
-                && addr.port() == other.port()
-                && addr.is_ipv4() == other.is_ipv4()
-                && (addr.ip() == other.ip()
-                    || addr.ip().is_unspecified()
-                    || other.ip().is_unspecified())
-        });
-        if let Some((other_flag, other)) = clash {
-            anyhow::bail!(
-                "{other_flag} {other} and {flag} {addr} are the same address: give each its own port"
-            );
-        }
-        seen.push((flag, addr));
-    }
-    Ok(())
-}
-
-/// Descriptors kept back from the connection limit: listeners, logs, DNS look-ups, and the
-/// connections that are over the limit and are being answered 503.
-const RESERVED_FDS: u64 = 128;
-
-/// Four handshakes per core keep every core busy with crypto while leaving room for the
-/// established tunnels, so a handshake flood cannot starve them.
-pub fn default_max_handshakes() -> usize {
-    4 * std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-/// Two descriptors per tunnel from what the soft RLIMIT_NOFILE allows.
-pub fn default_max_connections() -> usize {
-    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
-        .current
-        .unwrap_or(1 << 20);
-    (soft.saturating_sub(RESERVED_FDS) / 2).max(1) as usize
 }

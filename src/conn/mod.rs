@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use crate::balance::{Lease, Pool};
 use crate::cidr::Cidr;
-use crate::config::Config;
+use crate::config::ServingConfig;
 use crate::connect::{self, Connected, NotConnected};
 use crate::deadline::within;
 use crate::http::forwarded::{self, Forwarding};
@@ -62,7 +62,7 @@ impl Accepted {
 /// Serves one accepted connection with `config`, the snapshot taken when it was accepted
 /// (it keeps it to its end, whatever reloads come). `admitted` is false when the connection
 /// limit is reached: the client is then answered 503 once its head has arrived.
-pub async fn serve(state: &State, accepted: Accepted, config: Arc<Config>, admitted: bool) {
+pub async fn serve(state: &State, accepted: Accepted, config: Arc<ServingConfig>, admitted: bool) {
     let started = accepted.at;
     state.metrics.accepted();
     let mut summary = Summary::default();
@@ -76,7 +76,7 @@ pub async fn serve(state: &State, accepted: Accepted, config: Arc<Config>, admit
 
 async fn pipeline(
     state: &State,
-    config: &Arc<Config>,
+    config: &Arc<ServingConfig>,
     accepted: Accepted,
     started: Instant,
     admitted: bool,
@@ -210,7 +210,7 @@ async fn pipeline(
 /// A connection to one of `pool`'s backends (named in the summary), or the status that
 /// answers the client when none could be had.
 async fn dial(
-    config: &Config,
+    config: &ServingConfig,
     pool: &Pool,
     client: std::net::SocketAddr,
     summary: &mut Summary,
@@ -233,7 +233,7 @@ async fn dial(
 /// The TLS handshake, counted in the metrics; a failure is the connection's outcome.
 async fn handshake(
     state: &State,
-    config: &Config,
+    config: &ServingConfig,
     stream: TcpStream,
     early: Vec<u8>,
     header_deadline: Option<Instant>,
@@ -263,7 +263,7 @@ async fn handshake(
 
 /// The address the client connected to, for PROXY headers to backends: asked of the socket
 /// only when some route sends them.
-fn proxy_local(config: &Config, stream: &TcpStream) -> Option<std::net::SocketAddr> {
+fn proxy_local(config: &ServingConfig, stream: &TcpStream) -> Option<std::net::SocketAddr> {
     // Linux hands accepted sockets the listener's TCP_NODELAY and keepalive settings.
     #[cfg(not(target_os = "linux"))]
     crate::connect::tune(socket2::SockRef::from(stream));
@@ -309,11 +309,11 @@ fn splice_timeouts(t: &crate::config::Timeouts) -> splice::Timeouts {
 /// ended (an answered error, a client that left).
 async fn first_head(
     client: &mut Client,
-    config: &Config,
+    config: &ServingConfig,
     deadline: Option<Instant>,
 ) -> Result<(Head, Vec<u8>), Outcome> {
     let mut buf = Vec::new();
-    let read = http::head::read(client, &mut buf, config.limits.max_header_bytes);
+    let read = http::head::read(client, &mut buf, config.max_header_bytes());
     let Some(read) = within(deadline, read).await else {
         return Err(answer(client, Status::RequestTimeout).await);
     };
@@ -342,11 +342,9 @@ mod tests {
     /// it. This fails if one of them is awaited inline again.
     #[tokio::test]
     async fn an_idle_tunnel_s_task_holds_no_handshake_state() {
-        let settings = crate::config::Settings {
-            routes: vec!["/=127.0.0.1:9".parse().unwrap()],
-            ..Default::default()
-        };
-        let state = State::new(Config::build(&settings).unwrap()).unwrap();
+        let mut settings = crate::config::Settings::default();
+        settings.serving.routes = vec!["/=127.0.0.1:9".parse().unwrap()];
+        let state = State::new(crate::config::Config::build(&settings).unwrap()).unwrap();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let socket = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         socket.set_nonblocking(true).unwrap();
@@ -363,7 +361,7 @@ mod tests {
             Instant::now(),
         );
         let handshake = std::mem::size_of_val(&handshake);
-        let config = state.config.load_full();
+        let config = state.serving.load_full();
         let serve =
             std::mem::size_of_val(&serve(&state, Accepted::direct(stream, peer), config, true));
         assert!(handshake > 3000, "the handshake's state: {handshake} bytes");

@@ -330,17 +330,16 @@ impl Tunnel {
             vec!["wssbridge".into(), "--listen".into(), "127.0.0.1:0".into()];
         argv.extend(flags.iter().map(|f| f.to_string()));
         let config = config_from_flags(&argv);
-        let listener = wssbridge::accept::bind(config.listen[0]).expect("bind");
+        let listening = config.process.listening.clone();
+        let listener = wssbridge::accept::bind(listening.tls[0]).expect("bind");
         let addr = listener.local_addr().expect("local addr");
-        let redirect: Vec<_> = config
-            .settings
-            .redirect_http
+        let redirect: Vec<_> = listening
+            .redirect
             .iter()
             .map(|a| wssbridge::accept::bind(*a).expect("bind"))
             .collect();
         let redirect_addrs = redirect.iter().map(|l| l.local_addr().unwrap()).collect();
-        let admin = config
-            .settings
+        let admin = listening
             .admin
             .map(|a| wssbridge::accept::bind(a).expect("bind"));
         let admin_addr = admin.as_ref().map(|l| l.local_addr().unwrap());
