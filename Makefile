@@ -140,9 +140,14 @@ soak:
 micro:
 	$(CARGO) bench --bench parse
 
+## Formatting, clippy, and one cryptography library in the shipped binary: aws-lc-rs (ring
+## must not be compiled into it; rcgen's default features once were).
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	@if $(CARGO) tree -p wssbridge -e normal,build -i ring 2>/dev/null | grep -q ring; then \
+	  $(CARGO) tree -p wssbridge -e normal,build -i ring; \
+	  echo "lint: ring is compiled into wssbridge beside aws-lc-rs"; exit 1; fi
 
 check: lint test
 
