@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 use crate::cidr::Cidr;
 use crate::config::{Listening, ServingConfig};
 use crate::conn::Accepted;
+use crate::lifecycle::Spawner;
 use crate::metrics::OutcomeLabel;
 use crate::proxy_protocol::{self, Header};
 use crate::state::{IpSlot, State};
@@ -314,16 +315,22 @@ pub enum Service {
     Redirect { https_port: u16 },
 }
 
-/// Accepts until shutdown starts; every connection runs as a task on the state's tracker,
-/// under the same limits whatever the listener serves.
-pub async fn accept_loop(listener: TcpListener, state: Arc<State>, service: Service) {
-    let stop = state.life.stop().clone();
+/// Accepts until shutdown stops it; every connection runs as a task the supervisor's
+/// `spawner` starts, under the same limits whatever the listener serves.
+pub async fn accept_loop(
+    listener: TcpListener,
+    state: Arc<State>,
+    service: Service,
+    spawner: Spawner,
+) {
+    let stop = state.shutdown.stopped();
+    tokio::pin!(stop);
     let mut backoff = BACKOFF_MIN;
     let mut last_warning: Option<Instant> = None;
     loop {
         let accepted = tokio::select! {
             biased;
-            _ = stop.cancelled() => return,
+            _ = &mut stop => return,
             accepted = listener.accept() => accepted,
         };
         let (stream, peer) = match accepted {
@@ -338,7 +345,7 @@ pub async fn accept_loop(listener: TcpListener, state: Arc<State>, service: Serv
                     last_warning = Some(Instant::now());
                 }
                 tokio::select! {
-                    _ = stop.cancelled() => return,
+                    _ = &mut stop => return,
                     _ = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -369,7 +376,7 @@ pub async fn accept_loop(listener: TcpListener, state: Arc<State>, service: Serv
             },
         };
         let conn_state = state.clone();
-        state.life.spawn_connection(async move {
+        spawner.connection(async move {
             let state = conn_state;
             // The task lives as long as the connection: what runs only at its start (the
             // PROXY header) or on the other listener (redirects) runs boxed, so a tunnel's
@@ -380,7 +387,7 @@ pub async fn accept_loop(listener: TcpListener, state: Arc<State>, service: Serv
                 true => {
                     let arrived = tokio::select! {
                         arrived = Box::pin(arrive(&state, &config, stream, peer)) => arrived,
-                        _ = state.life.force().cancelled() => None,
+                        _ = state.shutdown.forced() => None,
                     };
                     match arrived {
                         Some(arrived) => arrived,
@@ -404,7 +411,7 @@ pub async fn accept_loop(listener: TcpListener, state: Arc<State>, service: Serv
                     );
                     let status = tokio::select! {
                         status = Box::pin(redirect) => status,
-                        _ = state.life.force().cancelled() => None,
+                        _ = state.shutdown.forced() => None,
                     };
                     if let Some(code) = status {
                         state.metrics.responded(code);

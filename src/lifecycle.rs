@@ -1,35 +1,42 @@
-//! The process's life: one token tree every task hears, the trackers every task is spawned
-//! on, and the lifecycle events.
+//! The process's life: one token tree every task hears, one phase value that says how far
+//! shutdown has gone, the trackers every task is spawned on, and the lifecycle events.
 //!
 //! Shutdown is three tokens, each the child of the next, so a later stage implies the
-//! earlier ones:
+//! earlier ones, and a fourth, farewell, that force implies too:
 //!
 //! ```text
-//! drain ──► stop ──► force
+//! drain ──► stop ──► force ◄── farewell
 //! ```
 //!
 //! - **drain**: shutdown began. `/readyz` answers 503; each connection ends at its next safe
 //!   point (a keep-alive connection at its next request boundary);
 //! - **stop**: `--shutdown-delay` later. The listeners close and background work ends;
+//! - **farewell**: WebSocket tunnels end with a close frame: when the grace ends, or with
+//!   drain under `--websocket-close-on-drain`;
 //! - **force**: `--shutdown-grace` later, or once every connection is done. What is left
 //!   closes now; the admin listener, which answered through the drain, goes last.
 //!
-//! Beside them, **farewell** asks WebSocket tunnels to end with a close frame: when the grace
-//! ends (then `force` waits a moment for them), or with drain under
-//! `--websocket-close-on-drain`.
+//! Three kinds of holders, three types, so that only the supervisor can move the process on:
 //!
-//! `server` fires them in that order, in one place. Every background task and every
-//! connection is spawned here, so nothing outlives the process's own shutdown.
+//! - [`Lifecycle`], the supervisor's alone: it fires the stages and owns the trackers;
+//! - [`Spawner`], which the supervisor hands to what starts tasks for it (an accept loop its
+//!   connections, the admin listener its connections): spawning, no cancelling;
+//! - [`Shutdown`], read-only, for every task: the stages as futures, and the phase as one
+//!   atomic load (a token's own flag takes a lock; connections read the phase at every poll).
+//!
+//! The phase is one value, moved only by [`Lifecycle`] and always before the token it
+//! mirrors, so it never disagrees with the tree: forcing sets it past draining too.
 //!
 //! Events (ready, reloading, reloaded, draining, stopped) go out on one broadcast channel:
 //! whoever needs to tell the outside world (systemd's readiness, a status page) listens to
 //! it, and nothing else knows about them. A leaf: imports nothing of the crate.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use tokio::sync::broadcast;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::TaskTracker;
 
 /// Events kept for a listener that is slow to read; an older one is dropped, not waited for.
@@ -50,24 +57,181 @@ pub enum Event {
     Stopped,
 }
 
-pub struct Lifecycle {
-    /// Set just before `drain` fires: connections read it at every poll, an atomic load
-    /// where the token would take a lock.
-    draining: AtomicBool,
-    /// Set when a new process took the listeners over (binary upgrade): requests on
-    /// connections this one accepted are still served after its listeners close.
-    handing_over: AtomicBool,
+/// Where the process is in its life; it only moves forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    /// Built, not yet accepting: `/readyz` says "starting".
+    Starting,
+    Serving,
+    Draining,
+    Stopping,
+    Forced,
+}
+
+/// The phase value's bits: the stage in the low three, then two facts that come with it.
+const STAGE: u8 = 0b0_0111;
+/// WebSocket tunnels were asked to end with a close frame.
+const FAREWELL: u8 = 0b0_1000;
+/// A new process took the listeners over (a binary upgrade): requests on connections this
+/// one accepted are still served after its listeners close.
+const HANDED_OVER: u8 = 0b1_0000;
+
+struct Shared {
+    phase: AtomicU8,
     drain: CancellationToken,
-    /// Set just before `farewell` fires, read the same way as `draining`.
-    farewells: AtomicBool,
-    farewell: CancellationToken,
     stop: CancellationToken,
+    farewell: CancellationToken,
     force: CancellationToken,
-    /// Every connection's task.
+}
+
+impl Shared {
+    fn load(&self) -> u8 {
+        self.phase.load(Ordering::Acquire)
+    }
+
+    /// Moves the stage forward to `stage` (never back) and sets `bits`.
+    fn advance(&self, stage: Phase, bits: u8) {
+        let _ = self
+            .phase
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| {
+                Some((now & STAGE).max(stage as u8) | (now & !STAGE) | bits)
+            });
+    }
+}
+
+/// The read-only side of shutdown, for every task: its stages as futures, its phase as
+/// flags. Cheap to clone.
+#[derive(Clone)]
+pub struct Shutdown {
+    shared: Arc<Shared>,
+}
+
+impl Shutdown {
+    pub fn phase(&self) -> Phase {
+        match self.shared.load() & STAGE {
+            0 => Phase::Starting,
+            1 => Phase::Serving,
+            2 => Phase::Draining,
+            3 => Phase::Stopping,
+            _ => Phase::Forced,
+        }
+    }
+
+    /// Shutdown began (an atomic load).
+    pub fn draining(&self) -> bool {
+        self.phase() >= Phase::Draining
+    }
+
+    /// The listeners closed (an atomic load).
+    pub fn stopping(&self) -> bool {
+        self.phase() >= Phase::Stopping
+    }
+
+    /// WebSocket tunnels were asked to end with a close frame (an atomic load).
+    pub fn farewell_asked(&self) -> bool {
+        self.shared.load() & FAREWELL != 0
+    }
+
+    /// Whether a new process took the listeners over.
+    pub fn handing_over(&self) -> bool {
+        self.shared.load() & HANDED_OVER != 0
+    }
+
+    /// Resolves when shutdown begins.
+    pub fn drained(&self) -> WaitForCancellationFutureOwned {
+        self.shared.drain.clone().cancelled_owned()
+    }
+
+    /// Resolves when the listeners close and background work must end.
+    pub fn stopped(&self) -> WaitForCancellationFutureOwned {
+        self.shared.stop.clone().cancelled_owned()
+    }
+
+    /// Resolves when WebSocket tunnels are asked to end with a close frame.
+    pub fn farewell(&self) -> WaitForCancellationFutureOwned {
+        self.shared.farewell.clone().cancelled_owned()
+    }
+
+    /// Resolves when whatever is left must close now.
+    pub fn forced(&self) -> WaitForCancellationFutureOwned {
+        self.shared.force.clone().cancelled_owned()
+    }
+
+    /// A token of one's own that stop cancels too: for a task that may also be ended alone
+    /// (a health check whose backend left the configuration). Cancelling it touches nothing
+    /// else.
+    pub fn stop_child(&self) -> CancellationToken {
+        self.shared.stop.child_token()
+    }
+}
+
+/// Starts tasks on the supervisor's trackers, so shutdown waits for them; cannot cancel
+/// anything. Cheap to clone.
+#[derive(Clone)]
+pub struct Spawner {
     connections: TaskTracker,
-    /// Every background task (polls, checks, listeners other than the TLS ones' connections).
     background: TaskTracker,
-    events: broadcast::Sender<Event>,
+}
+
+impl Spawner {
+    /// Runs a connection's task; shutdown waits for it (within the grace).
+    pub fn connection(&self, task: impl Future<Output = ()> + Send + 'static) {
+        self.connections.spawn(task);
+    }
+
+    /// Runs background work that ends by stop (or force, for what answers through the
+    /// drain); shutdown waits for it after the connections.
+    pub fn background(&self, task: impl Future<Output = ()> + Send + 'static) {
+        self.background.spawn(task);
+    }
+}
+
+/// Connections being served: a count anyone may read.
+#[derive(Clone)]
+pub struct Census {
+    connections: TaskTracker,
+}
+
+impl Census {
+    pub fn connections(&self) -> usize {
+        self.connections.len()
+    }
+}
+
+/// The lifecycle events: anyone may tell or listen. Cheap to clone.
+#[derive(Clone)]
+pub struct Events {
+    sender: broadcast::Sender<Event>,
+}
+
+impl Default for Events {
+    fn default() -> Self {
+        Events {
+            sender: broadcast::channel(EVENTS).0,
+        }
+    }
+}
+
+impl Events {
+    /// Tells every listener `event`; nobody listening is fine.
+    pub fn emit(&self, event: Event) {
+        tracing::debug!(?event, "lifecycle");
+        let _ = self.sender.send(event);
+    }
+
+    /// Events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.sender.subscribe()
+    }
+}
+
+/// The supervisor's side: fires the stages, owns the trackers.
+pub struct Lifecycle {
+    shared: Arc<Shared>,
+    connections: TaskTracker,
+    background: TaskTracker,
+    /// The accept loops: ended at stop, before the listening descriptors are let go.
+    accepting: TaskTracker,
 }
 
 impl Default for Lifecycle {
@@ -75,101 +239,90 @@ impl Default for Lifecycle {
         let force = CancellationToken::new();
         let stop = force.child_token();
         let drain = stop.child_token();
+        let farewell = force.child_token();
         Lifecycle {
-            draining: AtomicBool::new(false),
-            handing_over: AtomicBool::new(false),
-            drain,
-            farewells: AtomicBool::new(false),
-            farewell: CancellationToken::new(),
-            stop,
-            force,
+            shared: Arc::new(Shared {
+                phase: AtomicU8::new(Phase::Starting as u8),
+                drain,
+                stop,
+                farewell,
+                force,
+            }),
             connections: TaskTracker::new(),
             background: TaskTracker::new(),
-            events: broadcast::channel(EVENTS).0,
+            accepting: TaskTracker::new(),
         }
     }
 }
 
 impl Lifecycle {
-    /// Fired when shutdown begins.
-    pub fn drain(&self) -> &CancellationToken {
-        &self.drain
+    /// The read-only side, for tasks.
+    pub fn shutdown(&self) -> Shutdown {
+        Shutdown {
+            shared: self.shared.clone(),
+        }
     }
 
-    /// Set when shutdown begins, before [`Lifecycle::drain`] fires.
-    pub fn draining(&self) -> &AtomicBool {
-        &self.draining
+    /// The spawning side, for what starts tasks on the supervisor's behalf.
+    pub fn spawner(&self) -> Spawner {
+        Spawner {
+            connections: self.connections.clone(),
+            background: self.background.clone(),
+        }
     }
 
-    /// A new process took the listeners over: this one drains without turning requests
-    /// away.
-    pub fn hand_over(&self) {
-        self.handing_over.store(true, Ordering::Release);
+    /// The connection count, for whoever shows it.
+    pub fn census(&self) -> Census {
+        Census {
+            connections: self.connections.clone(),
+        }
     }
 
-    /// Whether a new process took the listeners over.
-    pub fn handing_over(&self) -> bool {
-        self.handing_over.load(Ordering::Acquire)
+    /// Runs an accept loop, which ends at stop; [`Lifecycle::accepting_done`] waits for it.
+    pub fn spawn_accepting(&self, task: impl Future<Output = ()> + Send + 'static) {
+        self.accepting.spawn(task);
     }
 
-    /// Shutdown begins: the flag, then the token (whose waiters then see the flag set).
+    /// The listeners accept: ready.
+    pub fn serving(&self) {
+        self.shared.advance(Phase::Serving, 0);
+    }
+
+    /// Shutdown begins: the phase, then the token (whose waiters then see the phase).
     pub fn begin_drain(&self) {
-        self.draining.store(true, Ordering::Release);
-        self.drain.cancel();
+        self.shared.advance(Phase::Draining, 0);
+        self.shared.drain.cancel();
     }
 
-    /// Fired when WebSocket tunnels are asked to end with a close frame.
-    pub fn farewell(&self) -> &CancellationToken {
-        &self.farewell
-    }
-
-    /// Set before [`Lifecycle::farewell`] fires.
-    pub fn farewells(&self) -> &AtomicBool {
-        &self.farewells
+    /// The listeners close and background work ends (drain too, if it had not fired).
+    pub fn stop(&self) {
+        self.shared.advance(Phase::Stopping, 0);
+        self.shared.stop.cancel();
     }
 
     /// WebSocket tunnels end now, each with a close frame (at most once: later calls do
     /// nothing).
     pub fn say_farewell(&self) {
-        self.farewells.store(true, Ordering::Release);
-        self.farewell.cancel();
+        self.shared.advance(Phase::Starting, FAREWELL);
+        self.shared.farewell.cancel();
     }
 
-    /// Fired when the listeners close and background work ends.
-    pub fn stop(&self) -> &CancellationToken {
-        &self.stop
+    /// Whatever is left closes now: every stage before is implied, in the phase as in the
+    /// tree.
+    pub fn force(&self) {
+        self.shared.advance(Phase::Forced, FAREWELL);
+        self.shared.force.cancel();
     }
 
-    /// Fired when whatever is left must close now.
-    pub fn force(&self) -> &CancellationToken {
-        &self.force
-    }
-
-    /// Runs a connection's task; shutdown waits for it (within the grace).
-    pub fn spawn_connection(&self, task: impl Future<Output = ()> + Send + 'static) {
-        self.connections.spawn(task);
+    /// A new process took the listeners over: this one drains without turning requests
+    /// away.
+    pub fn hand_over(&self) {
+        self.shared.advance(Phase::Starting, HANDED_OVER);
     }
 
     /// Connections being served now.
     pub fn connections(&self) -> usize {
         self.connections.len()
-    }
-
-    /// Runs background work that ends when `until` fires (a token of this tree or a child
-    /// of one); shutdown waits for it after the connections.
-    pub fn spawn_background(&self, task: impl Future<Output = ()> + Send + 'static) {
-        self.background.spawn(task);
-    }
-
-    /// Tells every listener `event`; nobody listening is fine.
-    pub fn emit(&self, event: Event) {
-        tracing::debug!(?event, "lifecycle");
-        let _ = self.events.send(event);
-    }
-
-    /// Events from now on.
-    pub fn events(&self) -> broadcast::Receiver<Event> {
-        self.events.subscribe()
     }
 
     /// No more connections will be spawned; waits until those there are have ended.
@@ -178,9 +331,54 @@ impl Lifecycle {
         self.connections.wait().await;
     }
 
+    /// Waits until every accept loop has ended (after stop).
+    pub async fn accepting_done(&self) {
+        self.accepting.close();
+        self.accepting.wait().await;
+    }
+
     /// Waits until every background task has ended (after `force`, at the latest).
     pub async fn background_done(&self) {
         self.background.close();
         self.background.wait().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_phase_only_moves_forward_and_force_implies_every_stage() {
+        let life = Lifecycle::default();
+        let shutdown = life.shutdown();
+        assert_eq!(shutdown.phase(), Phase::Starting);
+        life.serving();
+        assert_eq!(shutdown.phase(), Phase::Serving);
+        life.hand_over();
+        assert!(shutdown.handing_over() && !shutdown.draining());
+        life.force();
+        assert_eq!(shutdown.phase(), Phase::Forced);
+        assert!(shutdown.draining() && shutdown.stopping() && shutdown.farewell_asked());
+        assert!(shutdown.handing_over(), "the facts stay");
+        // Later calls do not move it back.
+        life.begin_drain();
+        life.stop();
+        assert_eq!(shutdown.phase(), Phase::Forced);
+        assert!(life.shared.drain.is_cancelled() && life.shared.farewell.is_cancelled());
+    }
+
+    #[test]
+    fn farewell_at_drain_keeps_the_stage() {
+        let life = Lifecycle::default();
+        let shutdown = life.shutdown();
+        life.serving();
+        life.begin_drain();
+        life.say_farewell();
+        assert_eq!(shutdown.phase(), Phase::Draining);
+        assert!(shutdown.farewell_asked() && !shutdown.stopping());
+        life.stop();
+        assert_eq!(shutdown.phase(), Phase::Stopping);
+        assert!(shutdown.farewell_asked());
     }
 }

@@ -43,11 +43,11 @@ impl Trigger {
 /// Builds the configuration again from its files and swaps it in; logs the outcome and
 /// tells the lifecycle's listeners.
 pub fn from_files(state: &State, trigger: Trigger) -> anyhow::Result<()> {
-    state.life.emit(Event::Reloading {
+    state.events.emit(Event::Reloading {
         why: trigger.name(),
     });
     let result = rebuild(state);
-    state.life.emit(Event::Reloaded {
+    state.events.emit(Event::Reloaded {
         result: result.as_ref().map(drop).map_err(|e| format!("{e:#}")),
     });
     state.metrics.reloaded(result.is_ok());
@@ -110,7 +110,7 @@ pub async fn expiry_daily(state: Arc<State>) {
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + DAY, DAY);
     loop {
         tokio::select! {
-            _ = state.life.stop().cancelled() => return,
+            _ = state.shutdown.stopped() => return,
             _ = ticks.tick() => check_expiry(&state.serving.load(), SystemTime::now()),
         }
     }
@@ -124,7 +124,7 @@ pub async fn poll_files(state: Arc<State>, interval: Duration) {
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     loop {
         tokio::select! {
-            _ = state.life.stop().cancelled() => return,
+            _ = state.shutdown.stopped() => return,
             _ = ticks.tick() => {}
         }
         let now = digest(&state);

@@ -1,25 +1,28 @@
 //! The supervisor: the one owner of the process's life.
 //!
 //! [`Server::run`] starts everything (the admin listener, an accept loop per listener, the
-//! background work) as tasks of the state's [`Lifecycle`], reports ready, and when the
-//! shutdown future resolves, stops them in the one order written below. [`Server::serve`] is
-//! the same with the process's signals. `reload` swaps the configuration under running loops.
+//! background work) as tasks of its [`Lifecycle`], which it alone holds: the cancel side and
+//! the trackers. Tasks get the read-only [`Shutdown`](crate::lifecycle::Shutdown) (through
+//! the state) and, where they start tasks of their own (an accept loop its connections, the
+//! admin listener its answers), a [`Spawner`]. It reports ready, and when the shutdown future
+//! resolves, stops them in the one order written below. [`Server::serve`] is the same with
+//! the process's signals. `reload` swaps the serving config under running loops; the health
+//! checks it asks for are started here, not by the reload.
 
 use std::future::Future;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
 
 use crate::accept::{self, Listeners, Service};
 use crate::acme;
 use crate::admin;
 use crate::config::{Config, ServingConfig};
-use crate::lifecycle::Event;
+use crate::lifecycle::{Event, Events, Lifecycle, Spawner};
 use crate::notify;
 use crate::pidfile;
 use crate::reload::{self, Trigger};
-use crate::signals::Signals;
+use crate::signals::{self, Signals};
 use crate::state::State;
 use crate::tls::ktls;
 use crate::trim;
@@ -36,6 +39,7 @@ const FAREWELL_READ: std::time::Duration = std::time::Duration::from_millis(2500
 #[derive(Clone)]
 pub struct Server {
     state: Arc<State>,
+    life: Arc<Lifecycle>,
 }
 
 impl Server {
@@ -52,14 +56,17 @@ impl Server {
                 }
             }
         }
+        let life = Lifecycle::default();
+        let state = State::new(config, life.shutdown(), life.census(), Events::default())?;
         Ok(Server {
-            state: Arc::new(State::new(config)?),
+            state: Arc::new(state),
+            life: Arc::new(life),
         })
     }
 
     /// Connections being served right now (in any stage).
     pub fn connections(&self) -> usize {
-        self.state.life.connections()
+        self.life.connections()
     }
 
     /// The serving config new connections get.
@@ -69,7 +76,7 @@ impl Server {
 
     /// The lifecycle events from now on (ready, reloads, draining, stopped).
     pub fn events(&self) -> tokio::sync::broadcast::Receiver<Event> {
-        self.state.life.events()
+        self.state.events.subscribe()
     }
 
     /// Serves `config`'s serving part to every connection accepted from now on. A
@@ -96,21 +103,26 @@ impl Server {
             hangups,
             mut upgrades,
         } = signals;
-        let life = &self.state.life;
+        let spawner = self.life.spawner();
+        let shutdown_ = &self.state.shutdown;
         let mut listeners = listeners;
         // systemd's readiness. Subscribed before `run` reports ready, so READY=1 is not missed.
         if let Some(notifier) = notify::Notifier::from_env() {
-            let events = life.events();
+            let events = self.state.events.subscribe();
             let state = self.state.clone();
-            let counts = move || (state.life.connections(), state.metrics.traffic.websockets());
-            let until = life.force().clone().cancelled_owned();
-            life.spawn_background(notifier.follow(events, counts, until));
+            let counts = move || {
+                (
+                    state.census.connections(),
+                    state.metrics.traffic.websockets(),
+                )
+            };
+            spawner.background(notifier.follow(events, counts, shutdown_.forced()));
         }
         // `--pid-file`: written when ready (after an upgrade, by the new process).
         let pid_file = self.state.process.pid_file.clone();
         if let Some(path) = pid_file.clone() {
-            let mut events = life.events();
-            life.spawn_background(async move {
+            let mut events = self.state.events.subscribe();
+            spawner.background(async move {
                 use tokio::sync::broadcast::error::RecvError;
                 loop {
                     match events.recv().await {
@@ -129,8 +141,8 @@ impl Server {
         // In a process a binary upgrade started: one READY=1 to the old one, then its socket
         // is closed (nothing more is said to it).
         if let Some(parent) = listeners.parent.take() {
-            let mut events = life.events();
-            life.spawn_background(async move {
+            let mut events = self.state.events.subscribe();
+            spawner.background(async move {
                 use tokio::sync::broadcast::error::RecvError;
                 loop {
                     match events.recv().await {
@@ -142,13 +154,13 @@ impl Server {
             });
         }
         let state = self.state.clone();
-        let stop = life.stop().clone();
-        life.spawn_background(async move {
+        let stopped = shutdown_.stopped();
+        spawner.background(async move {
             let reload = || {
                 let _ = reload::from_files(&state, Trigger::Signal);
             };
             tokio::select! {
-                _ = stop.cancelled() => {}
+                _ = stopped => {}
                 _ = hangups.for_each(reload) => {}
             }
         });
@@ -156,26 +168,29 @@ impl Server {
         // drains as at SIGTERM.
         let listeners = Arc::new(listeners);
         let upgraded = Arc::new(tokio::sync::Notify::new());
-        let (state, held, done) = (self.state.clone(), listeners.clone(), upgraded.clone());
-        let drain = life.drain().clone();
-        life.spawn_background(async move {
+        let (held, done) = (listeners.clone(), upgraded.clone());
+        let (life, spawner_u) = (self.life.clone(), spawner.clone());
+        let shutdown_u = shutdown_.clone();
+        spawner.background(async move {
+            let drained = shutdown_u.drained();
+            tokio::pin!(drained);
             loop {
                 // Once shutdown began (or an upgrade handed over), no new upgrade.
                 tokio::select! {
-                    _ = drain.cancelled() => return,
+                    _ = &mut drained => return,
                     _ = upgrades.recv() => {}
                 }
                 tracing::info!("SIGUSR2 received: upgrading");
-                let (held, done, state_u) = (held.clone(), done.clone(), state.clone());
-                state.life.spawn_background(async move {
-                    let abandon = state_u.life.drain().clone().cancelled_owned();
+                let (held, done, life) = (held.clone(), done.clone(), life.clone());
+                let abandon = shutdown_u.drained();
+                spawner_u.background(async move {
                     match upgrade::upgrade(&held, abandon).await {
                         upgrade::Upgraded::Ready(pid) => {
                             tracing::info!(
                                 pid,
                                 "upgrade: the new process is ready; this one drains"
                             );
-                            state_u.life.hand_over();
+                            life.hand_over();
                             done.notify_one();
                         }
                         upgrade::Upgraded::Failed(why) => {
@@ -188,16 +203,28 @@ impl Server {
                 });
             }
         });
+        // An impatient Ctrl-C: after the first SIGINT, a second exits at once.
+        let (interrupts, interrupts_until) = (spawner.clone(), shutdown_.forced());
         let shutdown = async move {
             tokio::select! {
-                _ = shutdown => {}
+                signal = shutdown => {
+                    if let Some(int) = signal {
+                        let forced = interrupts_until;
+                        interrupts.background(async move {
+                            tokio::select! {
+                                _ = signals::second_interrupt(int) => {}
+                                _ = forced => {}
+                            }
+                        });
+                    }
+                }
                 _ = upgraded.notified() => {}
             }
         };
         let state = self.state.clone();
         let served = self.run_shared(listeners, shutdown).await;
         if let Some(path) = &pid_file
-            && !state.life.handing_over()
+            && !state.shutdown.handing_over()
         {
             pidfile::remove(path);
         }
@@ -232,25 +259,21 @@ impl Server {
         listeners: Arc<Listeners>,
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
-        let state = self.state;
-        let life = &state.life;
+        let (state, life) = (self.state, self.life);
+        let spawner = life.spawner();
+        let shutdown_ = &state.shutdown;
         log_startup(&state, &listeners);
 
         if let Some(listener) = &listeners.admin {
             // The status page's board, filled while the process runs (a sample every 10 s,
             // each reload), only when there is an admin port to show it.
             let board = Arc::new(admin::board::Board::new(listeners.described()));
-            let events = life.events();
+            let events = state.events.subscribe();
             let (recorder, state_r) = (board.clone(), state.clone());
-            let until = life.stop().clone().cancelled_owned();
-            life.spawn_background(async move { recorder.record(&state_r, events, until).await });
-            let serve = admin::serve(
-                accepting(listener)?,
-                state.clone(),
-                board,
-                life.force().clone(),
-            );
-            life.spawn_background(serve);
+            let until = shutdown_.stopped();
+            spawner.background(async move { recorder.record(&state_r, events, until).await });
+            let serve = admin::serve(accepting(listener)?, state.clone(), board, spawner.clone());
+            spawner.background(serve);
         }
         let https_port = match listeners.tls.first() {
             Some(l) => l.local_addr()?.port(),
@@ -262,27 +285,28 @@ impl Server {
                 .iter()
                 .map(|l| (l, Service::Redirect { https_port })),
         );
-        let mut loops = JoinSet::new();
         for (listener, service) in services {
             let listener = accepting(listener)?;
-            loops.spawn(accept::accept_loop(listener, state.clone(), service));
+            let service = accept::accept_loop(listener, state.clone(), service, spawner.clone());
+            life.spawn_accepting(service);
         }
-        state.start_background();
+        spawner.background(health_checks(state.clone(), spawner.clone()));
         if let Some(interval) = state.process.cert_poll {
-            life.spawn_background(reload::poll_files(state.clone(), interval));
+            spawner.background(reload::poll_files(state.clone(), interval));
         }
-        life.spawn_background(reload::expiry_daily(state.clone()));
+        spawner.background(reload::expiry_daily(state.clone()));
         if state.process.acme.is_some() {
-            life.spawn_background(acme::keep(state.clone()));
+            spawner.background(acme::keep(state.clone()));
         }
-        let state_t = state.clone();
-        let connections = move || state_t.life.connections();
-        life.spawn_background(trim::after_drops(connections, life.stop().clone()));
-        life.emit(Event::Ready);
+        let census = state.census.clone();
+        let connections = move || census.connections();
+        spawner.background(trim::after_drops(connections, shutdown_.stopped()));
+        life.serving();
+        state.events.emit(Event::Ready);
 
         shutdown.await;
         life.begin_drain();
-        life.emit(Event::Draining);
+        state.events.emit(Event::Draining);
         let timings = state.process.shutdown;
         if timings.websocket_close_on_drain {
             life.say_farewell();
@@ -293,8 +317,8 @@ impl Server {
             tokio::time::sleep(delay).await;
         }
 
-        life.stop().cancel();
-        while loops.join_next().await.is_some() {}
+        life.stop();
+        life.accepting_done().await;
         drop(listeners);
         let grace = timings.grace;
         tracing::info!(
@@ -307,7 +331,7 @@ impl Server {
             .is_ok()
         {
             tracing::info!("drained: all connections finished");
-            life.force().cancel();
+            life.force();
         } else {
             // WebSockets end with a close frame, spread over a moment; then what is left
             // closes.
@@ -315,7 +339,7 @@ impl Server {
             let farewells = SPREAD + FAREWELL_READ;
             let closed = tokio::time::timeout(farewells, life.connections_done()).await;
             let left = life.connections();
-            life.force().cancel();
+            life.force();
             life.connections_done().await;
             match closed {
                 Ok(()) => {
@@ -328,7 +352,7 @@ impl Server {
             }
         }
         life.background_done().await;
-        life.emit(Event::Stopped);
+        state.events.emit(Event::Stopped);
         Ok(())
     }
 }
@@ -383,6 +407,24 @@ fn log_startup(state: &State, listeners: &Listeners) {
             "no --cert/--key given: serving an ephemeral self-signed certificate for localhost; \
              browsers will warn. Use it for development only"
         );
+    }
+}
+
+/// The health checks the serving config asks for, now and after each reload (the reload
+/// tells `state.reconfigured`; the checks are started here, through the supervisor's
+/// spawner), until stop.
+async fn health_checks(state: Arc<State>, spawner: Spawner) {
+    let stopped = state.shutdown.stopped();
+    tokio::pin!(stopped);
+    loop {
+        let config = state.serving.load();
+        let health = &state.balance.health;
+        health.reconcile(&config.pools, config.health, &spawner, &state.shutdown);
+        drop(config);
+        tokio::select! {
+            _ = &mut stopped => return,
+            _ = state.reconfigured.notified() => {}
+        }
     }
 }
 

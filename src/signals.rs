@@ -12,8 +12,9 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 
 /// Every signal wssbridge acts on, listened for from the moment [`listen`] returns.
 pub struct Signals {
-    /// Resolves at the first SIGTERM or SIGINT.
-    pub shutdown: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// Resolves at the first SIGTERM or SIGINT; after a SIGINT, with the stream a second one
+    /// arrives on, for [`second_interrupt`].
+    pub shutdown: Pin<Box<dyn Future<Output = Option<Signal>> + Send>>,
     /// SIGHUP: reload.
     pub hangups: Hangups,
     /// SIGUSR2: binary upgrade.
@@ -32,8 +33,9 @@ pub fn listen() -> anyhow::Result<Signals> {
 }
 
 /// Starts listening for SIGTERM and SIGINT at once (from then on they no longer end the
-/// process on their own), and resolves on the first of them.
-pub fn shutdown() -> impl Future<Output = ()> {
+/// process on their own), and resolves on the first of them (with the SIGINT stream, after a
+/// SIGINT).
+pub fn shutdown() -> impl Future<Output = Option<Signal>> {
     let signals = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
@@ -41,22 +43,31 @@ pub fn shutdown() -> impl Future<Output = ()> {
     async move { shutdown_on(signals).await }
 }
 
-async fn shutdown_on(signals: (std::io::Result<Signal>, std::io::Result<Signal>)) {
+async fn shutdown_on(
+    signals: (std::io::Result<Signal>, std::io::Result<Signal>),
+) -> Option<Signal> {
     let (Ok(mut term), Ok(mut int)) = signals else {
         tracing::warn!("cannot listen for signals; shutdown needs SIGKILL");
         return std::future::pending().await;
     };
     tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received: shutting down"),
+        _ = term.recv() => {
+            tracing::info!("SIGTERM received: shutting down");
+            None
+        }
         _ = int.recv() => {
             tracing::info!("SIGINT received: shutting down (a second SIGINT exits at once)");
-            tokio::spawn(async move {
-                int.recv().await;
-                tracing::warn!("second SIGINT: exiting now");
-                std::process::exit(130);
-            });
+            Some(int)
         }
     }
+}
+
+/// An impatient Ctrl-C: a second SIGINT on `int` exits at once (130), whatever is left. The
+/// supervisor runs it as a task of its own through the shutdown.
+pub async fn second_interrupt(mut int: Signal) {
+    int.recv().await;
+    tracing::warn!("second SIGINT: exiting now");
+    std::process::exit(130);
 }
 
 /// SIGHUPs, listened for from the moment this returns.

@@ -31,7 +31,6 @@ use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -244,8 +243,8 @@ pub struct Preread {
 /// Shutdown's request that a connection (through its gate) or a tunnel (through its hook) end
 /// at its next safe point.
 pub struct Drain<'a> {
-    /// Set when it is asked: read at every poll, an atomic load.
-    asked: &'a AtomicBool,
+    /// Whether it was asked: called at every poll, so an atomic load, not a lock.
+    asked: &'a (dyn Fn() -> bool + Send + Sync),
     /// Resolves when it is asked: polled once, so the task is woken then, and kept (not
     /// polled again) until the drain is handled or the gate is gone.
     wake: Pin<Box<dyn Future<Output = ()> + Send + 'a>>,
@@ -258,9 +257,9 @@ pub struct Drain<'a> {
 }
 
 impl<'a> Drain<'a> {
-    /// `asked` must be set (with `Release`) before `wake` resolves.
+    /// `asked` must say yes before `wake` resolves.
     pub fn new(
-        asked: &'a AtomicBool,
+        asked: &'a (dyn Fn() -> bool + Send + Sync),
         wake: Pin<Box<dyn Future<Output = ()> + Send + 'a>>,
     ) -> Drain<'a> {
         Drain {
@@ -286,7 +285,7 @@ impl<'a> Drain<'a> {
             // Registers the task to be woken; whether it is already asked, the flag says.
             let _ = self.wake.as_mut().poll(cx);
         }
-        if !self.asked.load(Ordering::Acquire) {
+        if !(self.asked)() {
             return false;
         }
         if self.delay.is_zero() {

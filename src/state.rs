@@ -1,7 +1,8 @@
 //! The one value that lives as long as the process: the process config, built once; the
 //! serving config, the one value that may change (behind an `ArcSwap`); and everything that
-//! must not be reset when it does — the semaphores the limits size, the lifecycle (shutdown
-//! tokens, task trackers, events), the TLS server, balancing state.
+//! must not be reset when it does — the semaphores the limits size, shutdown's read-only side
+//! and the lifecycle events (the supervisor holds the rest of the lifecycle), the TLS server,
+//! balancing state.
 //!
 //! Each connection loads one configuration snapshot when it is accepted and keeps it to its
 //! end, so a reload changes what new connections get and nothing that is live. Per-connection
@@ -10,15 +11,14 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 
 use crate::balance::Registry;
 use crate::config::{Config, ProcessConfig, ServingConfig, ServingSettings};
-use crate::lifecycle::Lifecycle;
+use crate::lifecycle::{Census, Events, Shutdown};
 use crate::metrics::Metrics;
 use crate::tls::Tls;
 
@@ -36,8 +36,15 @@ pub struct State {
     pub tls: Tls,
     pub balance: Registry,
     pub metrics: Metrics,
-    /// Shutdown's tokens, every task, the lifecycle events.
-    pub life: Lifecycle,
+    /// Shutdown's stages, read-only: the supervisor alone moves them.
+    pub shutdown: Shutdown,
+    /// Connections being served.
+    pub census: Census,
+    /// The lifecycle events (ready, reloads, draining, stopped).
+    pub events: Events,
+    /// Told after each reload, so the supervisor starts and stops what the new serving config
+    /// asks for (health checks); the reload itself spawns nothing.
+    pub reconfigured: Notify,
     /// Handshakes in progress (`--max-handshakes`).
     pub handshakes: Semaphore,
     /// What connections still reading their ClientHello hold (`--max-handshake-memory`).
@@ -48,12 +55,15 @@ pub struct State {
     pub overflow: Arc<Semaphore>,
     /// Connections per client address (`--max-connections-per-ip`).
     pub per_ip: Option<PerIp>,
-    /// Set once `run` started: background work follows reloads from then on.
-    running: AtomicBool,
 }
 
 impl State {
-    pub fn new(config: Config) -> anyhow::Result<State> {
+    pub fn new(
+        config: Config,
+        shutdown: Shutdown,
+        census: Census,
+        events: Events,
+    ) -> anyhow::Result<State> {
         let Config {
             process,
             mut serving,
@@ -70,33 +80,24 @@ impl State {
             tls,
             balance,
             metrics: Metrics::default(),
-            life: Lifecycle::default(),
+            shutdown,
+            census,
+            events,
+            reconfigured: Notify::new(),
             handshakes: Semaphore::new(limits.max_handshakes),
             hellos: crate::tls::hello::Budget::new(limits.max_handshake_memory),
             permits: Arc::new(Semaphore::new(limits.max_connections)),
             overflow: Arc::new(Semaphore::new(OVERFLOW_ANSWERS)),
             per_ip: limits.max_connections_per_ip.map(PerIp::new),
-            running: AtomicBool::new(false),
         })
     }
 
-    /// Whether `run` started (the listeners accept).
-    pub fn running(&self) -> bool {
-        self.running.load(Ordering::Relaxed)
-    }
-
-    /// Starts what runs beside the accept loops for the current configuration (health
-    /// checks); from now on reloads restart what they change.
-    pub fn start_background(&self) {
-        self.running.store(true, Ordering::Relaxed);
-        self.follow(&self.serving.load());
-    }
-
-    fn follow(&self, config: &ServingConfig) {
-        if self.running.load(Ordering::Relaxed) {
-            let health = &self.balance.health;
-            health.reconcile(&config.pools, config.health, &self.life);
-        }
+    /// A state with a lifecycle of its own that nobody moves: for a test of one stage.
+    #[cfg(test)]
+    pub fn standalone(config: Config) -> anyhow::Result<State> {
+        let life = crate::lifecycle::Lifecycle::default();
+        let events = Events::default();
+        State::new(config, life.shutdown(), life.census(), events)
     }
 
     /// The settings the current serving config was built from, for the reload path.
@@ -116,9 +117,9 @@ impl State {
     ) -> anyhow::Result<()> {
         self.tls.set(&serving.tls)?;
         self.balance.adopt(&mut serving.pools);
-        self.follow(&serving);
         *self.source.lock().unwrap_or_else(|e| e.into_inner()) = source;
         self.serving.store(Arc::new(serving));
+        self.reconfigured.notify_one();
         Ok(())
     }
 }

@@ -12,9 +12,8 @@
 //! but costs 0.3 KiB more per tunnel and keeps ~6 MB of metadata from the peak; mimalloc kept
 //! 103 MB. The table is in docs/performance.md.
 
+use std::future::Future;
 use std::time::{Duration, Instant};
-
-use tokio_util::sync::CancellationToken;
 
 /// How often the count of connections is looked at: an atomic read, cheap enough that an
 /// idle process still costs nothing measurable.
@@ -23,15 +22,16 @@ const SAMPLE: Duration = Duration::from_secs(2);
 /// A fall worth a trim: about 3 MB of tunnels (11 KiB each).
 pub const DROP: usize = 256;
 
-/// Trims after every fall of [`DROP`] connections until `stop` is cancelled. `connections`
+/// Trims after every fall of [`DROP`] connections until `stop` resolves. `connections`
 /// reads the count in service.
-pub async fn after_drops(connections: impl Fn() -> usize, stop: CancellationToken) {
+pub async fn after_drops(connections: impl Fn() -> usize, stop: impl Future<Output = ()>) {
+    let mut stop = std::pin::pin!(stop);
     let mut high = connections();
     let mut tick = tokio::time::interval(SAMPLE);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = &mut stop => return,
             _ = tick.tick() => {}
         }
         let now = connections();

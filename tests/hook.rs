@@ -159,10 +159,11 @@ async fn a_hook_sees_the_tunnel_s_bytes_only_and_hears_the_drain() {
         .upgrade;
     let gate = Exchange::after_first(policy, 0, None, &head, upgrade);
     let recorder = Recorder::default();
-    let asked = Box::leak(Box::new(AtomicBool::new(false)));
+    let asked: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(false)));
+    let is_asked = Box::leak(Box::new(move || asked.load(Ordering::Acquire)));
     let notify = Arc::new(tokio::sync::Notify::new());
     let wake = notify.clone();
-    let drain = Drain::new(asked, Box::pin(async move { wake.notified().await }));
+    let drain = Drain::new(is_asked, Box::pin(async move { wake.notified().await }));
     let hook = recorder.clone();
     let spliced = tokio::spawn(async move {
         let mut client = Plain {

@@ -228,3 +228,39 @@ async fn sigterm_drains_keep_alive_connections_and_exits_0() {
         "{log}"
     );
 }
+
+/// Admin connections are tasks of the supervisor like every other: one half-way through its
+/// request when shutdown ends is closed at force, and `run` returns only once it is gone.
+/// (They were spawned apart once, and outlived the server by their 2 s head deadline.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_connection_ends_with_the_server() {
+    let mut tunnel = Tunnel::start(&["--to", "127.0.0.1:9", "--admin", "127.0.0.1:0"]).await;
+    let admin = tunnel.admin_addr.expect("an admin listener");
+    let mut slow = TcpStream::connect(admin).await.unwrap();
+    slow.write_all(b"GET /livez HTTP/1.1\r\n").await.unwrap();
+    // Its task exists before shutdown: a complete probe on another connection is answered.
+    let mut probe = TcpStream::connect(admin).await.unwrap();
+    probe
+        .write_all(b"GET /livez HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    probe.read_to_string(&mut answer).await.unwrap();
+    assert_eq!(status_of(&answer), 200, "{answer}");
+
+    let started = Instant::now();
+    tunnel.begin_shutdown();
+    tunnel.finished().await;
+    // Closed by then: no wait for the head deadline.
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_millis(300), slow.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "the admin connection outlived the server: {read:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+}

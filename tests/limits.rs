@@ -232,7 +232,7 @@ async fn a_fall_in_connections_gives_freed_memory_back() {
     let read = count.clone();
     let task = tokio::spawn(trim::after_drops(
         move || read.load(Ordering::Relaxed),
-        stop.clone(),
+        stop.clone().cancelled_owned(),
     ));
     let spike: Vec<Box<[u8]>> = (0..50_000u32)
         .map(|i| vec![i as u8; 2048].into_boxed_slice())

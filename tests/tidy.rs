@@ -140,6 +140,7 @@ const RULES: &[(&str, &[&str])] = &[
             "conn",
             "connect::tune",
             "deadline",
+            "lifecycle::Spawner",
             "metrics",
             "notify::Parent",
             "notify::PARENT_FDNAME",

@@ -85,7 +85,7 @@ pub async fn keep(state: Arc<State>) {
                 _ => ChallengeType::TlsAlpn01,
             };
             let attempt = tokio::select! {
-                _ = state.life.stop().cancelled() => return,
+                _ = state.shutdown.stopped() => return,
                 attempt = obtain(&acme, name, kind) => attempt,
             };
             match attempt {
@@ -118,7 +118,7 @@ pub async fn keep(state: Arc<State>) {
             }
         }
         tokio::select! {
-            _ = state.life.stop().cancelled() => return,
+            _ = state.shutdown.stopped() => return,
             _ = tokio::time::sleep_until(next) => {}
         }
     }

@@ -32,7 +32,6 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
 
 pub mod board;
 mod page;
@@ -45,6 +44,7 @@ use slots::{Slot, Slots};
 use snapshot::Snapshot;
 
 use crate::http::head;
+use crate::lifecycle::{Phase, Spawner};
 use crate::respond;
 use crate::state::State;
 
@@ -54,17 +54,16 @@ const JSON: &str = "application/json";
 /// Time to write one answer: a page of metrics to a client on the same network.
 const WRITE_TIME: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Serves the admin listener until `stop`.
-pub async fn serve(
-    listener: TcpListener,
-    state: Arc<State>,
-    board: Arc<Board>,
-    stop: CancellationToken,
-) {
+/// Serves the admin listener until force, the last stage: it answers through the drain. Each
+/// connection is a background task started through the supervisor's `spawner`, and ends at
+/// force too.
+pub async fn serve(listener: TcpListener, state: Arc<State>, board: Arc<Board>, spawner: Spawner) {
     let slots = Slots::new();
+    let forced = state.shutdown.forced();
+    tokio::pin!(forced);
     loop {
         let (stream, peer) = tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = &mut forced => return,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -82,10 +81,12 @@ pub async fn serve(
             }
         };
         let (state, board) = (state.clone(), board.clone());
-        tokio::spawn(async move {
+        // Tracked like every task, and ended at force like the listener.
+        spawner.background(async move {
             tokio::select! {
                 _ = answer(stream, &slot, &state, &board) => {}
                 _ = slot.taken() => tracing::debug!(%peer, "admin connection closed for a newcomer"),
+                _ = state.shutdown.forced() => {}
             }
         });
     }
@@ -182,11 +183,12 @@ fn route(request: &head::Head, state: &State, board: &Board) -> (u16, &'static s
 fn unready(state: &State) -> Option<String> {
     // A process that handed its listeners to a new one answers for the service, which is
     // ready: the admin socket is shared, and a balancer's probe may land on either.
-    if state.life.drain().is_cancelled() && !state.life.handing_over() {
-        return Some("shutting down".to_string());
-    }
-    if !state.running() {
-        return Some("starting".to_string());
+    match state.shutdown.phase() {
+        Phase::Starting => return Some("starting".to_string()),
+        Phase::Serving => {}
+        // A process that handed its listeners to a new one answers for the service.
+        _ if state.shutdown.handing_over() => {}
+        _ => return Some("shutting down".to_string()),
     }
     let config = state.serving.load();
     let down: Vec<String> = config

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{BackendState, Pool, Pools};
 use crate::http::probe as http_probe;
-use crate::lifecycle::Lifecycle;
+use crate::lifecycle::{Shutdown, Spawner};
 use crate::proxy_protocol;
 use crate::route::Backend;
 
@@ -106,9 +106,10 @@ struct Running {
 impl Checks {
     /// Makes the running loops those `pools` ask for: starts the missing ones, restarts those
     /// whose check changed, stops those no longer asked for. A backend named by several
-    /// routes with different checks gets the first route's. They run as `life`'s background
-    /// work and end when it stops.
-    pub fn reconcile(&self, pools: &Pools, timing: Timing, life: &Lifecycle) {
+    /// routes with different checks gets the first route's. The supervisor calls it (at
+    /// start, and after each reload): the loops are its background work, spawned through
+    /// `spawner`, and end at `shutdown`'s stop.
+    pub fn reconcile(&self, pools: &Pools, timing: Timing, spawner: &Spawner, shutdown: &Shutdown) {
         let mut wanted: HashMap<Backend, (Probe, Arc<BackendState>)> = HashMap::new();
         for pool in pools.iter() {
             let Some(check) = &pool.check else { continue };
@@ -143,8 +144,8 @@ impl Checks {
             if running.contains_key(&backend) {
                 continue;
             }
-            let stop = life.stop().child_token();
-            life.spawn_background(run(state, probe.clone(), timing, stop.clone()));
+            let stop = shutdown.stop_child();
+            spawner.background(run(state, probe.clone(), timing, stop.clone()));
             running.insert(
                 backend,
                 Running {

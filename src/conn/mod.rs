@@ -69,7 +69,7 @@ pub async fn serve(state: &State, accepted: Accepted, config: Arc<ServingConfig>
     let (peer, client) = (accepted.peer, accepted.client);
     let outcome = tokio::select! {
         outcome = pipeline(state, &config, accepted, started, admitted, &mut summary) => outcome,
-        _ = state.life.force().cancelled() => Outcome::Forced,
+        _ = state.shutdown.forced() => Outcome::Forced,
     };
     summary.finish(&outcome, peer, client, started, &state.metrics);
 }
@@ -131,7 +131,7 @@ async fn pipeline(
     // After the listeners closed, a request is turned away (the client tries again, on a
     // process that accepts), unless a new process took them over: then this one serves what
     // it accepted.
-    if !admitted || (state.life.stop().is_cancelled() && !state.life.handing_over()) {
+    if !admitted || (state.shutdown.stopping() && !state.shutdown.handing_over()) {
         return answer(&mut client, Status::Unavailable).await;
     }
     let admitted = match http::admit(&config.http, &head, summary.sni.as_deref(), None) {
@@ -166,8 +166,10 @@ async fn pipeline(
     // whichever request on the connection asked for it; the watch is kept until then.
     let protocol = admitted.upgrade.as_ref().map(|u| u.protocol.as_str());
     let farewell = Farewell::for_upgrade(protocol);
-    let asked = Box::pin(state.life.farewell().cancelled());
-    let close = Some(splice::Drain::new(state.life.farewells(), asked).after(websocket::jitter()));
+    let shutdown = &state.shutdown;
+    let (farewell_asked, draining) = (|| shutdown.farewell_asked(), || shutdown.draining());
+    let asked = Box::pin(shutdown.farewell());
+    let close = Some(splice::Drain::new(&farewell_asked, asked).after(websocket::jitter()));
     let gate = Exchange::after_first(
         config.http.clone(),
         admitted.route,
@@ -179,10 +181,7 @@ async fn pipeline(
     drop(head); // not kept for the tunnel's life
     let watch = splice::Watch {
         gate: Some(Box::new(gate)),
-        drain: Some(splice::Drain::new(
-            state.life.draining(),
-            Box::pin(state.life.drain().cancelled()),
-        )),
+        drain: Some(splice::Drain::new(&draining, Box::pin(shutdown.drained()))),
         tunnel: farewell,
         close,
     };
@@ -344,7 +343,8 @@ mod tests {
     async fn an_idle_tunnel_s_task_holds_no_handshake_state() {
         let mut settings = crate::config::Settings::default();
         settings.serving.routes = vec!["/=127.0.0.1:9".parse().unwrap()];
-        let state = State::new(crate::config::Config::build(&settings).unwrap()).unwrap();
+        let config = crate::config::Config::build(&settings).unwrap();
+        let state = State::standalone(config).unwrap();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let socket = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         socket.set_nonblocking(true).unwrap();
