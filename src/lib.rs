@@ -32,6 +32,7 @@ pub mod metrics;
 pub mod notify;
 pub mod pidfile;
 pub mod proxy_protocol;
+pub mod readahead;
 pub mod redirect;
 pub mod reload;
 pub mod respond;

@@ -17,8 +17,8 @@ use tokio::time::Instant;
 
 use crate::config::{AcmeSettings, ServingConfig};
 use crate::http::head::{self, Head, ReadError};
+use crate::readahead::ReadAhead;
 use crate::respond::{self, Status};
-use crate::tls::readahead::ReadAhead;
 
 /// Serves one plain-HTTP connection, accepted at `started`, whose first bytes (`early`) were
 /// already read after a PROXY header: one request, one redirect (or error), then close.

@@ -42,6 +42,7 @@ const RULES: &[(&str, &[&str])] = &[
     ("metrics", &[]),
     ("pidfile", &[]),
     ("proxy_protocol", &[]),
+    ("readahead", &[]),
     ("respond", &[]),
     ("route", &[]),
     ("signals", &[]),
@@ -51,7 +52,7 @@ const RULES: &[(&str, &[&str])] = &[
     // The WebSocket hook: frame lengths, and the splice's hook trait. No HTTP.
     ("websocket", &["splice", "websocket"]),
     // TLS knows no HTTP and no routes.
-    ("tls", &["splice", "deadline", "metrics"]),
+    ("tls", &["splice", "deadline", "metrics", "readahead"]),
     // HTTP is pure: no configuration, no process state, no connection.
     (
         "http",
@@ -111,7 +112,14 @@ const RULES: &[(&str, &[&str])] = &[
     ),
     (
         "redirect",
-        &["config", "deadline", "http", "respond", "route", "tls"],
+        &[
+            "config",
+            "deadline",
+            "http",
+            "readahead",
+            "respond",
+            "route",
+        ],
     ),
     // One connection's pipeline: every stage, nothing that runs the process.
     (

@@ -74,6 +74,7 @@ pub async fn serve(state: &State, accepted: Accepted, config: Arc<ServingConfig>
     summary.finish(&outcome, peer, client, started, &state.metrics);
 }
 
+/// The data flow, stage by stage; each stage builds its own inputs.
 async fn pipeline(
     state: &State,
     config: &Arc<ServingConfig>,
@@ -95,27 +96,17 @@ async fn pipeline(
     let local = local.or_else(|| proxy_local(config, &stream));
 
     // tls. Every stage before the splice runs boxed: its state is freed when it ends, so a
-    // tunnel open for a day does not carry the handshake's (several KiB) in its task. The
-    // ClientHello is read first, in a small box of its own: a connection that never sends
-    // one holds no TLS state at all.
-    let deadline = tls::deadline(config.timeouts.handshake, started, header_deadline);
-    let early = match Box::pin(tls::hello::read(&stream, early, &state.hellos, deadline)).await {
-        Ok(hello) => hello,
-        Err(e) => {
-            let e = HandshakeError::from_hello(e, started);
-            state.metrics.handshake(e.label(), None);
-            return Outcome::TlsFailed(e);
-        }
-    };
-    if tls::hello::is_plain_http(&early) {
-        // http:// to the TLS port: say so, as nginx does, rather than send TLS alert bytes.
-        tracing::info!(client = %client_addr, "plain HTTP on the TLS port: answered 400");
-        let mut stream = stream;
-        Box::pin(respond::send(&mut stream, Status::PlainHttp)).await;
-        return Outcome::Status(Status::PlainHttp);
-    }
-    let handshake = handshake(state, config, stream, early, header_deadline, started);
-    let mut client = match Box::pin(handshake).await {
+    // tunnel open for a day does not carry the handshake's (several KiB) in its task.
+    let secure = secure(
+        state,
+        config,
+        stream,
+        early,
+        client_addr,
+        started,
+        header_deadline,
+    );
+    let mut client = match Box::pin(secure).await {
         Ok(client) => client,
         Err(outcome) => return outcome,
     };
@@ -128,18 +119,10 @@ async fn pipeline(
     };
     summary.method = Some(head.method.clone());
     summary.path = Some(head.target.clone());
-    // After the listeners closed, a request is turned away (the client tries again, on a
-    // process that accepts), unless a new process took them over: then this one serves what
-    // it accepted.
-    if !admitted || (state.shutdown.stopping() && !state.shutdown.handing_over()) {
-        return answer(&mut client, Status::Unavailable).await;
-    }
-    let admitted = match http::admit(&config.http, &head, summary.sni.as_deref(), None) {
+    let admitted = match admission(state, config, &head, admitted, summary) {
         Ok(admitted) => admitted,
-        Err(Refusal::Status(status)) => return answer(&mut client, status).await,
-        Err(Refusal::Confined) => return answer(&mut client, Status::NotFound).await,
+        Err(status) => return answer(&mut client, status).await,
     };
-    summary.route = Some(config.http.routes.get(admitted.route).to_string());
 
     // connect: in the route's balancing order, failing over.
     let pool = config.pools.get(admitted.route);
@@ -148,43 +131,22 @@ async fn pipeline(
         Err(status) => return answer(&mut client, status).await,
     };
 
-    // splice: a PROXY header if the route asks, the first head as it came (with the client's
-    // address if asked), what came after it, then the two-way copy under the HTTP rules of
-    // the exchange until an upgrade opens the tunnel.
-    let proxy_header = match (pool.send_proxy, local) {
-        (Some(version), Some(local)) => origin_header(version, client_addr, local, &client),
-        _ => Vec::new(),
-    };
-    let forwarding = config.add_forwarded.then(|| Forwarding {
-        client: client_addr.ip(),
-        trusted: Cidr::any(&config.trust_forwarded, client_addr.ip()),
-    });
-    let preread = forwarded::preread(proxy_header, buf, head.len, forwarding.as_ref());
-    let sni = summary.sni.clone();
-    // A WebSocket tunnel is ended with a close frame at shutdown; each at its own moment in
-    // the spread window. The hook learns which protocol the tunnel opened to from the `101`,
-    // whichever request on the connection asked for it; the watch is kept until then.
-    let protocol = admitted.upgrade.as_ref().map(|u| u.protocol.as_str());
-    let farewell = Farewell::for_upgrade(protocol);
+    // splice: what goes first, then the two-way copy under the exchange's HTTP rules until
+    // an upgrade opens the tunnel, watched by shutdown's drain and, after the `101`, by the
+    // WebSocket hook.
+    let (preread, forwarding) = first_bytes(config, pool, client_addr, local, &client, buf, &head);
     let shutdown = &state.shutdown;
     let (farewell_asked, draining) = (|| shutdown.farewell_asked(), || shutdown.draining());
-    let asked = Box::pin(shutdown.farewell());
-    let close = Some(splice::Drain::new(&farewell_asked, asked).after(websocket::jitter()));
-    let gate = Exchange::after_first(
-        config.http.clone(),
-        admitted.route,
-        sni,
-        &head,
-        admitted.upgrade,
-    )
-    .forwarding(forwarding);
-    drop(head); // not kept for the tunnel's life
-    let watch = splice::Watch {
-        gate: Some(Box::new(gate)),
-        drain: Some(splice::Drain::new(&draining, Box::pin(shutdown.drained()))),
-        tunnel: farewell,
-        close,
-    };
+    let asked = (&farewell_asked as Asked, &draining as Asked);
+    let watch = watch(
+        state,
+        config,
+        head,
+        admitted,
+        summary.sni.clone(),
+        forwarding,
+        asked,
+    );
     let (transfer, traffic) = (&mut summary.transfer, &state.metrics.traffic);
     let timeouts = splice_timeouts(&config.timeouts);
     let end = splice::splice(
@@ -204,6 +166,118 @@ async fn pipeline(
         Box::pin(respond::linger(&mut client)).await;
     }
     Outcome::Tunnel(end)
+}
+
+/// What shutdown's drain and farewell are asked through: an atomic load each.
+type Asked<'a> = &'a (dyn Fn() -> bool + Send + Sync);
+
+/// What goes to the backend before the copy: a PROXY header if the route asks, the first
+/// head as it came (with the client's address, under `--add-forwarded`), what came after it.
+fn first_bytes(
+    config: &ServingConfig,
+    pool: &Pool,
+    client_addr: std::net::SocketAddr,
+    local: Option<std::net::SocketAddr>,
+    client: &Client,
+    buf: Vec<u8>,
+    head: &Head,
+) -> (splice::Preread, Option<Forwarding>) {
+    let forwarding = config.add_forwarded.then(|| Forwarding {
+        client: client_addr.ip(),
+        trusted: Cidr::any(&config.trust_forwarded, client_addr.ip()),
+    });
+    let proxy_header = match (pool.send_proxy, local) {
+        (Some(version), Some(local)) => origin_header(version, client_addr, local, client),
+        _ => Vec::new(),
+    };
+    let preread = forwarded::preread(proxy_header, buf, head.len, forwarding.as_ref());
+    (preread, forwarding)
+}
+
+/// What watches the copy: the exchange as the gate until a `101`, with shutdown's drain; the
+/// WebSocket hook after it, which ends the tunnel with a close frame at shutdown, each
+/// tunnel at its own moment in the spread window (it learns the protocol from the `101`,
+/// whichever request on the connection asked for it). The head is not kept for the
+/// tunnel's life.
+fn watch<'a>(
+    state: &'a State,
+    config: &ServingConfig,
+    head: Head,
+    admitted: http::Admitted,
+    sni: Option<String>,
+    forwarding: Option<Forwarding>,
+    (farewell_asked, draining): (Asked<'a>, Asked<'a>),
+) -> splice::Watch<'a, Exchange, Farewell> {
+    let shutdown = &state.shutdown;
+    let protocol = admitted.upgrade.as_ref().map(|u| u.protocol.as_str());
+    let farewell = Farewell::for_upgrade(protocol);
+    let close = splice::Drain::new(farewell_asked, Box::pin(shutdown.farewell()));
+    let gate = Exchange::after_first(
+        config.http.clone(),
+        admitted.route,
+        sni,
+        &head,
+        admitted.upgrade,
+    );
+    splice::Watch {
+        gate: Some(Box::new(gate.forwarding(forwarding))),
+        drain: Some(splice::Drain::new(draining, Box::pin(shutdown.drained()))),
+        tunnel: farewell,
+        close: Some(close.after(websocket::jitter())),
+    }
+}
+
+/// The TLS stage: the ClientHello first, in a small box of its own (a connection that never
+/// sends one holds no TLS state at all), a plain HTTP request answered 400, then the
+/// handshake.
+async fn secure(
+    state: &State,
+    config: &ServingConfig,
+    stream: TcpStream,
+    early: Vec<u8>,
+    client_addr: std::net::SocketAddr,
+    started: Instant,
+    header_deadline: Option<Instant>,
+) -> Result<Client, Outcome> {
+    let deadline = tls::deadline(config.timeouts.handshake, started, header_deadline);
+    let early = match Box::pin(tls::hello::read(&stream, early, &state.hellos, deadline)).await {
+        Ok(hello) => hello,
+        Err(e) => {
+            let e = HandshakeError::from_hello(e, started);
+            state.metrics.handshake(e.label(), None);
+            return Err(Outcome::TlsFailed(e));
+        }
+    };
+    if tls::hello::is_plain_http(&early) {
+        // http:// to the TLS port: say so, as nginx does, rather than send TLS alert bytes.
+        tracing::info!(client = %client_addr, "plain HTTP on the TLS port: answered 400");
+        let mut stream = stream;
+        Box::pin(respond::send(&mut stream, Status::PlainHttp)).await;
+        return Err(Outcome::Status(Status::PlainHttp));
+    }
+    handshake(state, config, stream, early, header_deadline, started).await
+}
+
+/// The first request's admission: over the connection limit, or after the listeners closed
+/// (unless a new process took them over: then this one serves what it accepted), 503 (the
+/// client tries again on a process that accepts); then the route and the HTTP rules.
+fn admission(
+    state: &State,
+    config: &ServingConfig,
+    head: &Head,
+    admitted: bool,
+    summary: &mut Summary,
+) -> Result<http::Admitted, Status> {
+    if !admitted || (state.shutdown.stopping() && !state.shutdown.handing_over()) {
+        return Err(Status::Unavailable);
+    }
+    let admitted = match http::admit(&config.http, head, summary.sni.as_deref(), None) {
+        Ok(admitted) => admitted,
+        Err(Refusal::Status(status)) => return Err(status),
+        Err(Refusal::Confined) => return Err(Status::NotFound),
+    };
+    summary.route = Some(config.http.routes.get(admitted.route).to_string());
+    Ok(admitted)
 }
 
 /// A connection to one of `pool`'s backends (named in the summary), or the status that

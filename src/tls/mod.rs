@@ -11,7 +11,7 @@
 //!
 //! Before rustls, [`hello`] waits for the client's first bytes holding nothing and reads its
 //! ClientHello under a process-wide memory budget. Under rustls sit two adapters of the
-//! client's socket: [`readahead`] (large reads while a client sends in bulk) and [`coalesce`]
+//! client's socket: [`ReadAhead`] (large reads while a client sends in bulk) and [`coalesce`]
 //! (the handshake's last writes leave with the first answer).
 
 pub mod acme;
@@ -19,7 +19,6 @@ pub mod certs;
 pub mod coalesce;
 pub mod hello;
 pub mod ktls;
-pub mod readahead;
 
 use std::fmt;
 use std::sync::Arc;
@@ -35,9 +34,9 @@ use tokio::time::Instant;
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_rustls::server::TlsStream;
 
+use crate::readahead::ReadAhead;
 pub use certs::{CertInfo, CertPaths, CertStore, ClientCas};
 use coalesce::Coalesce;
-use readahead::ReadAhead;
 
 /// The client's side once TLS is up: rustls over a socket read in bulk-sized pieces, whose
 /// handshake's last writes wait for the first answer.

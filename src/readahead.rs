@@ -1,4 +1,7 @@
-//! Larger reads from the client's socket, underneath rustls.
+//! Larger reads from the client's socket, underneath rustls; and the bytes read before a
+//! stage began (`with_early`: what the accept loop read looking for a PROXY header), handed
+//! on first. The TLS stage and the plain-HTTP redirect listener both read through it, so it
+//! belongs to neither: a leaf.
 //!
 //! rustls reads TLS records into its own buffer with at most one record's room (about
 //! 16 KiB, and only 4 KiB when its buffer was empty), so a client uploading at full speed
