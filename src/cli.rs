@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use clap::{ArgAction, Parser, ValueEnum};
 
-use crate::balance::{Balancing, Check, PerRoute, Policy};
+use crate::balance::{Balancing, Check, PerRoute, Strategy};
 use crate::cidr::Cidr;
 use crate::config::{AcmeSettings, ProcessSettings, Security, ServingSettings, Settings, Timeouts};
 use crate::proxy_protocol;
@@ -263,7 +263,7 @@ pub struct Args {
     #[arg(help_heading = "Balancing", hide_env = true)]
     #[arg(long = "balance", env = "WSSBRIDGE_BALANCE", value_name = "[[HOST]PATH=]POLICY",
           value_delimiter = ' ', action = ArgAction::Append)]
-    pub balance: Vec<PerRoute<Policy>>,
+    pub balance: Vec<PerRoute<Strategy>>,
 
     /// How long a failed connect marks a backend down.
     ///

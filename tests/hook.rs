@@ -17,7 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use wssbridge::http::{Exchange, Policy};
 use wssbridge::metrics::Traffic;
 use wssbridge::route::RouteTable;
-use wssbridge::splice::{self, Client, Drain, Preread, Timeouts, Transfer, Tunnel, Watch, Way};
+use wssbridge::splice::{self, Client, Drain, Preread, Timers, Transfer, Tunnel, Watch, Way};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -190,7 +190,7 @@ async fn a_hook_sees_the_tunnel_s_bytes_only_and_hears_the_drain() {
             &mut backend,
             preread,
             watch,
-            Timeouts::default(),
+            Timers::default(),
             &mut transfer,
             &traffic,
         );

@@ -36,21 +36,21 @@ pub use health::Check;
 
 /// How a route spreads connections over its backends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Policy {
+pub enum Strategy {
     #[default]
     RoundRobin,
     LeastConn,
     IpHash,
 }
 
-impl FromStr for Policy {
+impl FromStr for Strategy {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
         match s.trim() {
-            "round-robin" => Ok(Policy::RoundRobin),
-            "least-conn" => Ok(Policy::LeastConn),
-            "ip-hash" => Ok(Policy::IpHash),
+            "round-robin" => Ok(Strategy::RoundRobin),
+            "least-conn" => Ok(Strategy::LeastConn),
+            "ip-hash" => Ok(Strategy::IpHash),
             other => Err(format!(
                 "unknown policy '{other}' (use round-robin, least-conn or ip-hash)"
             )),
@@ -58,12 +58,12 @@ impl FromStr for Policy {
     }
 }
 
-impl fmt::Display for Policy {
+impl fmt::Display for Strategy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Policy::RoundRobin => "round-robin",
-            Policy::LeastConn => "least-conn",
-            Policy::IpHash => "ip-hash",
+            Strategy::RoundRobin => "round-robin",
+            Strategy::LeastConn => "least-conn",
+            Strategy::IpHash => "ip-hash",
         })
     }
 }
@@ -344,7 +344,7 @@ pub struct Pool {
     /// The route as written (`[HOST]PATH`).
     name: RouteName,
     backends: Vec<Arc<BackendState>>,
-    pub policy: Policy,
+    pub policy: Strategy,
     /// The active check of this route's backends, if any.
     pub check: Option<Check>,
     /// The PROXY header written to this route's backends before any byte (`--send-proxy`).
@@ -369,18 +369,18 @@ impl Pool {
         let n = self.backends.len();
         let turn = || self.next.fetch_add(1, Ordering::Relaxed) % n;
         let ranked: Vec<usize> = match self.policy {
-            Policy::RoundRobin => {
+            Strategy::RoundRobin => {
                 let start = turn();
                 (0..n).map(|i| (start + i) % n).collect()
             }
-            Policy::LeastConn => {
+            Strategy::LeastConn => {
                 let start = turn();
                 let mut order: Vec<usize> = (0..n).map(|i| (start + i) % n).collect();
                 // Stable: equal counts keep the round-robin order.
                 order.sort_by_key(|&i| self.backends[i].active());
                 order
             }
-            Policy::IpHash => {
+            Strategy::IpHash => {
                 let names: Vec<&str> = self.backends.iter().map(|b| b.name()).collect();
                 hash::rank(&names, client)
             }
@@ -397,7 +397,7 @@ impl Pool {
 /// How each route balances, checks and greets its backends, as the settings ask.
 #[derive(Debug, Clone, Default)]
 pub struct Balancing {
-    pub policies: Vec<PerRoute<Policy>>,
+    pub policies: Vec<PerRoute<Strategy>>,
     pub checks: Vec<PerRoute<Check>>,
     pub send_proxy: Vec<PerRoute<proxy_protocol::Version>>,
 }
@@ -650,23 +650,26 @@ mod tests {
             "Chat.Example/=b:1".parse().unwrap(),
         ])
         .unwrap();
-        let rules: Vec<PerRoute<Policy>> = vec![
+        let rules: Vec<PerRoute<Strategy>> = vec![
             "round-robin".parse().unwrap(),
             "/socket.io/=ip-hash".parse().unwrap(),
         ];
         let got = per_route(&rules, &table, "--balance").unwrap();
-        assert_eq!(got, vec![Some(&Policy::IpHash), Some(&Policy::RoundRobin)]);
-        let chat: Vec<PerRoute<Policy>> = vec!["chat.example/=least-conn".parse().unwrap()];
+        assert_eq!(
+            got,
+            vec![Some(&Strategy::IpHash), Some(&Strategy::RoundRobin)]
+        );
+        let chat: Vec<PerRoute<Strategy>> = vec!["chat.example/=least-conn".parse().unwrap()];
         assert_eq!(
             per_route(&chat, &table, "--balance").unwrap(),
-            vec![None, Some(&Policy::LeastConn)]
+            vec![None, Some(&Strategy::LeastConn)]
         );
-        let unknown: Vec<PerRoute<Policy>> = vec!["/nope/=ip-hash".parse().unwrap()];
+        let unknown: Vec<PerRoute<Strategy>> = vec!["/nope/=ip-hash".parse().unwrap()];
         let e = per_route(&unknown, &table, "--balance").unwrap_err();
         assert!(e.contains("no --route /nope/"), "{e}");
         assert!(
             "/x=sticky"
-                .parse::<PerRoute<Policy>>()
+                .parse::<PerRoute<Strategy>>()
                 .unwrap_err()
                 .contains("unknown policy")
         );

@@ -25,7 +25,7 @@ use crate::proxy_protocol::{self, Origin};
 use crate::respond::{self, Status};
 use crate::splice;
 use crate::state::State;
-use crate::tls::{self, Client, HandshakeError};
+use crate::tls::{self, HandshakeError, TlsClient};
 use crate::websocket::{self, Farewell};
 use summary::{Outcome, Summary};
 
@@ -148,7 +148,7 @@ async fn pipeline(
         asked,
     );
     let (transfer, traffic) = (&mut summary.transfer, &state.metrics.traffic);
-    let timeouts = splice_timeouts(&config.timeouts);
+    let timeouts = splice_timers(&config.timeouts);
     let end = splice::splice(
         &mut client,
         &mut backend,
@@ -178,7 +178,7 @@ fn first_bytes(
     pool: &Pool,
     client_addr: std::net::SocketAddr,
     local: Option<std::net::SocketAddr>,
-    client: &Client,
+    client: &TlsClient,
     buf: Vec<u8>,
     head: &Head,
 ) -> (splice::Preread, Option<Forwarding>) {
@@ -238,7 +238,7 @@ async fn secure(
     client_addr: std::net::SocketAddr,
     started: Instant,
     header_deadline: Option<Instant>,
-) -> Result<Client, Outcome> {
+) -> Result<TlsClient, Outcome> {
     let deadline = tls::deadline(config.timeouts.handshake, started, header_deadline);
     let early = match Box::pin(tls::hello::read(&stream, early, &state.hellos, deadline)).await {
         Ok(hello) => hello,
@@ -311,7 +311,7 @@ async fn handshake(
     early: Vec<u8>,
     header_deadline: Option<Instant>,
     started: Instant,
-) -> Result<Client, Outcome> {
+) -> Result<TlsClient, Outcome> {
     let timeout = config.timeouts.handshake;
     let handshake = state.tls.handshake(
         stream,
@@ -352,7 +352,7 @@ fn origin_header(
     version: proxy_protocol::Version,
     client: std::net::SocketAddr,
     local: std::net::SocketAddr,
-    tls: &Client,
+    tls: &TlsClient,
 ) -> Vec<u8> {
     let tls = tls.get_ref().1;
     let origin = Origin {
@@ -366,8 +366,8 @@ fn origin_header(
 }
 
 /// The splice's timers from the configuration's.
-fn splice_timeouts(t: &crate::config::Timeouts) -> splice::Timeouts {
-    splice::Timeouts {
+fn splice_timers(t: &crate::config::Timeouts) -> splice::Timers {
+    splice::Timers {
         idle: t.idle,
         close: t.close,
         send: t.send,
@@ -381,7 +381,7 @@ fn splice_timeouts(t: &crate::config::Timeouts) -> splice::Timeouts {
 /// trickled bytes do not extend it; returns it with every byte read, or how the connection
 /// ended (an answered error, a client that left).
 async fn first_head(
-    client: &mut Client,
+    client: &mut TlsClient,
     config: &ServingConfig,
     deadline: Option<Instant>,
 ) -> Result<(Head, Vec<u8>), Outcome> {
@@ -401,7 +401,7 @@ async fn first_head(
     }
 }
 
-async fn answer(client: &mut Client, status: Status) -> Outcome {
+async fn answer(client: &mut TlsClient, status: Status) -> Outcome {
     Box::pin(respond::send(client, status)).await;
     Outcome::Status(status)
 }

@@ -465,7 +465,7 @@ impl Exchange {
 /// The splice's view of the exchange: client bytes held or passed, backend bytes relayed
 /// until a `101` opens the tunnel, and the answer to send when the exchange stops.
 impl Gate for Exchange {
-    type Stop = Stop;
+    type Reason = Stop;
 
     fn client(&mut self, input: &[u8], out: &mut Vec<u8>) -> usize {
         self.from_client(input, out)

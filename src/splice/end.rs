@@ -1,4 +1,4 @@
-//! What a tunnel is bounded by ([`Timeouts`]), what it moved ([`Transfer`]), and how it
+//! What a tunnel is bounded by ([`Timers`]), what it moved ([`Transfer`]), and how it
 //! ended ([`End`], with a [`Failure`] that says which peer and which call).
 
 use std::io;
@@ -6,7 +6,7 @@ use std::time::Duration;
 
 /// The splice's timeouts; `None` is off.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Timeouts {
+pub struct Timers {
     /// No byte either way for this long ends the tunnel (`--idle-timeout`).
     pub idle: Option<Duration>,
     /// Once one direction closed, silence this long ends the tunnel (`--close-timeout`).

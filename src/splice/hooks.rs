@@ -17,7 +17,7 @@ use tokio::time::Sleep;
 /// What may pass while the connection is not yet a blind tunnel.
 pub trait Gate {
     /// Why the gate ended the connection, for the caller's log.
-    type Stop: Copy + fmt::Debug;
+    type Reason: Copy + fmt::Debug;
 
     /// Takes client bytes: appends to `out` what may go to the backend and returns how many
     /// bytes of `input` it took. Taking none and passing none means: hold them until
@@ -27,7 +27,7 @@ pub trait Gate {
     /// Takes backend bytes: appends to `out` what may go to the client and returns how many
     /// bytes of `input` it took. Once the gate is open it takes no more: the rest of `input`
     /// is tunnel data.
-    fn backend(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<usize, Halt<Self::Stop>>;
+    fn backend(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<usize, Halt<Self::Reason>>;
 
     /// True once the tunnel is blind: the gate is dropped.
     fn is_open(&self) -> bool;
@@ -39,13 +39,13 @@ pub trait Gate {
     fn take_changed(&mut self) -> bool;
 
     /// Set when the connection must end now that everything before the stop has passed.
-    fn finished(&self) -> Option<Self::Stop>;
+    fn finished(&self) -> Option<Self::Reason>;
 
     /// What to send the client before closing after `stop`, if anything.
-    fn answer(stop: Self::Stop) -> Option<Vec<u8>>;
+    fn answer(stop: Self::Reason) -> Option<Vec<u8>>;
 
     /// What the gate waits for from the client now, if anything. The splice bounds each
-    /// wait by its timeout ([`Timeouts::keepalive`](super::Timeouts::keepalive), [`Timeouts::head`](super::Timeouts::head)) and calls
+    /// wait by its timeout ([`Timers::keepalive`](super::Timers::keepalive), [`Timers::head`](super::Timers::head)) and calls
     /// [`Gate::expired`] when it runs out.
     fn waiting(&self) -> Option<Wait>;
 
@@ -61,13 +61,13 @@ pub trait Gate {
 /// wait of a kind from the next: each new message restarts the clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wait {
-    /// Between messages, nothing of the next one has come (`Timeouts::keepalive`).
+    /// Between messages, nothing of the next one has come (`Timers::keepalive`).
     Next(u64),
-    /// A message's head has begun and is not complete (`Timeouts::head`).
+    /// A message's head has begun and is not complete (`Timers::head`).
     Head(u64),
     /// A message's body is on its way; the number is how much of it has come, so each read
-    /// restarts the clock (`Timeouts::body`). Not counted while the backend holds the body
-    /// back (its bytes wait for it): that is `Timeouts::send`'s.
+    /// restarts the clock (`Timers::body`). Not counted while the backend holds the body
+    /// back (its bytes wait for it): that is `Timers::send`'s.
     Body(u64),
 }
 

@@ -51,7 +51,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::metrics::Traffic;
 use direction::{Dir, Direction, Outbox};
-pub use end::{End, Failure, Op, Side, Timeouts, Transfer};
+pub use end::{End, Failure, Op, Side, Timers, Transfer};
 pub use hooks::{Client, Drain, Gate, Halt, Preread, Tunnel, Wait, Watch, Way};
 
 /// Copies until both directions end, a timeout fires, or an error tears the tunnel down.
@@ -69,10 +69,10 @@ pub fn splice<'a, C, G, T>(
     backend: &'a mut TcpStream,
     preread: Preread,
     watch: Watch<'a, G, T>,
-    timeouts: Timeouts,
+    timeouts: Timers,
     transfer: &'a mut Transfer,
     traffic: &'a Traffic,
-) -> impl Future<Output = End<G::Stop>> + 'a
+) -> impl Future<Output = End<G::Reason>> + 'a
 where
     C: Client,
     G: Gate + 'a,
@@ -168,7 +168,7 @@ struct Splice<'a, C, G: Gate, T> {
     /// The backend's side ended abnormally: the client's is cut, not closed in order.
     down_cut: bool,
     /// Set when the gate stopped the connection.
-    stopped: Option<G::Stop>,
+    stopped: Option<G::Reason>,
     /// A write failure that ended one direction, reported once the other is done too.
     deferred: Option<Failure>,
     /// A client read error met while gathering, reported after the bytes before it are sent.
@@ -181,7 +181,7 @@ where
     G: Gate,
     T: Tunnel,
 {
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<End<G::Stop>> {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<End<G::Reason>> {
         // Take turns going first, so a saturated direction cannot use up tokio's per-task
         // budget and starve the other.
         self.up_first = !self.up_first;
@@ -364,7 +364,7 @@ where
     /// delivering, e.g. a backend's early 413 while the client uploads); a failed client read
     /// means the client is gone and ends the tunnel (backend read failures are handled in
     /// `poll_down`, which still delivers what it read).
-    fn step(&mut self, up: bool, cx: &mut Context<'_>) -> Option<End<G::Stop>> {
+    fn step(&mut self, up: bool, cx: &mut Context<'_>) -> Option<End<G::Reason>> {
         let done = if up {
             self.up.is_done()
         } else {
@@ -395,7 +395,7 @@ where
 
     /// Ends the tunnel at a gate's stop: send its answer if there is one, close the client
     /// side after it, and stop sending to the backend.
-    fn stop(&mut self, stop: G::Stop, cx: &mut Context<'_>) {
+    fn stop(&mut self, stop: G::Reason, cx: &mut Context<'_>) {
         self.gate = None;
         self.stopped = Some(stop);
         if let Some(answer) = G::answer(stop) {

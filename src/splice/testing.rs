@@ -12,7 +12,7 @@ use tokio::io::{
 };
 use tokio::net::{TcpListener, TcpStream};
 
-use super::{Client, End, Gate, Halt, Preread, Timeouts, Transfer, Wait, Watch};
+use super::{Client, End, Gate, Halt, Preread, Timers, Transfer, Wait, Watch};
 use crate::metrics::Traffic;
 
 /// The client's side as the splice sees it: plaintext in memory, with rustls's queue
@@ -51,7 +51,7 @@ pub async fn backend_pair() -> (TcpStream, TcpStream) {
 }
 
 /// Splices `client` and `backend` blind (no gate) until the tunnel ends.
-pub async fn blind(client: &mut Memory, backend: &mut TcpStream, timeouts: Timeouts) -> End<()> {
+pub async fn blind(client: &mut Memory, backend: &mut TcpStream, timeouts: Timers) -> End<()> {
     let traffic = Traffic::default();
     let mut transfer = Transfer::default();
     let watch = Watch::<NoGate, ()> {
@@ -77,7 +77,7 @@ pub async fn blind(client: &mut Memory, backend: &mut TcpStream, timeouts: Timeo
 pub struct NoGate;
 
 impl Gate for NoGate {
-    type Stop = ();
+    type Reason = ();
     fn client(&mut self, input: &[u8], out: &mut Vec<u8>) -> usize {
         out.extend_from_slice(input);
         input.len()

@@ -246,7 +246,7 @@ mod tests {
     async fn a_backend_that_stops_reading_is_ended_by_the_send_timeout() {
         let (mut client, mut user) = memory_client();
         let (mut backend, _app) = backend_pair().await;
-        let timeouts = super::super::Timeouts {
+        let timeouts = super::super::Timers {
             send: Some(Duration::from_millis(300)),
             ..Default::default()
         };

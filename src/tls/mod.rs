@@ -40,7 +40,7 @@ use coalesce::Coalesce;
 
 /// The client's side once TLS is up: rustls over a socket read in bulk-sized pieces, whose
 /// handshake's last writes wait for the first answer.
-pub type Client = TlsStream<Coalesce<ReadAhead<TcpStream>>>;
+pub type TlsClient = TlsStream<Coalesce<ReadAhead<TcpStream>>>;
 
 /// Sessions remembered for stateful resumption; each is a few hundred bytes.
 const SESSION_CACHE: usize = 4096;
@@ -65,11 +65,11 @@ pub struct TlsConfig {
 pub struct Tls {
     ticketer: Arc<dyn ProducesTickets>,
     sessions: Arc<dyn StoresServerSessions + Send + Sync>,
-    current: ArcSwap<Snapshot>,
+    current: ArcSwap<Served>,
 }
 
 /// One configuration's rustls server, swapped whole by a reload.
-struct Snapshot {
+struct Served {
     config: Arc<ServerConfig>,
     certs: Arc<CertStore>,
     strict_sni: bool,
@@ -113,7 +113,7 @@ impl Tls {
         timeout: Option<Duration>,
         outer: Option<Instant>,
         started: Instant,
-    ) -> Result<Client, HandshakeError> {
+    ) -> Result<TlsClient, HandshakeError> {
         let server = self.current.load_full();
         let deadline = deadline(timeout, started, outer);
         let handshake = async {
@@ -196,7 +196,7 @@ fn build(
     config: &TlsConfig,
     ticketer: &Arc<dyn ProducesTickets>,
     sessions: &Arc<dyn StoresServerSessions + Send + Sync>,
-) -> anyhow::Result<Snapshot> {
+) -> anyhow::Result<Served> {
     let resolver = Arc::new(Resolver {
         certs: config.certs.clone(),
     });
@@ -214,7 +214,7 @@ fn build(
     server.session_storage = sessions.clone();
     server.ticketer = ticketer.clone();
     let server = Arc::new(server);
-    Ok(Snapshot {
+    Ok(Served {
         config: server,
         certs: config.certs.clone(),
         strict_sni: config.strict_sni,
@@ -223,7 +223,7 @@ fn build(
 }
 
 /// The splice's view of the client: rustls over our adapters.
-impl crate::splice::Client for Client {
+impl crate::splice::Client for TlsClient {
     fn queue(&mut self, data: &[u8]) -> std::io::Result<usize> {
         use std::io::Write;
         self.get_mut().1.writer().write(data)
@@ -262,7 +262,7 @@ impl crate::splice::Client for Client {
 async fn answer_validation(
     start: tokio_rustls::StartHandshake<Coalesce<ReadAhead<TcpStream>>>,
     dir: &std::path::Path,
-) -> Result<Client, HandshakeError> {
+) -> Result<TlsClient, HandshakeError> {
     let name = start.client_hello().server_name().unwrap_or("").to_string();
     let Some(config) = acme::answer(dir, &name) else {
         let why = format!("no TLS-ALPN-01 answer for {name:?}");
