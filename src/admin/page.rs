@@ -12,6 +12,8 @@
 use std::fmt::Write;
 use std::time::SystemTime;
 
+use serde_json::{Value, json};
+
 use super::board::{Board, SAMPLE_EVERY, Sample};
 use super::snapshot::{BackendView, Snapshot};
 use crate::balance::Health;
@@ -21,119 +23,120 @@ use crate::tls::certs::rfc3339;
 const WARN_DAYS: i64 = 14;
 const CRITICAL_DAYS: i64 = 3;
 
-/// `/status.json`.
+/// `/status.json`, written by `serde_json` (the page's script escapes its strings again for
+/// HTML).
 pub fn json(snap: &Snapshot, board: &Board) -> String {
     let now = SystemTime::now();
-    let mut o = String::with_capacity(4096);
-    o.push('{');
-    let _ = write!(
-        o,
-        "\"version\":{},\"started_at\":{},\"uptime_seconds\":{},\"ready\":{},\"not_ready_because\":{},",
-        string(env!("CARGO_PKG_VERSION")),
-        string(&rfc3339(unix(board.started_at))),
-        board.started.elapsed().as_secs(),
-        snap.unready.is_none(),
-        snap.unready.as_deref().map_or("null".to_string(), string),
-    );
-    let _ = write!(
-        o,
-        "\"connections\":{},\"websockets\":{},",
-        snap.connections, snap.websockets
-    );
-    o.push_str("\"listeners\":[");
-    for (i, (kind, addr)) in board.listeners.iter().enumerate() {
-        comma(&mut o, i);
-        let _ = write!(
-            o,
-            "{{\"kind\":{},\"address\":{}}}",
-            string(kind),
-            string(&addr.to_string())
-        );
-    }
-    o.push_str("],\"certificates\":[");
-    for (i, cert) in snap.certs.iter().enumerate() {
-        comma(&mut o, i);
-        let days = days_left(cert.not_after, now);
-        let names: Vec<String> = cert.names.iter().map(|n| string(n)).collect();
-        let _ = write!(
-            o,
-            "{{\"file\":{},\"names\":[{}],\"expires\":{},\"days_left\":{},\"state\":{}}}",
-            string(&cert.file),
-            names.join(","),
-            string(&rfc3339(cert.not_after)),
-            days,
-            string(expiry_state(days)),
-        );
-    }
-    o.push_str("],\"routes\":[");
-    for (i, route) in snap.routes.iter().enumerate() {
-        comma(&mut o, i);
-        let _ = write!(
-            o,
-            "{{\"route\":{},\"policy\":{},\"health_check\":{},\"backends\":[",
-            string(&route.route),
-            string(&route.policy),
-            string(&route.check)
-        );
-        let backends = snap.backends.iter().filter(|b| b.route == route.route);
-        for (j, b) in backends.enumerate() {
-            comma(&mut o, j);
-            let down = match &b.health {
-                Health::Up => "null".to_string(),
-                Health::DownPassively { left } => format!(
-                    "{{\"by\":\"connect\",\"seconds_left\":{}}}",
-                    left.as_secs_f64().ceil() as u64
-                ),
-                Health::DownByCheck { why } => {
-                    format!("{{\"by\":\"check\",\"why\":{}}}", string(why))
-                }
+    let listeners: Vec<Value> = board
+        .listeners
+        .iter()
+        .map(|(kind, addr)| json!({"kind": kind, "address": addr.to_string()}))
+        .collect();
+    let certificates: Vec<Value> = snap
+        .certs
+        .iter()
+        .map(|cert| {
+            let days = days_left(cert.not_after, now);
+            json!({
+                "file": cert.file,
+                "names": cert.names,
+                "expires": rfc3339(cert.not_after),
+                "days_left": days,
+                "state": expiry_state(days),
+            })
+        })
+        .collect();
+    let routes: Vec<Value> = snap
+        .routes
+        .iter()
+        .map(|route| {
+            let backends: Vec<Value> = snap
+                .backends
+                .iter()
+                .filter(|b| b.route == route.route)
+                .map(|b| {
+                    let down = match &b.health {
+                        Health::Up => Value::Null,
+                        Health::DownPassively { left } => json!({
+                            "by": "connect",
+                            "seconds_left": left.as_secs_f64().ceil() as u64,
+                        }),
+                        Health::DownByCheck { why } => json!({"by": "check", "why": why}),
+                    };
+                    json!({
+                        "backend": b.backend,
+                        "state": state_word(b),
+                        "down": down,
+                        "connections": b.active,
+                        "connect_failures": b.connect_failures,
+                    })
+                })
+                .collect();
+            json!({
+                "route": route.route,
+                "policy": route.policy,
+                "health_check": route.check,
+                "backends": backends,
+            })
+        })
+        .collect();
+    let responses: serde_json::Map<String, Value> = snap
+        .responses
+        .iter()
+        .map(|(status, count)| (status.to_string(), json!(count)))
+        .collect();
+    let reloads: Vec<Value> = board
+        .reloads()
+        .iter()
+        .map(|reload| {
+            let (result, error) = match &reload.result {
+                Ok(()) => ("success", None),
+                Err(e) => ("failure", Some(e)),
             };
-            let _ = write!(
-                o,
-                "{{\"backend\":{},\"state\":{},\"down\":{down},\"connections\":{},\"connect_failures\":{}}}",
-                string(&b.backend),
-                string(state_word(b)),
-                b.active,
-                b.connect_failures,
-            );
-        }
-        o.push_str("]}");
-    }
-    o.push_str("],\"responses\":{");
-    for (i, (status, count)) in snap.responses.iter().enumerate() {
-        comma(&mut o, i);
-        let _ = write!(o, "{}:{count}", string(status));
-    }
-    o.push_str("},\"reloads\":[");
-    for (i, reload) in board.reloads().iter().enumerate() {
-        comma(&mut o, i);
-        let (result, error) = match &reload.result {
-            Ok(()) => ("success", "null".to_string()),
-            Err(e) => ("failure", string(e)),
-        };
-        let _ = write!(
-            o,
-            "{{\"at\":{},\"trigger\":{},\"result\":\"{result}\",\"error\":{error}}}",
-            string(&rfc3339(unix(reload.at))),
-            string(reload.trigger),
-        );
-    }
+            json!({
+                "at": rfc3339(unix(reload.at)),
+                "trigger": reload.trigger,
+                "result": result,
+                "error": error,
+            })
+        })
+        .collect();
     let samples = board.samples();
-    let series = |f: fn(&Sample) -> f64| {
-        let values: Vec<String> = samples.iter().map(|s| format!("{:.1}", f(s))).collect();
-        format!("[{}]", values.join(","))
+    // One decimal, as the page shows them.
+    let series = |f: fn(&Sample) -> f64| -> Vec<f64> {
+        samples
+            .iter()
+            .map(|s| (f(s) * 10.0).round() / 10.0)
+            .collect()
     };
-    let _ = write!(
-        o,
-        "],\"history\":{{\"interval_seconds\":{},\"connections\":{},\"websockets\":{},\
-         \"handshakes_per_second\":{},\"bytes_per_second\":{}}}}}",
-        SAMPLE_EVERY.as_secs(),
-        series(|s| f64::from(s.connections)),
-        series(|s| f64::from(s.websockets)),
-        series(|s| f64::from(s.handshakes_per_second)),
-        series(|s| f64::from(s.bytes_per_second)),
-    );
-    o
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "started_at": rfc3339(unix(board.started_at)),
+        "uptime_seconds": board.started.elapsed().as_secs(),
+        "ready": snap.unready.is_none(),
+        "not_ready_because": snap.unready,
+        "connections": snap.connections,
+        "websockets": snap.websockets,
+        "listeners": listeners,
+        "certificates": certificates,
+        "routes": routes,
+        "responses": responses,
+        "reloads": reloads,
+        "history": {
+            "interval_seconds": SAMPLE_EVERY.as_secs(),
+            "connections": series(|s| f64::from(s.connections)),
+            "websockets": series(|s| f64::from(s.websockets)),
+            "handshakes_per_second": series(|s| f64::from(s.handshakes_per_second)),
+            "bytes_per_second": series(|s| f64::from(s.bytes_per_second)),
+        },
+    })
+    .to_string()
+    // HTML-safe as well, as Go's encoding/json writes it: `<`, `>` and `&` can stand only
+    // inside strings, where `\u003c` is the same character, so the text holds no markup even
+    // for a client that ignores its Content-Type.
+    .replace('<', "\\u003c")
+    .replace('>', "\\u003e")
+    .replace('&', "\\u0026")
 }
 
 /// `/`: the whole page, rendered here.
@@ -363,12 +366,6 @@ fn human(v: f64) -> String {
     }
 }
 
-fn comma(o: &mut String, i: usize) {
-    if i > 0 {
-        o.push(',');
-    }
-}
-
 /// Text for HTML, in an element or an attribute.
 pub fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -382,28 +379,6 @@ pub fn escape(text: &str) -> String {
             c => out.push(c),
         }
     }
-    out
-}
-
-/// A JSON string literal.
-pub fn string(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 2);
-    out.push('"');
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            // `<` too, so the JSON is safe to embed in a page.
-            c if (c as u32) < 0x20 || c == '<' || c == '>' || c == '&' => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
     out
 }
 
@@ -496,7 +471,32 @@ mod tests {
             escape("<b>x</b> & 'y'"),
             "&lt;b&gt;x&lt;/b&gt; &amp; &#39;y&#39;"
         );
-        assert_eq!(string("<a \"q\">\n"), "\"\\u003ca \\\"q\\\"\\u003e\\n\"");
+    }
+
+    /// `/status.json` is JSON whatever a name holds: quotes, backslashes, control
+    /// characters and markup in a certificate's file name come back as they were.
+    #[test]
+    fn status_json_parses_and_keeps_names_as_they_are() {
+        use super::super::snapshot::CertView;
+        let odd = "<b>\"quoted\"</b>\\path\n\u{1}.pem";
+        let snap = Snapshot {
+            certs: vec![CertView {
+                file: odd.to_string(),
+                names: vec!["a.example".into()],
+                not_after: 4_102_444_800,
+            }],
+            unready: Some("starting".into()),
+            ..Snapshot::default()
+        };
+        let board = Board::new(vec![("tls", "127.0.0.1:8443".parse().unwrap())]);
+        let text = json(&snap, &board);
+        let parsed: Value = serde_json::from_str(&text).expect("valid JSON");
+        assert_eq!(parsed["certificates"][0]["file"], odd);
+        assert_eq!(parsed["certificates"][0]["expires"], "2100-01-01T00:00:00Z");
+        assert_eq!(parsed["not_ready_because"], "starting");
+        assert_eq!(parsed["ready"], false);
+        assert_eq!(parsed["listeners"][0]["address"], "127.0.0.1:8443");
+        assert!(!text.contains('<') && !text.contains('&'), "{text}");
     }
 
     #[test]
