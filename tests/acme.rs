@@ -232,7 +232,10 @@ async fn tls_alpn_01_issues_a_certificate_a_restart_keeps_it_and_renewal_swaps_i
     // A restart with the state directory serves the same certificate at once, no order.
     let running = bridge(&pebble.directory, &state, tls_port, &backend.address(), &[]);
     assert_eq!(served(running.addr, &root).await.unwrap(), issued);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Its first look at the name decides: kept, and no order before or after that line.
+    running
+        .wait_for_line(&["acme: the certificate in the state directory is kept"])
+        .await;
     assert!(
         !running.log().iter().any(|l| l.contains("ordering")),
         "{:?}",

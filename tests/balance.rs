@@ -59,7 +59,9 @@ async fn least_conn_splits_long_lived_websockets_evenly() {
     for i in on_a.into_iter().rev() {
         live.remove(i).close(None).await.unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Their tunnels ended (least-conn counts them no more).
+    let server = tunnel.server.clone();
+    support::eventually("ten tunnels ended", || server.connections() == 20).await;
     for i in 0..10 {
         let mut ws = ws_connect(tunnel.addr).await;
         echo(&mut ws, &format!("again {i}")).await;
@@ -156,7 +158,14 @@ async fn a_dead_backend_moves_only_its_own_clients_and_they_return() {
     }
     assert!(before.values().any(|n| n == "b"));
     b.abort();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let gone = async {
+        while TcpStream::connect(b_addr).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(support::WAIT, gone)
+        .await
+        .expect("b still accepts");
     for (from, name) in &before {
         let now = ask_from(*from, tunnel.addr).await;
         match name.as_str() {
@@ -166,7 +175,16 @@ async fn a_dead_backend_moves_only_its_own_clients_and_they_return() {
     }
     // Back on the same port: after the fail timeout, its clients return.
     let b = named_http(TcpListener::bind(b_addr).await.unwrap(), "b");
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Once its fail timeout is over, b's clients return (waited for, not slept on).
+    let (one, _) = before.iter().find(|(_, name)| *name == "b").unwrap();
+    let returned = async {
+        while ask_from(*one, tunnel.addr).await != "b" {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(support::WAIT, returned)
+        .await
+        .expect("b's clients never returned");
     for (from, name) in &before {
         assert_eq!(ask_from(*from, tunnel.addr).await, *name, "{from} returned");
     }
@@ -452,11 +470,13 @@ async fn health_checks_stop_at_shutdown() {
         "100ms",
     ])
     .await;
-    tokio::time::sleep(Duration::from_millis(350)).await;
-    assert!(counter.load(Ordering::Relaxed) >= 3, "checks ran");
+    let runs = counter.clone();
+    support::eventually("three checks", || runs.load(Ordering::Relaxed) >= 3).await;
     tunnel.begin_shutdown();
     tunnel.finished().await;
     let after = counter.load(Ordering::Relaxed);
+    // `finished` means every task ended, the check loops with them; four intervals later
+    // nothing more has come (a negative: a check still running would have shown by then).
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(
         counter.load(Ordering::Relaxed),

@@ -157,6 +157,8 @@ async fn with_close_on_drain_a_frame_under_way_is_finished_before_the_close() {
     let (_, app) = &mut pairs[0];
     app.write_all(&binary_header(payload.len())).await.unwrap();
     app.write_all(&payload[..100_000]).await.unwrap();
+    // Time for those bytes to cross (nothing outside shows a partial frame's progress); if
+    // they had not, the frame would still be under way at TERM, as the test wants.
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     running.signal("TERM");
@@ -201,8 +203,9 @@ async fn the_last_keep_alive_response_says_connection_close() {
     client.write_all(request).await.unwrap();
     read_head(&mut app).await.unwrap();
     running.signal("TERM");
-    running.wait_for_line(&["SIGTERM"]).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The drain has begun once the listeners closed (no --shutdown-delay): the response
+    // is sent after it, so it is the connection's last.
+    running.wait_for_line(&["listeners closed"]).await;
     app.write_all(ok).await.unwrap();
     let rest = read_to_close(&mut client).await;
     assert_eq!(

@@ -44,20 +44,52 @@ fn a_sighup_while_the_certificate_is_still_being_read_does_not_end_the_process()
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // The certificate's read holds start-up open until the FIFO gets a writer.
-    std::thread::sleep(Duration::from_millis(500));
+    // The certificate's read holds start-up open until the FIFO gets a writer. The signal
+    // goes once the process has its SIGHUP handler (its SigCgt mask says so), which it must
+    // have before it reads any file.
+    let caught = || {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()));
+        let mask = status.ok().and_then(|s| {
+            let hex = s
+                .lines()
+                .find_map(|l| l.strip_prefix("SigCgt:"))?
+                .trim()
+                .to_string();
+            u64::from_str_radix(&hex, 16).ok()
+        });
+        mask.is_some_and(|m| m & 1 != 0) // SIGHUP is signal 1: bit 0
+    };
+    let deadline = Instant::now() + WAIT;
+    while !caught() {
+        assert!(Instant::now() < deadline, "no SIGHUP handler");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let hup = std::process::Command::new("kill")
         .args(["-HUP", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(hup.success());
-    std::thread::sleep(Duration::from_millis(200));
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "SIGHUP during start-up ended the process"
-    );
+    // The FIFO opens for writing only while the process is there to read it: if SIGHUP
+    // had ended it, this never succeeds and the exit shows.
     let chain = std::fs::read(&pki.cert).unwrap();
-    let mut writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    let mut writer = loop {
+        use std::os::unix::fs::OpenOptionsExt;
+        let open = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo);
+        match open {
+            Ok(writer) => break writer,
+            Err(_) => {
+                assert!(
+                    child.try_wait().unwrap().is_none(),
+                    "SIGHUP during start-up ended the process"
+                );
+                assert!(Instant::now() < deadline, "the certificate was never read");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    };
     writer.write_all(&chain).unwrap();
     drop(writer);
     let stderr = child.stderr.take().unwrap();
@@ -139,7 +171,12 @@ async fn at_shutdown_a_keep_alive_connection_closes_at_its_next_request_boundary
     busy.write_all(b"POST /plain HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4\r\n\r\nab")
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Under way: its head was admitted and the backend connected to (its second connection).
+    let received = http.received.clone();
+    support::eventually("the POST reached the backend", || {
+        received.lock().unwrap().len() >= 2
+    })
+    .await;
 
     let started = Instant::now();
     tunnel.begin_shutdown();

@@ -129,7 +129,14 @@ async fn five_upgrades_refuse_no_connection_and_cut_no_websocket() {
             support::echo(socket, &format!("after upgrade {n}, socket {i}")).await;
         }
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The clients go on past the last upgrade: ten more connections served by the new
+    // process, and more than 50 in all, before they stop.
+    let after = ok.load(Ordering::Relaxed);
+    let served = ok.clone();
+    support::eventually("ten connections after the last upgrade, 51 in all", || {
+        served.load(Ordering::Relaxed) >= (after + 10).max(51)
+    })
+    .await;
     stop.store(true, Ordering::Relaxed);
     let errors = clients.await.unwrap();
     assert!(errors.is_empty(), "{errors:?}");

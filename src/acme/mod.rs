@@ -19,7 +19,7 @@
 
 pub mod store;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -60,6 +60,8 @@ enum Obtained {
 /// Keeps every `--acme` name's certificate until the process stops.
 pub async fn keep(state: Arc<State>) {
     let mut failing: HashMap<String, Failing> = HashMap::new();
+    // Names whose next renewal was logged: once each, at the first look.
+    let mut scheduled: HashSet<String> = HashSet::new();
     loop {
         let Some(acme) = state.process.acme.clone() else {
             return;
@@ -71,6 +73,13 @@ pub async fn keep(state: Arc<State>) {
             let wait = due_in(&acme, name);
             if !wait.is_zero() {
                 next = next.min(now + wait);
+                if scheduled.insert(name.clone()) {
+                    tracing::info!(
+                        name = %name,
+                        "acme: the certificate in the state directory is kept; renewal in {}h",
+                        wait.as_secs() / 3600
+                    );
+                }
                 continue;
             }
             if let Some(f) = failing.get(name)

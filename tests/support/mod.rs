@@ -291,6 +291,19 @@ impl RawTls {
     }
 }
 
+/// Waits until `done` says yes, checking every 10 ms, or fails after [`WAIT`] naming `what`:
+/// a test waits on the event itself, not on a guess of how long it takes.
+pub async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never happened: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// A configuration from command-line flags (the first being the program name), as the
 /// binary builds it: the tests speak the flags users write.
 pub fn config_from_flags(argv: &[String]) -> Config {
