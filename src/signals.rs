@@ -22,7 +22,7 @@ pub struct Signals {
 }
 
 /// Starts listening for every signal at once: from here on none of them ends the process by
-/// its default action. Called first thing in `main`.
+/// its default action. Called by `main` as soon as the runtime is up, before any file is read.
 pub fn listen() -> anyhow::Result<Signals> {
     Ok(Signals {
         shutdown: Box::pin(shutdown()),

@@ -7,7 +7,8 @@
 //! Each connection loads one configuration snapshot when it is accepted and keeps it to its
 //! end, so a reload changes what new connections get and nothing that is live. Per-connection
 //! work touches no lock here: the snapshot is one atomic load, the limits are semaphores, and
-//! only `--max-connections-per-ip` takes a short lock at accept.
+//! only `--max-connections-per-ip` takes a short lock at accept (and the ClientHello budget,
+//! `hellos`, one while a hello is read).
 
 use std::collections::HashMap;
 use std::net::IpAddr;

@@ -52,12 +52,9 @@ const RULES: &[(&str, &[&str])] = &[
     // The WebSocket hook: frame lengths, and the splice's hook trait. No HTTP.
     ("websocket", &["splice", "websocket"]),
     // TLS knows no HTTP and no routes.
-    ("tls", &["splice", "deadline", "metrics", "readahead"]),
+    ("tls", &["splice", "metrics", "readahead"]),
     // HTTP is pure: no configuration, no process state, no connection.
-    (
-        "http",
-        &["http", "route", "respond", "splice", "tls", "metrics"],
-    ),
+    ("http", &["http", "route", "respond", "splice", "tls"]),
     // Balancing knows no HTTP (but a health check's request, `http::probe`) and no TLS.
     (
         "balance",

@@ -9,8 +9,8 @@
 //!
 //! [`Config::build`] loads the files they name and checks every value, failing with a message
 //! that names the flag or file; nothing is bound or started. It gives a [`ProcessConfig`],
-//! built once and owned by the supervisor, and a [`ServingConfig`], the one value behind the
-//! state's `ArcSwap`. No run-time code reads the settings: the reload path alone keeps the
+//! built once and owned by the supervisor, and a [`ServingConfig`], the one configuration
+//! behind the state's `ArcSwap`. No run-time code reads the settings: the reload path alone keeps the
 //! [`ServingSettings`] to build a new serving config from (`reload`), and swaps it in only
 //! once it is complete.
 

@@ -1,6 +1,6 @@
 //! The serving config: what each connection loads once when it is accepted and keeps to its
-//! end. Built from [`ServingSettings`] at start and again by every reload; the only value
-//! behind the state's `ArcSwap`.
+//! end. Built from [`ServingSettings`] at start and again by every reload; the one
+//! configuration behind the state's `ArcSwap`.
 
 use std::sync::Arc;
 use std::time::Duration;
