@@ -86,28 +86,13 @@ async fn pipeline(
     // The end of the first request head: `--header-timeout` after accept. The handshake
     // (`--handshake-timeout`, see `tls`) ends by then too.
     let header_deadline = config.timeouts.header.map(|t| started + t);
-    let Accepted {
-        stream,
-        client: client_addr,
-        local,
-        early,
-        ..
-    } = accepted;
-    let local = local.or_else(|| proxy_local(config, &stream));
+    let client_addr = accepted.client;
 
     // tls. Every stage before the splice runs boxed: its state is freed when it ends, so a
     // tunnel open for a day does not carry the handshake's (several KiB) in its task.
-    let secure = secure(
-        state,
-        config,
-        stream,
-        early,
-        client_addr,
-        started,
-        header_deadline,
-    );
-    let mut client = match Box::pin(secure).await {
-        Ok(client) => client,
+    let secure = secure(state, config, accepted, header_deadline);
+    let (mut client, local) = match Box::pin(secure).await {
+        Ok(secured) => secured,
         Err(outcome) => return outcome,
     };
     summary.sni = client.get_ref().1.server_name().map(str::to_string);
@@ -229,16 +214,22 @@ fn watch<'a>(
 
 /// The TLS stage: the ClientHello first, in a small box of its own (a connection that never
 /// sends one holds no TLS state at all), a plain HTTP request answered 400, then the
-/// handshake.
+/// handshake. With the client, the address it connected to, for PROXY headers to backends.
 async fn secure(
     state: &State,
     config: &ServingConfig,
-    stream: TcpStream,
-    early: Vec<u8>,
-    client_addr: std::net::SocketAddr,
-    started: Instant,
+    accepted: Accepted,
     header_deadline: Option<Instant>,
-) -> Result<TlsClient, Outcome> {
+) -> Result<(TlsClient, Option<SocketAddr>), Outcome> {
+    let Accepted {
+        stream,
+        client: client_addr,
+        local,
+        early,
+        at: started,
+        ..
+    } = accepted;
+    let local = local.or_else(|| proxy_local(config, &stream));
     let deadline = tls::deadline(config.timeouts.handshake, started, header_deadline);
     let early = match Box::pin(tls::hello::read(&stream, early, &state.hellos, deadline)).await {
         Ok(hello) => hello,
@@ -255,7 +246,8 @@ async fn secure(
         Box::pin(respond::send(&mut stream, Status::PlainHttp)).await;
         return Err(Outcome::Status(Status::PlainHttp));
     }
-    handshake(state, config, stream, early, header_deadline, started).await
+    let client = handshake(state, config, stream, early, header_deadline, started).await?;
+    Ok((client, local))
 }
 
 /// The first request's admission: over the connection limit, or after the listeners closed
