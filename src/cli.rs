@@ -14,7 +14,9 @@ use clap::{ArgAction, Parser, ValueEnum};
 
 use crate::balance::{Balancing, Check, PerRoute, Strategy};
 use crate::cidr::Cidr;
-use crate::config::{AcmeSettings, ProcessSettings, Security, ServingSettings, Settings, Timeouts};
+use crate::config::{
+    AcmeSettings, Listening, ProcessSettings, Security, ServingSettings, Settings, Timeouts,
+};
 use crate::proxy_protocol;
 use crate::route::{Backend, RouteSpec};
 use crate::tls::CertPaths;
@@ -680,13 +682,15 @@ impl Args {
             .map(|(cert, key)| CertPaths { cert, key })
             .collect();
         let process = ProcessSettings {
-            listen: self.listen.iter().map(|l| l.addr).collect(),
-            listen_if_possible: self.listen.iter().filter_map(|l| l.also).collect(),
-            listen_given: self.listen_given,
-            redirect_http: self.redirect_http.iter().map(|l| l.addr).collect(),
-            redirect_http_if_possible: self.redirect_http.iter().filter_map(|l| l.also).collect(),
-            reuse_port: self.reuse_port,
-            admin: self.admin,
+            listening: Listening {
+                tls: self.listen.iter().map(|l| l.addr).collect(),
+                tls_if_possible: self.listen.iter().filter_map(|l| l.also).collect(),
+                tls_given: self.listen_given,
+                redirect: self.redirect_http.iter().map(|l| l.addr).collect(),
+                redirect_if_possible: self.redirect_http.iter().filter_map(|l| l.also).collect(),
+                reuse_port: self.reuse_port,
+                admin: self.admin,
+            },
             admin_hosts: self.admin_hosts,
             pid_file: self.pid_file,
             shutdown_delay: self.shutdown_delay.0.unwrap_or(Duration::ZERO),

@@ -288,6 +288,12 @@ impl Lifecycle {
         self.shared.advance(Phase::Serving, 0);
     }
 
+    /// Runs a task shutdown does not wait for, which lives as long as the runtime: for the
+    /// one watcher that must still hear a second SIGINT while shutdown waits for what is left.
+    pub fn spawn_detached(&self, task: impl Future<Output = ()> + Send + 'static) {
+        tokio::spawn(task);
+    }
+
     /// Shutdown begins: the phase, then the token (whose waiters then see the phase).
     pub fn begin_drain(&self) {
         self.shared.advance(Phase::Draining, 0);

@@ -203,19 +203,14 @@ impl Server {
                 });
             }
         });
-        // An impatient Ctrl-C: after the first SIGINT, a second exits at once.
-        let (interrupts, interrupts_until) = (spawner.clone(), shutdown_.forced());
+        // An impatient Ctrl-C: after the first SIGINT, a second exits at once, whatever
+        // shutdown is still waiting for (so it is not a task shutdown waits for).
+        let interrupts = self.life.clone();
         let shutdown = async move {
             tokio::select! {
                 signal = shutdown => {
                     if let Some(int) = signal {
-                        let forced = interrupts_until;
-                        interrupts.background(async move {
-                            tokio::select! {
-                                _ = signals::second_interrupt(int) => {}
-                                _ = forced => {}
-                            }
-                        });
+                        interrupts.spawn_detached(signals::second_interrupt(int));
                     }
                 }
                 _ = upgraded.notified() => {}
@@ -260,6 +255,9 @@ impl Server {
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
         let (state, life) = (self.state, self.life);
+        // Whatever way this ends (an error once some tasks started, or the future dropped),
+        // force ends everything it started; after a clean shutdown it is a no-op.
+        let _force_at_the_end = ForceOnDrop(life.clone());
         let spawner = life.spawner();
         let shutdown_ = &state.shutdown;
         log_startup(&state, &listeners);
@@ -285,11 +283,17 @@ impl Server {
                 .iter()
                 .map(|l| (l, Service::Redirect { https_port })),
         );
+        // Every listener's handle first: an error spawns no loop.
+        let services: Vec<_> = services
+            .map(|(listener, service)| Ok((accepting(listener)?, service)))
+            .collect::<anyhow::Result<_>>()?;
         for (listener, service) in services {
-            let listener = accepting(listener)?;
             let service = accept::accept_loop(listener, state.clone(), service, spawner.clone());
             life.spawn_accepting(service);
         }
+        // The health checks the serving config asks for run before ready is said, and follow
+        // every reload from then on.
+        reconcile_health(&state, &spawner);
         spawner.background(health_checks(state.clone(), spawner.clone()));
         if let Some(interval) = state.process.cert_poll {
             spawner.background(reload::poll_files(state.clone(), interval));
@@ -417,14 +421,26 @@ async fn health_checks(state: Arc<State>, spawner: Spawner) {
     let stopped = state.shutdown.stopped();
     tokio::pin!(stopped);
     loop {
-        let config = state.serving.load();
-        let health = &state.balance.health;
-        health.reconcile(&config.pools, config.health, &spawner, &state.shutdown);
-        drop(config);
         tokio::select! {
             _ = &mut stopped => return,
-            _ = state.reconfigured.notified() => {}
+            _ = state.reconfigured.notified() => reconcile_health(&state, &spawner),
         }
+    }
+}
+
+/// Starts and stops health checks to match the serving config now in force.
+fn reconcile_health(state: &State, spawner: &Spawner) {
+    let config = state.serving.load();
+    let health = &state.balance.health;
+    health.reconcile(&config.pools, config.health, spawner, &state.shutdown);
+}
+
+/// Fires force when dropped: see `run_shared`.
+struct ForceOnDrop(Arc<Lifecycle>);
+
+impl Drop for ForceOnDrop {
+    fn drop(&mut self) {
+        self.0.force();
     }
 }
 

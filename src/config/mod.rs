@@ -101,19 +101,8 @@ pub struct Settings {
 /// What only a restart, or an upgrade (SIGUSR2), can change.
 #[derive(Debug, Clone)]
 pub struct ProcessSettings {
-    pub listen: Vec<SocketAddr>,
-    /// Listened on too when the machine allows (the IPv6 twin of `:443`).
-    pub listen_if_possible: Vec<SocketAddr>,
-    /// `--listen` was given, not defaulted: an error beside sockets systemd passes.
-    pub listen_given: bool,
-    /// Plain-HTTP listeners that redirect every request to https.
-    pub redirect_http: Vec<SocketAddr>,
-    /// The IPv6 twins of `--redirect-http :PORT`, bound where the machine has IPv6.
-    pub redirect_http_if_possible: Vec<SocketAddr>,
-    /// SO_REUSEPORT on the TLS and redirect listeners (several processes on one port).
-    pub reuse_port: bool,
-    /// The plain-HTTP admin listener (/metrics, /livez, /healthz, /readyz).
-    pub admin: Option<SocketAddr>,
+    /// `--listen`, `--redirect-http`, `--reuse-port`, `--admin`.
+    pub listening: Listening,
     /// `--admin-host`: names the admin port answers besides IP literals and localhost.
     pub admin_hosts: Vec<String>,
     /// `--pid-file`.
@@ -172,13 +161,15 @@ impl Default for ProcessSettings {
     /// The defaults the command line documents.
     fn default() -> Self {
         ProcessSettings {
-            listen: vec![SocketAddr::from(([0, 0, 0, 0], 8443))],
-            listen_if_possible: Vec::new(),
-            listen_given: false,
-            redirect_http: Vec::new(),
-            redirect_http_if_possible: Vec::new(),
-            reuse_port: false,
-            admin: None,
+            listening: Listening {
+                tls: vec![SocketAddr::from(([0, 0, 0, 0], 8443))],
+                tls_if_possible: Vec::new(),
+                tls_given: false,
+                redirect: Vec::new(),
+                redirect_if_possible: Vec::new(),
+                reuse_port: false,
+                admin: None,
+            },
             admin_hosts: Vec::new(),
             pid_file: None,
             shutdown_delay: Duration::ZERO,

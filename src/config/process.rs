@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use super::{AcmeSettings, ProcessSettings};
 
-/// What to listen on, checked for clashes; `accept` binds it (or takes it from systemd or
+/// What to listen on (`--listen`, `--redirect-http`, `--reuse-port`, `--admin`), checked for
+/// clashes; `accept` binds it (or takes it from systemd or
 /// the process an upgrade started).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listening {
@@ -64,7 +65,7 @@ const MAX_CONNECTIONS: usize = 100_000_000;
 
 impl ProcessConfig {
     pub fn build(settings: &ProcessSettings) -> anyhow::Result<ProcessConfig> {
-        no_listener_twice(settings)?;
+        no_listener_twice(&settings.listening)?;
         if let Some(acme) = &settings.acme {
             check_acme(acme)?;
         }
@@ -91,15 +92,7 @@ impl ProcessConfig {
             );
         }
         Ok(ProcessConfig {
-            listening: Listening {
-                tls: settings.listen.clone(),
-                tls_if_possible: settings.listen_if_possible.clone(),
-                tls_given: settings.listen_given,
-                redirect: settings.redirect_http.clone(),
-                redirect_if_possible: settings.redirect_http_if_possible.clone(),
-                reuse_port: settings.reuse_port,
-                admin: settings.admin,
-            },
+            listening: settings.listening.clone(),
             admin_hosts: settings.admin_hosts.clone(),
             pid_file: settings.pid_file.clone(),
             shutdown: Shutdown {
@@ -165,18 +158,13 @@ const MIN_HANDSHAKE_MEMORY: usize = 64 * 1024;
 /// Refuses two listeners on one address (`--listen :8443 --redirect-http :8443`, or one
 /// `--listen` twice), naming both flags, where binding would only say "Address already in
 /// use" with no hint that the clash is with itself. Port 0 (any free port) never clashes.
-fn no_listener_twice(settings: &ProcessSettings) -> anyhow::Result<()> {
-    let listeners = settings
-        .listen
+fn no_listener_twice(listening: &Listening) -> anyhow::Result<()> {
+    let listeners = listening
+        .tls
         .iter()
         .map(|a| ("--listen", *a))
-        .chain(
-            settings
-                .redirect_http
-                .iter()
-                .map(|a| ("--redirect-http", *a)),
-        )
-        .chain(settings.admin.iter().map(|a| ("--admin", *a)));
+        .chain(listening.redirect.iter().map(|a| ("--redirect-http", *a)))
+        .chain(listening.admin.iter().map(|a| ("--admin", *a)));
     let mut seen: Vec<(&str, SocketAddr)> = Vec::new();
     for (flag, addr) in listeners {
         let clash = seen.iter().find(|(_, other)| {
