@@ -41,6 +41,9 @@ test: unit e2e demo-check
 ## first, so it does not grow run after run.
 unit:
 	@rm -rf target/tmp
+	@# tests/firstfive.rs runs the demo's chat backend, a package of its own: test builds
+	@# build only the binaries of the package under test.
+	$(CARGO) build --quiet -p wssbridge-chat
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 	  $(CARGO) nextest run --workspace --no-fail-fast; \
 	else \
