@@ -38,7 +38,7 @@ for sig in INT TERM HUP; do
     DEMO_BACKEND=127.0.0.1:$back >"$log" 2>&1 &
   mk=$!
   sleep 1
-  head -1 "$log" | grep -q "make" || { cat "$log"; echo "demo-check: nothing said in the first second"; exit 1; }
+  [ -s "$log" ] || { echo "demo-check: nothing said in the first second"; exit 1; }
   for _ in $(seq 1200); do  # the first build may take minutes
     grep -q "Open https://localhost:$front/" "$log" && break
     kill -0 $mk 2>/dev/null || { cat "$log"; echo "demo-check: make demo exited early"; exit 1; }
