@@ -92,8 +92,10 @@ impl Notifier {
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut shown = None;
         loop {
+            // Events first: shutdown emits `Draining` and then, with nothing left to wait
+            // for, fires `until` at once; `STOPPING=1` must still go out before the end.
             tokio::select! {
-                _ = &mut until => return,
+                biased;
                 event = events.recv() => match event {
                     Ok(Event::Stopped) | Err(RecvError::Closed) => return,
                     Ok(event) => {
@@ -103,6 +105,7 @@ impl Notifier {
                     }
                     Err(RecvError::Lagged(_)) => {}
                 },
+                _ = &mut until => return,
                 _ = ticks.tick() => {
                     let now = counts();
                     if shown != Some(now) {
