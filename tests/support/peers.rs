@@ -12,10 +12,34 @@ use std::time::{Duration, Instant};
 
 use super::WAIT;
 
-/// A port on 127.0.0.1 that nothing listens on (bound, then closed).
+/// A port that nothing uses on any address, TCP or UDP (bound, then closed), taken below
+/// the kernel's ephemeral range (32768 and up on Linux). A port the kernel handed out
+/// (`bind(0)`) is the very kind it hands again to the next outgoing connection of another
+/// test, and then a `--listen 0.0.0.0:PORT` started a moment later finds it in use (CI
+/// caught that once); below the range only another test's pick can collide, and each pick
+/// starts somewhere new.
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static PICKS: AtomicU32 = AtomicU32::new(0);
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 32_768 - FIRST;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .subsec_nanos();
+    let seed = std::process::id()
+        .wrapping_mul(2_654_435_761)
+        .wrapping_add(nanos)
+        .wrapping_add(PICKS.fetch_add(1, Ordering::Relaxed).wrapping_mul(7_919));
+    for step in 0..SPAN {
+        let port = (FIRST + (seed.wrapping_add(step) % SPAN)) as u16;
+        let free = std::net::TcpListener::bind(("0.0.0.0", port)).is_ok()
+            && std::net::UdpSocket::bind(("0.0.0.0", port)).is_ok();
+        if free {
+            return port;
+        }
+    }
+    panic!("no free port between {FIRST} and 32767");
 }
 
 pub struct Peer {
