@@ -38,9 +38,53 @@ grep -q '^Copyright: .*wssbridge' /usr/share/doc/wssbridge/copyright \
 # exit 2 ("cannot start") is not restarted every second.
 grep -q '^RestartPreventExitStatus=2' /lib/systemd/system/wssbridge.service \
   || { echo "the unit restarts a start that cannot succeed"; exit 1; }
-msg=$(env WSSBRIDGE_ARGS= /usr/bin/wssbridge 2>&1 || true)
-echo "$msg" | grep -q 'WSSBRIDGE_ARGS in /etc/default/wssbridge' \
+msg=$(env WSSBRIDGE_ARGS= WSSBRIDGE_FLAGS_FILE=/etc/wssbridge/flags /usr/bin/wssbridge 2>&1 || true)
+echo "$msg" | grep -q 'in the flags file /etc/wssbridge/flags, or in WSSBRIDGE_ARGS in /etc/default/wssbridge' \
   || { echo "an unconfigured start does not say where the flags go: $msg"; exit 1; }
+
+echo "== the flags file, and systemctl reload as the unit does it"
+dpkg-query -W -f='${Conffiles}\n' wssbridge | grep -q '^ /etc/wssbridge/flags ' \
+  || { echo "/etc/wssbridge/flags is not a conffile (an upgrade would overwrite it)"; exit 1; }
+unit=/lib/systemd/system/wssbridge.service
+grep -qx 'Environment=WSSBRIDGE_FLAGS_FILE=/etc/wssbridge/flags' "$unit" \
+  || { echo "the unit does not read /etc/wssbridge/flags"; exit 1; }
+# The unit's own ExecStart and ExecReload lines, run as systemd would (no systemd here):
+# WSSBRIDGE_ARGS from /etc/default/wssbridge still adds to the flags file.
+exec_start=$(sed -n 's/^ExecStart=//p' "$unit")
+exec_reload=$(sed -n 's/^ExecReload=//p' "$unit")
+[ "$exec_start" = '/usr/bin/wssbridge $WSSBRIDGE_ARGS' ] || { echo "ExecStart changed: $exec_start"; exit 1; }
+work=$(mktemp -d)
+cp /etc/wssbridge/flags "$work/flags.shipped"
+certs/gen.sh "$work/pki" >/dev/null
+python3 -m http.server 0 --bind 127.0.0.1 --directory "$work" >"$work/app.log" 2>&1 &
+app=$!
+for _ in $(seq 100); do grep -q 'Serving HTTP' "$work/app.log" && break; sleep 0.05; done
+app_port=$(sed -n 's/.*port \([0-9]*\).*/\1/p' "$work/app.log" | head -1)
+touch "$work/one" "$work/two"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+cat >/etc/wssbridge/flags <<FLAGS
+--listen 127.0.0.1:$port
+--cert $work/pki/server.pem
+--key $work/pki/server.key
+--route /one=127.0.0.1:$app_port
+FLAGS
+WSSBRIDGE_FLAGS_FILE=/etc/wssbridge/flags WSSBRIDGE_ARGS="--route /two/=127.0.0.1:9" \
+  bash -c "exec $exec_start" >"$work/wssbridge.log" 2>&1 &
+main=$!
+restore() { kill "$main" "$app" 2>/dev/null || true; cp "$work/flags.shipped" /etc/wssbridge/flags; rm -rf "$work"; }
+trap 'restore; dpkg -r wssbridge >/dev/null 2>&1 || true' EXIT
+get() { curl -s -o /dev/null -w '%{http_code}' --cacert "$work/pki/ca.pem" --resolve "localhost:$port:127.0.0.1" "https://localhost:$port$1"; }
+for _ in $(seq 100); do grep -q listening "$work/wssbridge.log" && break; sleep 0.05; done
+[ "$(get /one)" = 200 ] && [ "$(get /two/)" = 502 ] && [ "$(get /three)" = 404 ] \
+  || { echo "the unit's flags did not start as written"; cat "$work/wssbridge.log"; exit 1; }
+echo "--route /three=127.0.0.1:$app_port" >>/etc/wssbridge/flags
+MAINPID=$main bash -c "$exec_reload"
+for _ in $(seq 100); do grep -q 'configuration reloaded' "$work/wssbridge.log" && break; sleep 0.05; done
+[ "$(get /three)" = 200 ] && [ "$(get /two/)" = 502 ] \
+  || { echo "systemctl reload did not apply the flags file"; cat "$work/wssbridge.log"; exit 1; }
+kill "$main"; wait "$main" || true
+restore
+trap 'dpkg -r wssbridge >/dev/null 2>&1 || true' EXIT
 
 if command -v systemd-analyze >/dev/null; then
   echo "== systemd-analyze verify"

@@ -59,15 +59,16 @@ impl From<Vec<std::net::TcpListener>> for Listeners {
 impl Listeners {
     /// The listeners to serve on: the sockets the service manager passed (socket activation,
     /// `inherited`, taken by [`Listeners::inherited`] at start), or, when it passed none,
-    /// every listener `--listen`, `--redirect-http` and `--admin` name, bound here. A process a binary upgrade started (its
-    /// `parent` is set) gets every listener from the old one, whatever its flags (the same
-    /// flags) name.
+    /// every listener `--listen`, `--redirect-http` and `--admin` name, bound here. A process
+    /// a binary upgrade started (its `parent` is set) takes the old one's listeners its flags
+    /// still name (read again: the flags file may have changed) and binds the rest; see
+    /// [`Listeners::rematched`].
     pub fn open(listening: &Listening, inherited: Option<Listeners>) -> anyhow::Result<Listeners> {
         let Some(mut inherited) = inherited else {
             return Listeners::bind(listening);
         };
         if inherited.parent.is_some() {
-            return Ok(inherited);
+            return inherited.rematched(listening);
         }
         if listening.tls_given {
             let given: Vec<String> = listening.tls.iter().map(|a| a.to_string()).collect();
@@ -107,6 +108,51 @@ impl Listeners {
             _ => {}
         }
         Ok(inherited)
+    }
+
+    /// In a process a binary upgrade started: the listeners the flags name, each the old
+    /// process's socket for that address when it passed one (`:0` takes the passed socket of
+    /// the same address, whatever port it got), else bound now; a passed socket no flag
+    /// names any more is closed here (the old process closes its own copy when it hands
+    /// over). So a `--listen` changed in the flags file needs no restart. Where the flags
+    /// name no listener of a kind (`--listen` defaulted, no `--redirect-http` or `--admin`),
+    /// every socket of that kind passed is kept: it came from systemd's socket units.
+    fn rematched(self, listening: &Listening) -> anyhow::Result<Listeners> {
+        let shared = Sharing::from(listening.reuse_port);
+        let tls = match listening.tls_given {
+            true => rematch(
+                self.tls,
+                ("--listen", &listening.tls, &listening.tls_if_possible),
+                shared,
+            )?,
+            false => self.tls,
+        };
+        let redirect = match listening.redirect.is_empty() {
+            true => self.redirect,
+            false => rematch(
+                self.redirect,
+                (
+                    "--redirect-http",
+                    &listening.redirect,
+                    &listening.redirect_if_possible,
+                ),
+                shared,
+            )?,
+        };
+        let admin = match listening.admin {
+            None => self.admin,
+            Some(addr) => {
+                let passed = self.admin.into_iter().collect();
+                let mut one = rematch(passed, ("--admin", &[addr], &[]), Sharing::Exclusive)?;
+                one.pop()
+            }
+        };
+        Ok(Listeners {
+            tls,
+            redirect,
+            admin,
+            parent: self.parent,
+        })
     }
 
     /// The sockets passed by the `LISTEN_FDS` convention (systemd's socket activation, and
@@ -210,6 +256,36 @@ impl Listeners {
 
 /// Binds the IPv6 twins of `:PORT` addresses where the machine has IPv6: `:443` means IPv6
 /// too where it can; without it, IPv4 alone (logged).
+/// For each address of `flag` (those that must bind, then those bound where possible), the
+/// passed socket with that address, else a new one; passed sockets left over are closed.
+fn rematch(
+    mut passed: Vec<std::net::TcpListener>,
+    (flag, wanted, if_possible): (&str, &[SocketAddr], &[SocketAddr]),
+    sharing: Sharing,
+) -> anyhow::Result<Vec<std::net::TcpListener>> {
+    let mut take = |addr: &SocketAddr| {
+        let same = |l: &std::net::TcpListener| {
+            l.local_addr()
+                .is_ok_and(|local| local == *addr || (addr.port() == 0 && local.ip() == addr.ip()))
+        };
+        passed.iter().position(same).map(|i| passed.remove(i))
+    };
+    let mut out = Vec::new();
+    for addr in wanted {
+        out.push(match take(addr) {
+            Some(listener) => listener,
+            None => bind_for(flag, *addr, sharing)?,
+        });
+    }
+    for addr in if_possible {
+        match take(addr) {
+            Some(listener) => out.push(listener),
+            None => out.extend(bind_if_possible(flag, &[*addr], sharing)),
+        }
+    }
+    Ok(out)
+}
+
 fn bind_if_possible(
     flag: &str,
     addrs: &[SocketAddr],

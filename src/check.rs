@@ -10,6 +10,7 @@ use anyhow::Context;
 
 use crate::balance::health;
 use crate::config::Config;
+use crate::route::Backend;
 
 /// How long `--check --online` waits for the CA, and for each backend.
 const ONLINE: Duration = Duration::from_secs(10);
@@ -72,6 +73,9 @@ pub fn report(config: &Config) -> anyhow::Result<String> {
                 _ => format!("{backend} ({})", addrs.join(" ")),
             });
         }
+        for discovery in pool.discoveries() {
+            backends.push(format!("{} (each address, found by DNS)", discovery.lookup));
+        }
         let check = pool
             .check
             .as_ref()
@@ -104,9 +108,38 @@ pub async fn online(config: &Config) -> anyhow::Result<String> {
         );
     }
     let mut down = 0;
+    let resolver = config.serving.resolver.as_ref();
     for pool in config.serving.pools.iter() {
-        for state in pool.backends() {
-            let verdict = match health::once(pool, &state.backend, ONLINE).await {
+        let mut found = Vec::new();
+        for discovery in pool.discoveries() {
+            let Some(resolver) = resolver else { continue };
+            match resolver.resolve(&discovery.lookup).await {
+                Ok(answer) => {
+                    let addrs: Vec<String> = answer.addrs.iter().map(|a| a.to_string()).collect();
+                    let _ = writeln!(
+                        out,
+                        "discovery   {}  {}  {} ({:?} TTL)",
+                        pool.route(),
+                        discovery.lookup,
+                        addrs.join(" "),
+                        answer.ttl
+                    );
+                    found.extend(answer.addrs.into_iter().map(Backend::from));
+                }
+                Err(why) => {
+                    down += 1;
+                    let _ = writeln!(
+                        out,
+                        "discovery   {}  {}  DOES NOT RESOLVE: {why}",
+                        pool.route(),
+                        discovery.lookup
+                    );
+                }
+            }
+        }
+        let fixed = pool.backends().into_iter().map(|s| s.backend.clone());
+        for backend in fixed.chain(found) {
+            let verdict = match health::once(pool, &backend, ONLINE).await {
                 Ok(()) => "up".to_string(),
                 Err(why) => {
                     down += 1;
@@ -121,7 +154,7 @@ pub async fn online(config: &Config) -> anyhow::Result<String> {
                 out,
                 "backend     {}  {}  {verdict} ({check})",
                 pool.route(),
-                state.backend
+                backend
             );
         }
     }

@@ -34,6 +34,8 @@ pub struct Connected {
 pub enum NotConnected {
     /// Every backend failed (502).
     Backends,
+    /// The route has no backend: its DNS names have not resolved (502); why.
+    Undiscovered(String),
     /// This process ran out of something (descriptors, memory, local ports): no backend's
     /// fault, and none is marked down for it (503, try again).
     Local(io::Error),
@@ -48,7 +50,13 @@ pub async fn connect(
     timeout: Option<Duration>,
     fail_timeout: Option<Duration>,
 ) -> Result<Connected, NotConnected> {
-    for state in pool.order(client) {
+    let order = pool.order(client);
+    if order.is_empty() {
+        let why = pool.empty_because().unwrap_or_default();
+        tracing::debug!(route = %pool.route(), "no backend: {why}");
+        return Err(NotConnected::Undiscovered(why));
+    }
+    for state in order {
         match dial(&state.backend, timeout).await {
             Ok(stream) => {
                 tune(SockRef::from(&stream));

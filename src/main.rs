@@ -49,9 +49,14 @@ async fn start_and_serve(args: Args) -> ExitCode {
     let failed = |code, e: &anyhow::Error| fail(code, e, parent.as_ref());
     wssbridge::accept::raise_fd_limit();
     let (check, online) = (args.check, args.online);
+    for line in &args.overridden {
+        tracing::warn!("{line}");
+    }
+    let reread = args.reread();
     let config = args
         .into_settings()
-        .and_then(|settings| wssbridge::Config::build(&settings));
+        .and_then(|settings| wssbridge::Config::build(&settings))
+        .map(|config| wssbridge::Config { reread, ..config });
     if check {
         let config = match config {
             Ok(config) => config,

@@ -1,9 +1,12 @@
 //! Reloading the configuration from its files, and the background work that keeps
 //! certificates fresh: polling their content, and the daily expiry check.
 //!
-//! A reload builds the serving config again from the settings it was built from (the state
-//! keeps them for this path alone), so every certificate, key and client CA file is read
-//! again and validated; the process config stays as it was at start. Only a complete build is
+//! A reload builds the serving config again: from the flags file when there is one and a
+//! signal asked (`--flags-file`, read again with the start's command line), else from the
+//! settings in force (the state keeps them for this path alone); either way every
+//! certificate, key and client CA file is read again and validated. The process config
+//! stays as it was at start: a flag of it the file changed is logged by name, as taking an
+//! upgrade or a restart. Only a complete build is
 //! swapped in; a failed one changes nothing, is logged once as an error naming the file and
 //! the reason, and the old certificates go on serving. Live connections never notice either.
 //!
@@ -46,14 +49,19 @@ pub fn from_files(state: &State, trigger: Trigger) -> anyhow::Result<()> {
     state.events.emit(Event::Reloading {
         why: trigger.name(),
     });
-    let result = rebuild(state);
+    let result = rebuild(state, trigger);
     state.events.emit(Event::Reloaded {
         result: result.as_ref().map(drop).map_err(|e| format!("{e:#}")),
     });
     state.metrics.reloaded(result.is_ok());
     match &result {
         Ok(config) => {
-            tracing::info!(?trigger, "configuration reloaded");
+            tracing::info!(
+                ?trigger,
+                generation = config.generation,
+                routes = config.pools.iter().count(),
+                "configuration reloaded"
+            );
             log_certificates(config);
         }
         Err(e) => tracing::error!(
@@ -64,15 +72,39 @@ pub fn from_files(state: &State, trigger: Trigger) -> anyhow::Result<()> {
     result.map(drop)
 }
 
-fn rebuild(state: &State) -> anyhow::Result<Arc<ServingConfig>> {
+fn rebuild(state: &State, trigger: Trigger) -> anyhow::Result<Arc<ServingConfig>> {
     let current = state.serving.load_full();
-    let source = state.source();
-    let mut serving = ServingConfig::build(&source, state.process.acme.as_ref())?;
+    let mut source = state.source();
+    let mut restart_only = Vec::new();
+    let reread = match trigger {
+        // A signal or a call asks for the flags file too; a renewal or a poll only for the
+        // files the settings in force name.
+        Trigger::Signal | Trigger::Call => state.reread.as_ref(),
+        Trigger::Poll | Trigger::Acme => None,
+    };
+    if let Some(reread) = reread {
+        let fresh = reread.read()?;
+        restart_only = source.process.changed_flags(&fresh.process);
+        source.serving = fresh.serving;
+    }
+    let built = ServingConfig::build(&source.serving, state.process.acme.as_ref());
+    let mut serving =
+        built.map_err(|e| match reread.and_then(|r| r.locate(&format!("{e:#}"))) {
+            Some(place) => e.context(place),
+            None => e,
+        })?;
     if current.tls.certs.ephemeral.is_some() {
         // The development certificate stays the one browsers were told to accept.
         serving.tls.certs = current.tls.certs.clone();
     }
-    state.reload(serving, source)?;
+    state.reload(serving, source.serving)?;
+    for flag in restart_only {
+        tracing::warn!(
+            flag,
+            "{flag} changed in the flags file: that takes an upgrade (SIGUSR2) or a restart; \
+             the rest of the file is applied"
+        );
+    }
     Ok(state.serving.load_full())
 }
 
@@ -139,7 +171,7 @@ pub async fn poll_files(state: Arc<State>, interval: Duration) {
 /// A digest of the content of every file the configuration was loaded from; a file that
 /// cannot be read counts as its error, so its return is a change too.
 fn digest(state: &State) -> Vec<u8> {
-    let settings = state.source();
+    let settings = state.source().serving;
     let acme = state
         .process
         .acme

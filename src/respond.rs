@@ -30,6 +30,8 @@ pub enum Status {
     Misdirected,
     HeadersTooLarge,
     BadGateway,
+    /// 502 from a route whose backends are all DNS names that have not resolved yet.
+    NotDiscovered,
     Unavailable,
     VersionNotSupported,
 }
@@ -43,7 +45,7 @@ impl Status {
             Status::RequestTimeout | Status::BodyTimeout => 408,
             Status::Misdirected => 421,
             Status::HeadersTooLarge => 431,
-            Status::BadGateway => 502,
+            Status::BadGateway | Status::NotDiscovered => 502,
             Status::Unavailable => 503,
             Status::VersionNotSupported => 505,
         }
@@ -62,6 +64,10 @@ impl Status {
             Status::Misdirected => "wssbridge: this connection's TLS name does not serve that host",
             Status::HeadersTooLarge => "wssbridge: the request head is too large",
             Status::BadGateway => "wssbridge: no backend could be reached",
+            Status::NotDiscovered => {
+                "wssbridge: no backend yet: this route's backends are found by DNS, and its \
+                 name has not resolved"
+            }
             Status::Unavailable => "wssbridge: over capacity or shutting down, try again",
             Status::VersionNotSupported => "wssbridge: only HTTP/1.0 and HTTP/1.1 are supported",
         }
@@ -191,6 +197,7 @@ mod tests {
             Status::Misdirected,
             Status::HeadersTooLarge,
             Status::BadGateway,
+            Status::NotDiscovered,
             Status::Unavailable,
             Status::VersionNotSupported,
         ] {

@@ -28,6 +28,15 @@ impl Backend {
     }
 }
 
+impl From<std::net::SocketAddr> for Backend {
+    fn from(addr: std::net::SocketAddr) -> Backend {
+        Backend {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+        }
+    }
+}
+
 impl fmt::Display for Backend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.host.contains(':') {
@@ -110,13 +119,109 @@ impl FromStr for Backend {
     }
 }
 
+/// What a route names as a backend: an address (a name there is resolved at each connect,
+/// its addresses tried in order), or a DNS name whose answers are the backends.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Upstream {
+    Fixed(Backend),
+    Discovered(Lookup),
+}
+
+/// A name whose DNS answers are a route's backends, one per address, found again as the
+/// answers' TTL says (`balance::discovery`). The spellings are a contract.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Lookup {
+    /// `dns:NAME:PORT`: every A and AAAA record of NAME, at PORT.
+    Dns { name: String, port: u16 },
+    /// `srv:NAME`: every SRV record of NAME (the lowest priority's), its target's addresses
+    /// at its port.
+    Srv { name: String },
+}
+
+impl Lookup {
+    pub fn name(&self) -> &str {
+        match self {
+            Lookup::Dns { name, .. } | Lookup::Srv { name } => name,
+        }
+    }
+}
+
+impl fmt::Display for Lookup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Lookup::Dns { name, port } => write!(f, "dns:{name}:{port}"),
+            Lookup::Srv { name } => write!(f, "srv:{name}"),
+        }
+    }
+}
+
+impl fmt::Display for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Upstream::Fixed(backend) => backend.fmt(f),
+            Upstream::Discovered(lookup) => lookup.fmt(f),
+        }
+    }
+}
+
+impl FromStr for Upstream {
+    type Err = String;
+
+    /// `dns:NAME:PORT`, `srv:NAME`, or a [`Backend`].
+    fn from_str(s: &str) -> Result<Self, String> {
+        let lower = s.to_ascii_lowercase();
+        let name_ok = |name: &str| {
+            !name.is_empty()
+                && name.len() <= 253
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+        };
+        if let Some(rest) = lower.strip_prefix("dns:") {
+            let (name, port) = rest.rsplit_once(':').ok_or_else(|| {
+                format!("backend '{s}' needs a port: write dns:NAME:PORT, as in dns:chat:3000")
+            })?;
+            if !name_ok(name) {
+                return Err(format!(
+                    "backend '{s}': '{name}' is not a DNS name (write dns:NAME:PORT, as in \
+                     dns:chat.default.svc.cluster.local:3000)"
+                ));
+            }
+            let port = match port.parse::<u16>() {
+                Ok(0) | Err(_) => {
+                    return Err(format!(
+                        "backend '{s}': bad port '{port}' (expected 1 to 65535)"
+                    ));
+                }
+                Ok(port) => port,
+            };
+            return Ok(Upstream::Discovered(Lookup::Dns {
+                name: name.to_string(),
+                port,
+            }));
+        }
+        if let Some(name) = lower.strip_prefix("srv:") {
+            if !name_ok(name) {
+                return Err(format!(
+                    "backend '{s}': '{name}' is not a DNS name (write srv:NAME, as in \
+                     srv:_http._tcp.chat.default.svc.cluster.local)"
+                ));
+            }
+            return Ok(Upstream::Discovered(Lookup::Srv {
+                name: name.to_string(),
+            }));
+        }
+        s.parse().map(Upstream::Fixed)
+    }
+}
+
 /// One `--route` rule as parsed from the command line.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RouteSpec {
     /// Lower-case host without port; `None` matches any host.
     pub host: Option<String>,
     pub path: String,
-    pub backends: Vec<Backend>,
+    pub backends: Vec<Upstream>,
 }
 
 impl FromStr for RouteSpec {
@@ -168,7 +273,7 @@ impl FromStr for RouteSpec {
         }
         let backends = backends
             .split(',')
-            .map(|b| b.trim().parse::<Backend>())
+            .map(|b| b.trim().parse::<Upstream>())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| format!("route '{s}': {e}"))?;
         Ok(RouteSpec {
@@ -445,5 +550,39 @@ mod tests {
 
     fn err_free(s: &str) -> RouteSpec {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn discovered_backends_are_spelled_dns_and_srv() {
+        let r: RouteSpec =
+            "/socket.io/=dns:Chat.default.svc.cluster.local:3000,srv:_http._tcp.chat,127.0.0.1:9"
+                .parse()
+                .unwrap();
+        assert_eq!(
+            r.backends,
+            vec![
+                Upstream::Discovered(Lookup::Dns {
+                    name: "chat.default.svc.cluster.local".into(),
+                    port: 3000
+                }),
+                Upstream::Discovered(Lookup::Srv {
+                    name: "_http._tcp.chat".into()
+                }),
+                Upstream::Fixed("127.0.0.1:9".parse().unwrap()),
+            ]
+        );
+        assert_eq!(
+            r.backends[0].to_string(),
+            "dns:chat.default.svc.cluster.local:3000"
+        );
+        for (bad, says) in [
+            ("dns:chat", "needs a port"),
+            ("dns:chat:0", "bad port"),
+            ("dns:ch at:80", "not a DNS name"),
+            ("srv:", "not a DNS name"),
+        ] {
+            let e = bad.parse::<Upstream>().unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 }

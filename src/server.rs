@@ -84,7 +84,7 @@ impl Server {
     /// backends) to its end: nothing live is dropped. Balancing state of routes both share
     /// carries over; the process part (listeners, limits, timings) stays as it was at start.
     pub fn reload(&self, config: Config) -> anyhow::Result<()> {
-        self.state.reload(config.serving, config.source)
+        self.state.reload(config.serving, config.source.serving)
     }
 
     /// Reads every certificate, key and client CA file again and, if all load, serves them
@@ -291,10 +291,13 @@ impl Server {
             let service = accept::accept_loop(listener, state.clone(), service, spawner.clone());
             life.spawn_accepting(service);
         }
-        // The health checks the serving config asks for run before ready is said, and follow
-        // every reload from then on.
-        reconcile_health(&state, &spawner);
-        spawner.background(health_checks(state.clone(), spawner.clone()));
+        // The names discovery asks (their first answers, within a bound) and the health
+        // checks the serving config asks for run before ready is said, and follow every
+        // reload and every changed answer from then on.
+        reconcile(&state, &spawner);
+        first_answers(&state).await;
+        reconcile(&state, &spawner);
+        spawner.background(follow_config(state.clone(), spawner.clone()));
         if let Some(interval) = state.process.cert_poll {
             spawner.background(reload::poll_files(state.clone(), interval));
         }
@@ -389,7 +392,7 @@ fn log_startup(state: &State, listeners: &Listeners) {
         "limits"
     );
     for pool in config.pools.iter() {
-        let backends: Vec<&str> = pool.backends().iter().map(|b| b.name()).collect();
+        let backends = pool.written();
         let check = pool
             .check
             .as_ref()
@@ -414,25 +417,51 @@ fn log_startup(state: &State, listeners: &Listeners) {
     }
 }
 
-/// The health checks the serving config asks for, now and after each reload (the reload
-/// tells `state.reconfigured`; the checks are started here, through the supervisor's
-/// spawner), until stop.
-async fn health_checks(state: Arc<State>, spawner: Spawner) {
+/// The DNS lookups and health checks the serving config asks for, after each reload and
+/// each changed DNS answer (both tell `state.reconfigured`; the loops are started here,
+/// through the supervisor's spawner), until stop.
+async fn follow_config(state: Arc<State>, spawner: Spawner) {
     let stopped = state.shutdown.stopped();
     tokio::pin!(stopped);
     loop {
         tokio::select! {
             _ = &mut stopped => return,
-            _ = state.reconfigured.notified() => reconcile_health(&state, &spawner),
+            _ = state.reconfigured.notified() => reconcile(&state, &spawner),
         }
     }
 }
 
-/// Starts and stops health checks to match the serving config now in force.
-fn reconcile_health(state: &State, spawner: &Spawner) {
+/// Starts and stops DNS lookups and health checks to match the serving config now in
+/// force (and the backends its names have now).
+fn reconcile(state: &State, spawner: &Spawner) {
     let config = state.serving.load();
-    let health = &state.balance.health;
-    health.reconcile(&config.pools, config.health, spawner, &state.shutdown);
+    let balance = &state.balance;
+    let resolver = config.resolver.as_ref();
+    balance.discovery.reconcile(
+        &config.pools,
+        resolver,
+        &state.reconfigured,
+        spawner,
+        &state.shutdown,
+    );
+    balance
+        .health
+        .reconcile(&config.pools, config.health, spawner, &state.shutdown);
+}
+
+/// Waits for each discovered name's first lookup, up to a bound: a route whose name
+/// answers quickly has its backends (and their first checks) before ready is said; one
+/// that does not answers 502 until it does.
+async fn first_answers(state: &State) {
+    const BOUND: std::time::Duration = std::time::Duration::from_secs(5);
+    let config = state.serving.load_full();
+    // The lookups run in their own loops: waiting for each in turn waits for the slowest.
+    let all = async {
+        for discovery in config.pools.iter().flat_map(|p| p.discoveries().iter()) {
+            discovery.first_lookup().await;
+        }
+    };
+    let _ = tokio::time::timeout(BOUND, all).await;
 }
 
 /// Fires force when dropped: see `run_shared`.

@@ -84,7 +84,7 @@ impl Hangups {
     /// Calls `reload` at every SIGHUP, for as long as the process runs.
     pub async fn for_each(mut self, reload: impl Fn()) {
         while self.0.recv().await.is_some() {
-            tracing::info!("SIGHUP received: reloading certificates");
+            tracing::info!("SIGHUP received: reloading the configuration");
             reload();
         }
     }

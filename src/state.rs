@@ -18,7 +18,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::{Notify, Semaphore};
 
 use crate::balance::Registry;
-use crate::config::{Config, ProcessConfig, ServingConfig, ServingSettings};
+use crate::config::{Config, ProcessConfig, Reread, ServingConfig, ServingSettings, Settings};
 use crate::lifecycle::{Census, Events, Shutdown};
 use crate::metrics::Metrics;
 use crate::tls::Tls;
@@ -32,8 +32,11 @@ pub struct State {
     pub process: ProcessConfig,
     /// The serving config new connections get.
     pub serving: ArcSwap<ServingConfig>,
-    /// The settings `serving` was built from: what the reload path builds the next one from.
-    source: Mutex<ServingSettings>,
+    /// The settings `serving` (and `process`) were built from: what the reload path builds
+    /// the next serving config from, and compares a re-read flags file with.
+    source: Mutex<Settings>,
+    /// Where a reload reads the settings again (the flags file), if anywhere.
+    pub reread: Option<Arc<dyn Reread>>,
     pub tls: Tls,
     pub balance: Registry,
     pub metrics: Metrics,
@@ -45,7 +48,7 @@ pub struct State {
     pub events: Events,
     /// Told after each reload, so the supervisor starts and stops what the new serving config
     /// asks for (health checks); the reload itself spawns nothing.
-    pub reconfigured: Notify,
+    pub reconfigured: Arc<Notify>,
     /// Handshakes in progress (`--max-handshakes`).
     pub handshakes: Semaphore,
     /// What connections still reading their ClientHello hold (`--max-handshake-memory`).
@@ -69,6 +72,7 @@ impl State {
             process,
             mut serving,
             source,
+            reread,
         } = config;
         let limits = process.limits;
         let tls = Tls::new(&serving.tls)?;
@@ -78,13 +82,14 @@ impl State {
             process,
             serving: ArcSwap::from_pointee(serving),
             source: Mutex::new(source),
+            reread,
             tls,
             balance,
             metrics: Metrics::default(),
             shutdown,
             census,
             events,
-            reconfigured: Notify::new(),
+            reconfigured: Arc::new(Notify::new()),
             handshakes: Semaphore::new(limits.max_handshakes),
             hellos: crate::tls::hello::Budget::new(limits.max_handshake_memory),
             permits: Arc::new(Semaphore::new(limits.max_connections)),
@@ -102,15 +107,16 @@ impl State {
     }
 
     /// The settings the current serving config was built from, for the reload path.
-    pub fn source(&self) -> ServingSettings {
+    pub fn source(&self) -> Settings {
         self.source
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
 
-    /// Makes `serving` the config new connections get, keeping the balancing state of the
-    /// routes it shares with the old one; `source` is what it was built from.
+    /// Makes `serving` the config new connections get, the next generation, keeping the
+    /// balancing state of the routes it shares with the old one; `source` is what it was
+    /// built from.
     pub fn reload(
         &self,
         mut serving: ServingConfig,
@@ -118,7 +124,11 @@ impl State {
     ) -> anyhow::Result<()> {
         self.tls.set(&serving.tls)?;
         self.balance.adopt(&mut serving.pools);
-        *self.source.lock().unwrap_or_else(|e| e.into_inner()) = source;
+        serving.generation = self.serving.load().generation + 1;
+        self.source
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .serving = source;
         self.serving.store(Arc::new(serving));
         self.reconfigured.notify_one();
         Ok(())

@@ -130,6 +130,52 @@ fn every_example_in_etc_default_runs_as_written() {
     }
 }
 
+/// The shipped `/etc/wssbridge/flags` holds comments only; each example in it (a run of
+/// `#--flag value` lines), uncommented as a user would, is a flags file `--check` accepts.
+#[test]
+fn every_example_in_the_shipped_flags_file_runs_as_written() {
+    let text = read("deploy/default/flags");
+    assert!(
+        text.lines()
+            .all(|l| l.trim().is_empty() || l.starts_with('#')),
+        "the shipped flags file configures nothing"
+    );
+    let mut examples: Vec<Vec<&str>> = vec![Vec::new()];
+    for line in text.lines() {
+        match line.strip_prefix('#').filter(|l| l.starts_with("--")) {
+            Some(flag) => examples.last_mut().unwrap().push(flag),
+            None if !examples.last().unwrap().is_empty() => examples.push(Vec::new()),
+            None => {}
+        }
+    }
+    examples.retain(|e| !e.is_empty());
+    assert!(examples.len() >= 3, "{examples:?}");
+    let pki = support::pki();
+    let dir = support::temp_dir("examples-flags");
+    for (i, example) in examples.iter().enumerate() {
+        let lines: Vec<String> = example
+            .iter()
+            .map(|line| match line.split_once(' ') {
+                Some(("--cert", _)) => format!("--cert {}", pki.cert.display()),
+                Some(("--key", _)) => format!("--key {}", pki.key.display()),
+                _ => line.to_string(),
+            })
+            .collect();
+        let file = dir.join(format!("flags-{i}"));
+        std::fs::write(&file, lines.join("\n")).unwrap();
+        let out = wssbridge()
+            .args(["--check", "--flags-file"])
+            .arg(&file)
+            .output()
+            .expect("run wssbridge");
+        assert!(
+            out.status.success(),
+            "/etc/wssbridge/flags example {example:?} does not pass --check:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 /// The extraction itself, so a test that finds nothing cannot pass quietly.
 #[test]
 fn commands_are_found_with_their_continuations() {

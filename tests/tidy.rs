@@ -73,7 +73,10 @@ const RULES: &[(&str, &[&str])] = &[
     ("upgrade", &["accept", "notify"]),
     // `--check`: a built configuration, shown; `--online`, one health check of each backend
     // and one question to the ACME CA.
-    ("check", &["config", "balance::health", "acme::reach"]),
+    (
+        "check",
+        &["config", "balance::health", "acme::reach", "route::Backend"],
+    ),
     // Configuration is built, not run: no process state, nothing that binds or spawns.
     ("config", &["balance", "cidr", "http", "route", "tls"]),
     (
@@ -98,6 +101,7 @@ const RULES: &[(&str, &[&str])] = &[
         "admin",
         &[
             "balance::Health",
+            "balance::discovery",
             "deadline",
             "http",
             "lifecycle",

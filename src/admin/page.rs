@@ -15,7 +15,7 @@ use std::time::SystemTime;
 use serde_json::{Value, json};
 
 use super::board::{Board, SAMPLE_EVERY, Sample};
-use super::snapshot::{BackendView, Snapshot};
+use super::snapshot::{BackendView, Snapshot, Standing};
 use crate::balance::Health;
 use crate::tls::certs::rfc3339;
 
@@ -65,10 +65,25 @@ pub fn json(snap: &Snapshot, board: &Board) -> String {
                     };
                     json!({
                         "backend": b.backend,
+                        "from": b.from,
                         "state": state_word(b),
                         "down": down,
                         "connections": b.active,
                         "connect_failures": b.connect_failures,
+                    })
+                })
+                .collect();
+            let discovery: Vec<Value> = route
+                .discovery
+                .iter()
+                .map(|d| {
+                    let (state, error) = standing(&d.standing);
+                    json!({
+                        "name": d.name,
+                        "state": state,
+                        "error": error,
+                        "backends": d.backends,
+                        "resolved_at": d.resolved_at.map(|t| rfc3339(unix(t))),
                     })
                 })
                 .collect();
@@ -77,6 +92,7 @@ pub fn json(snap: &Snapshot, board: &Board) -> String {
                 "policy": route.policy,
                 "health_check": route.check,
                 "backends": backends,
+                "discovery": discovery,
             })
         })
         .collect();
@@ -118,6 +134,11 @@ pub fn json(snap: &Snapshot, board: &Board) -> String {
         "connections": snap.connections,
         "websockets": snap.websockets,
         "listeners": listeners,
+        "config": {
+            "generation": snap.config.generation,
+            "loaded_at": rfc3339(snap.config.loaded_at),
+            "flags_file": snap.config.flags_file,
+        },
         "certificates": certificates,
         "routes": routes,
         "responses": responses,
@@ -139,6 +160,15 @@ pub fn json(snap: &Snapshot, board: &Board) -> String {
     .replace('&', "\\u0026")
 }
 
+/// A discovered name's state word and error, as the page and `/status.json` show them.
+fn standing(standing: &Standing) -> (&'static str, Option<String>) {
+    match standing {
+        Standing::Resolved => ("resolved", None),
+        Standing::Failing { error } => ("failing", Some(error.clone())),
+        Standing::Unresolved { error } => ("unresolved", error.clone()),
+    }
+}
+
 /// `/`: the whole page, rendered here.
 pub fn html(snap: &Snapshot, board: &Board) -> String {
     let mut o = String::with_capacity(16 * 1024);
@@ -157,11 +187,17 @@ fn main(o: &mut String, snap: &Snapshot, board: &Board) {
         None => "<span class=\"ok\">ready</span>".to_string(),
         Some(why) => format!("<span class=\"bad\">not ready: {}</span>", escape(why)),
     };
+    let flags = snap.config.flags_file.as_ref().map_or(String::new(), |f| {
+        format!(" from <code>{}</code>", escape(f))
+    });
     let _ = write!(
         o,
-        "<header><h1>wssbridge <small>{}</small></h1><p>up {} &middot; {ready}</p></header>",
+        "<header><h1>wssbridge <small>{}</small></h1><p>up {} &middot; {ready} &middot; \
+         config {} loaded {}{flags}</p></header>",
         escape(env!("CARGO_PKG_VERSION")),
         uptime(board.started.elapsed().as_secs()),
+        snap.config.generation,
+        escape(&rfc3339(snap.config.loaded_at)),
     );
     let answered: u64 = snap.responses.iter().map(|(_, n)| n).sum();
     let _ = write!(
@@ -200,6 +236,17 @@ fn main(o: &mut String, snap: &Snapshot, board: &Board) {
             escape(&route.policy),
             escape(&route.check)
         );
+        for d in &route.discovery {
+            let (state, error) = standing(&d.standing);
+            let error = error.map_or(String::new(), |e| format!(": {}", escape(&e)));
+            let _ = write!(
+                o,
+                "<tr class=\"discovery {state}\"><td colspan=\"4\"><code>{}</code> {state}{error} \
+                 &middot; {} backends</td></tr>",
+                escape(&d.name),
+                d.backends
+            );
+        }
         for b in snap.backends.iter().filter(|b| b.route == route.route) {
             let state = match &b.health {
                 Health::Up => "<span class=\"ok\">up</span>".to_string(),
@@ -214,9 +261,13 @@ fn main(o: &mut String, snap: &Snapshot, board: &Board) {
             };
             let _ = write!(
                 o,
-                "<tr class=\"backend {}\"><td><code>{}</code></td><td>{state}</td><td>{}</td><td>{}</td></tr>",
+                "<tr class=\"backend {}\"><td><code>{}</code>{}</td><td>{state}</td><td>{}</td><td>{}</td></tr>",
                 state_word(b),
                 escape(&b.backend),
+                b.from.as_ref().map_or(String::new(), |f| format!(
+                    " <small>from {}</small>",
+                    escape(f)
+                )),
                 b.active,
                 b.connect_failures
             );
@@ -427,7 +478,7 @@ const SCRIPT: &str = r#"<script>
   };
   const render = (d) => {
     const answered = Object.values(d.responses).reduce((a, b) => a + b, 0);
-    let h = `<header><h1>wssbridge <small>${esc(d.version)}</small></h1><p>up ${uptime(d.uptime_seconds)} &middot; ${d.ready ? '<span class="ok">ready</span>' : `<span class="bad">not ready: ${esc(d.not_ready_because)}</span>`}</p></header>`;
+    let h = `<header><h1>wssbridge <small>${esc(d.version)}</small></h1><p>up ${uptime(d.uptime_seconds)} &middot; ${d.ready ? '<span class="ok">ready</span>' : `<span class="bad">not ready: ${esc(d.not_ready_because)}</span>`} &middot; config ${d.config.generation} loaded ${esc(d.config.loaded_at)}${d.config.flags_file ? ` from <code>${esc(d.config.flags_file)}</code>` : ''}</p></header>`;
     h += `<section class="cards"><div><b>${d.connections}</b>connections</div><div><b>${d.websockets}</b>WebSockets</div><div><b>${answered}</b>answered by wssbridge</div></section>`;
     const hi = d.history;
     const minutes = Math.ceil(hi.connections.length*hi.interval_seconds/60);
@@ -435,9 +486,10 @@ const SCRIPT: &str = r#"<script>
     h += `<section class="charts"><h2>${span}</h2>${chart('connections', hi.connections)}${chart('WebSockets', hi.websockets)}${chart('handshakes/s', hi.handshakes_per_second)}${chart('bytes/s', hi.bytes_per_second)}</section><section><h2>Routes</h2>`;
     for (const r of d.routes) {
       h += `<h3><code>${esc(r.route)}</code> <small>${esc(r.policy)} &middot; health check ${esc(r.health_check)}</small></h3><div class="scroll"><table><tr><th>backend</th><th>state</th><th>connections</th><th>connect failures</th></tr>`;
+      for (const x of r.discovery) h += `<tr class="discovery ${esc(x.state)}"><td colspan="4"><code>${esc(x.name)}</code> ${esc(x.state)}${x.error ? ': ' + esc(x.error) : ''} &middot; ${x.backends} backends</td></tr>`;
       for (const b of r.backends) {
         const state = !b.down ? '<span class="ok">up</span>' : b.down.by === 'connect' ? `<span class="bad">down</span> (a connect failed; tried again in ${b.down.seconds_left} s)` : `<span class="bad">down</span> (health check: ${esc(b.down.why)})`;
-        h += `<tr class="backend ${esc(b.state)}"><td><code>${esc(b.backend)}</code></td><td>${state}</td><td>${b.connections}</td><td>${b.connect_failures}</td></tr>`;
+        h += `<tr class="backend ${esc(b.state)}"><td><code>${esc(b.backend)}</code>${b.from ? ` <small>from ${esc(b.from)}</small>` : ''}</td><td>${state}</td><td>${b.connections}</td><td>${b.connect_failures}</td></tr>`;
       }
       h += '</table></div>';
     }

@@ -5,7 +5,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use super::snapshot::{ProcessView, Snapshot};
+use super::snapshot::{ProcessView, Snapshot, Standing};
 use crate::balance::Health;
 use crate::state::State;
 
@@ -80,6 +80,7 @@ fn prometheus(snapshot: &Snapshot) -> Registry {
         "Failed connects to the backend",
         failures,
     );
+    discovery(&mut registry, snapshot);
 
     // Each name once: the first certificate naming it serves it.
     let expiry = Family::<Labels1, Gauge>::default();
@@ -98,6 +99,61 @@ fn prometheus(snapshot: &Snapshot) -> Registry {
     );
     process(&mut registry, &snapshot.process);
     registry
+}
+
+/// Discovered names and backends: one series per name configured and per address it has
+/// now, so nothing grows without bound (a removed address's series go with it).
+fn discovery(registry: &mut Registry, snapshot: &Snapshot) {
+    let discovered = Family::<Labels2, Gauge>::default();
+    for b in &snapshot.backends {
+        if let Some(name) = &b.from {
+            discovered
+                .get_or_create(&[("backend", b.backend.clone()), ("name", name.clone())])
+                .set(1);
+        }
+    }
+    let backends = Family::<Labels1, Gauge>::default();
+    let failing = Family::<Labels1, Gauge>::default();
+    let lookups = Family::<Labels2, Counter>::default();
+    let mut seen = std::collections::HashSet::new();
+    for d in snapshot.routes.iter().flat_map(|r| &r.discovery) {
+        if !seen.insert(d.name.clone()) {
+            continue;
+        }
+        let name = || d.name.clone();
+        backends
+            .get_or_create(&[("name", name())])
+            .set(d.backends as i64);
+        failing
+            .get_or_create(&[("name", name())])
+            .set(i64::from(d.standing != Standing::Resolved));
+        lookups
+            .get_or_create(&[("name", name()), ("result", "success".into())])
+            .inc_by(d.lookups - d.failures);
+        lookups
+            .get_or_create(&[("name", name()), ("result", "failure".into())])
+            .inc_by(d.failures);
+    }
+    registry.register(
+        "wssbridge_backend_discovered",
+        "1 for each backend a DNS name gave (dns:NAME:PORT, srv:NAME), with the name",
+        discovered,
+    );
+    registry.register(
+        "wssbridge_discovery_backends",
+        "Addresses a discovered name has now (the last good answer's)",
+        backends,
+    );
+    registry.register(
+        "wssbridge_discovery_failing",
+        "1 while a discovered name's lookups fail (its last good set kept) or it has never resolved",
+        failing,
+    );
+    registry.register(
+        "wssbridge_discovery_lookups",
+        "DNS lookups of discovered names, by result (an empty answer is a failure)",
+        lookups,
+    );
 }
 
 /// The Prometheus client libraries' standard process metrics.

@@ -3,6 +3,7 @@
 //! here runs while nobody asks.
 
 use crate::balance::Health;
+pub use crate::balance::discovery::{DiscoveryView, Standing};
 use crate::state::State;
 
 /// What the admin port shows beyond the counters, gathered in one walk of the state; each
@@ -28,6 +29,17 @@ pub struct Snapshot {
     /// Why `/readyz` says 503, if it does.
     pub unready: Option<String>,
     pub process: ProcessView,
+    pub config: ConfigView,
+}
+
+/// The serving config in force: which, since when, from where.
+#[derive(Debug, Default)]
+pub struct ConfigView {
+    pub generation: u64,
+    /// Unix seconds.
+    pub loaded_at: i64,
+    /// `--flags-file`, if one is read.
+    pub flags_file: Option<String>,
 }
 
 #[derive(Debug)]
@@ -44,12 +56,16 @@ pub struct RouteView {
     pub policy: String,
     /// The active check, `off` without one.
     pub check: String,
+    /// The DNS names it discovers backends by.
+    pub discovery: Vec<DiscoveryView>,
 }
 
 #[derive(Debug)]
 pub struct BackendView {
     pub route: String,
     pub backend: String,
+    /// The DNS name it was discovered by, if it was.
+    pub from: Option<String>,
     pub health: Health,
     pub active: usize,
     pub connect_failures: u64,
@@ -74,9 +90,10 @@ impl Snapshot {
             .pools
             .iter()
             .flat_map(|pool| {
-                pool.backends().iter().map(move |b| BackendView {
+                pool.backends().into_iter().map(move |b| BackendView {
                     route: pool.route(),
                     backend: b.name().to_string(),
+                    from: b.from().map(str::to_string),
                     health: b.health(),
                     active: b.active(),
                     connect_failures: b.connect_failures(),
@@ -104,8 +121,18 @@ impl Snapshot {
                     .check
                     .as_ref()
                     .map_or("off".to_string(), ToString::to_string),
+                discovery: pool.discoveries().iter().map(|d| d.view()).collect(),
             })
             .collect();
+        let loaded_at = config
+            .loaded_at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let config = ConfigView {
+            generation: config.generation,
+            loaded_at,
+            flags_file: state.reread.as_ref().map(|r| r.file()),
+        };
         Snapshot {
             connections: state.metrics.connections_now(),
             websockets: traffic.websockets(),
@@ -117,6 +144,7 @@ impl Snapshot {
             responses: state.metrics.responses(),
             unready,
             process: ProcessView::read(),
+            config,
         }
     }
 }

@@ -17,20 +17,23 @@
 //! no counter, no health and no round-robin position. The registry holds that state weakly:
 //! a backend no configuration names any more is forgotten.
 
+pub mod discovery;
 pub mod hash;
 pub mod health;
 
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hash;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use crate::proxy_protocol;
-use crate::route::{Backend, RouteSpec, RouteTable};
+use crate::route::{Backend, Lookup, RouteSpec, RouteTable, Upstream};
+
+use discovery::Discovery;
 
 pub use health::Check;
 
@@ -173,6 +176,10 @@ pub struct BackendState {
     pub backend: Backend,
     /// `backend` as written: the `ip-hash` key and the log field.
     name: String,
+    /// The DNS name (`dns:NAME:PORT`, `srv:NAME`) it was discovered by, if it was.
+    from: Option<Arc<str>>,
+    /// Discovered into a checked route: down until its first check passes.
+    pending: AtomicBool,
     /// Connections through this process to it right now.
     active: AtomicUsize,
     /// Failed connects, ever.
@@ -212,8 +219,20 @@ const RISE: u32 = 2;
 
 impl BackendState {
     fn new(backend: Backend) -> BackendState {
+        BackendState::discovered(backend, None, false)
+    }
+
+    /// A backend a DNS answer named (`from`); `pending`: it waits for its first passing
+    /// check before it is up.
+    pub fn discovered(
+        backend: Backend,
+        from: impl Into<Option<Arc<str>>>,
+        pending: bool,
+    ) -> BackendState {
         BackendState {
             name: backend.to_string(),
+            from: from.into(),
+            pending: AtomicBool::new(pending),
             backend,
             active: AtomicUsize::new(0),
             connect_failures: AtomicU64::new(0),
@@ -228,6 +247,11 @@ impl BackendState {
 
     /// Up, or down and why.
     pub fn health(&self) -> Health {
+        if self.pending.load(Ordering::Relaxed) {
+            return Health::DownByCheck {
+                why: "new: waiting for its first health check to pass".to_string(),
+            };
+        }
         if self.checked_down.load(Ordering::Relaxed) {
             let why = self
                 .last_check_error
@@ -250,9 +274,21 @@ impl BackendState {
         &self.name
     }
 
+    /// The DNS name it was discovered by, if it was.
+    pub fn from(&self) -> Option<&str> {
+        self.from.as_deref()
+    }
+
+    /// Its address, when it is one (always, for a discovered backend).
+    pub fn address(&self) -> Option<SocketAddr> {
+        let ip = self.backend.host().parse::<IpAddr>().ok()?;
+        Some(SocketAddr::new(ip, self.backend.port()))
+    }
+
     /// Up: no active check says down and no failed connect's mark is running.
     pub fn is_up(&self) -> bool {
-        !self.checked_down.load(Ordering::Relaxed)
+        !self.pending.load(Ordering::Relaxed)
+            && !self.checked_down.load(Ordering::Relaxed)
             && self.down_until.load(Ordering::Relaxed) <= now_ms()
     }
 
@@ -298,6 +334,10 @@ impl BackendState {
     pub fn checked(&self, outcome: Result<(), String>) {
         match outcome {
             Ok(()) => {
+                if self.pending.swap(false, Ordering::Relaxed) {
+                    tracing::info!(backend = %self.name, from = self.from(),
+                        "new backend up: its first health check passed");
+                }
                 self.fails.store(0, Ordering::Relaxed);
                 let passes = self.passes.fetch_add(1, Ordering::Relaxed) + 1;
                 if passes >= RISE {
@@ -343,7 +383,10 @@ impl Drop for Lease {
 pub struct Pool {
     /// The route as written (`[HOST]PATH`).
     name: RouteName,
+    /// The backends given as addresses (or names resolved at connect), in order.
     backends: Vec<Arc<BackendState>>,
+    /// The names whose DNS answers are backends too, after those.
+    discovered: Vec<Arc<Discovery>>,
     pub policy: Strategy,
     /// The active check of this route's backends, if any.
     pub check: Option<Check>,
@@ -359,14 +402,53 @@ impl Pool {
         self.name.to_string()
     }
 
-    pub fn backends(&self) -> &[Arc<BackendState>] {
-        &self.backends
+    /// Every backend now: those given, then each discovered name's current set.
+    pub fn backends(&self) -> Vec<Arc<BackendState>> {
+        let mut all = self.backends.clone();
+        for discovery in &self.discovered {
+            all.extend(discovery.backends().iter().cloned());
+        }
+        all
+    }
+
+    /// Its backends as written: addresses, and the names it discovers backends by.
+    pub fn written(&self) -> Vec<String> {
+        let fixed = self.backends.iter().map(|b| b.name().to_string());
+        fixed
+            .chain(self.discovered.iter().map(|d| d.lookup.to_string()))
+            .collect()
+    }
+
+    /// The names this route discovers backends by.
+    pub fn discoveries(&self) -> &[Arc<Discovery>] {
+        &self.discovered
+    }
+
+    /// Why the route has no backend at all, when it has none: its names have not resolved.
+    pub fn empty_because(&self) -> Option<String> {
+        if !self.backends.is_empty() || self.discovered.iter().any(|d| !d.backends().is_empty()) {
+            return None;
+        }
+        let why: Vec<String> = self
+            .discovered
+            .iter()
+            .filter_map(|d| d.unresolved())
+            .collect();
+        Some(why.join("; "))
     }
 
     /// The backends in the order a connection from `client` should try them: those up in the
-    /// policy's order, then those down in the same order.
-    pub fn order(&self, client: IpAddr) -> Vec<&Arc<BackendState>> {
-        let n = self.backends.len();
+    /// policy's order, then those down in the same order. Empty while the route's only
+    /// backends are names that have not resolved.
+    pub fn order(&self, client: IpAddr) -> Vec<Arc<BackendState>> {
+        let backends = match self.discovered.is_empty() {
+            true => std::borrow::Cow::Borrowed(&self.backends),
+            false => std::borrow::Cow::Owned(self.backends()),
+        };
+        let n = backends.len();
+        if n == 0 {
+            return Vec::new();
+        }
         let turn = || self.next.fetch_add(1, Ordering::Relaxed) % n;
         let ranked: Vec<usize> = match self.policy {
             Strategy::RoundRobin => {
@@ -377,19 +459,19 @@ impl Pool {
                 let start = turn();
                 let mut order: Vec<usize> = (0..n).map(|i| (start + i) % n).collect();
                 // Stable: equal counts keep the round-robin order.
-                order.sort_by_key(|&i| self.backends[i].active());
+                order.sort_by_key(|&i| backends[i].active());
                 order
             }
             Strategy::IpHash => {
-                let names: Vec<&str> = self.backends.iter().map(|b| b.name()).collect();
+                let names: Vec<&str> = backends.iter().map(|b| b.name()).collect();
                 hash::rank(&names, client)
             }
         };
         let (up, down): (Vec<usize>, Vec<usize>) =
-            ranked.into_iter().partition(|&i| self.backends[i].is_up());
+            ranked.into_iter().partition(|&i| backends[i].is_up());
         up.into_iter()
             .chain(down)
-            .map(|i| &self.backends[i])
+            .map(|i| backends[i].clone())
             .collect()
     }
 }
@@ -415,6 +497,7 @@ impl Pools {
         let checks = per_route(&balancing.checks, routes, "--health-check")?;
         let send_proxy = per_route(&balancing.send_proxy, routes, "--send-proxy")?;
         let mut states: HashMap<Backend, Arc<BackendState>> = HashMap::new();
+        let mut lookups: HashMap<Lookup, Arc<Discovery>> = HashMap::new();
         let pools = routes
             .iter()
             .zip(policies.into_iter().zip(checks).zip(send_proxy))
@@ -424,11 +507,29 @@ impl Pools {
                     .spec
                     .backends
                     .iter()
+                    .filter_map(|b| match b {
+                        Upstream::Fixed(b) => Some(b),
+                        Upstream::Discovered(_) => None,
+                    })
                     .map(|b| {
                         states
                             .entry(b.clone())
                             .or_insert_with(|| Arc::new(BackendState::new(b.clone())))
                             .clone()
+                    })
+                    .collect(),
+                discovered: route
+                    .spec
+                    .backends
+                    .iter()
+                    .filter_map(|b| match b {
+                        Upstream::Discovered(lookup) => Some(
+                            lookups
+                                .entry(lookup.clone())
+                                .or_insert_with(|| Arc::new(Discovery::new(lookup.clone())))
+                                .clone(),
+                        ),
+                        Upstream::Fixed(_) => None,
                     })
                     .collect(),
                 policy: policy.copied().unwrap_or_default(),
@@ -453,6 +554,11 @@ impl Pools {
     pub fn any_send_proxy(&self) -> bool {
         self.pools.iter().any(|p| p.send_proxy.is_some())
     }
+
+    /// Whether some route discovers backends by DNS.
+    pub fn any_discovery(&self) -> bool {
+        self.pools.iter().any(|p| !p.discovered.is_empty())
+    }
 }
 
 /// The balancing state that lives as long as the process, keyed by backend (and, for
@@ -461,7 +567,9 @@ impl Pools {
 pub struct Registry {
     backends: Mutex<WeakMap<Backend, BackendState>>,
     turns: Mutex<WeakMap<RouteName, AtomicUsize>>,
+    discoveries: Mutex<WeakMap<Lookup, Discovery>>,
     pub health: health::Checks,
+    pub discovery: discovery::Loops,
 }
 
 impl Registry {
@@ -470,14 +578,27 @@ impl Registry {
     pub fn adopt(&self, pools: &mut Pools) {
         let mut backends = self.backends.lock().unwrap_or_else(|e| e.into_inner());
         let mut turns = self.turns.lock().unwrap_or_else(|e| e.into_inner());
+        let mut discoveries = self.discoveries.lock().unwrap_or_else(|e| e.into_inner());
+        let mut checked: HashMap<Lookup, bool> = HashMap::new();
         for pool in &mut pools.pools {
             pool.next = turns.share(&pool.name, &pool.next);
             for state in &mut pool.backends {
                 *state = backends.share(&state.backend, state);
             }
+            for discovery in &mut pool.discovered {
+                *discovery = discoveries.share(&discovery.lookup, discovery);
+                *checked.entry(discovery.lookup.clone()).or_default() |= pool.check.is_some();
+            }
+        }
+        for pool in &pools.pools {
+            for discovery in &pool.discovered {
+                let is_checked = checked.get(&discovery.lookup).copied().unwrap_or(false);
+                discovery.checked.store(is_checked, Ordering::Relaxed);
+            }
         }
         backends.forget_dead();
         turns.forget_dead();
+        discoveries.forget_dead();
     }
 }
 

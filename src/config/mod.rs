@@ -123,6 +123,90 @@ pub struct ProcessSettings {
     pub max_handshakes: Option<usize>,
     pub max_handshake_memory: usize,
     pub max_connections_per_ip: Option<usize>,
+    /// `-v`, `-q`, `--log-format`: set once, when logging starts.
+    pub logging: Logging,
+}
+
+/// How the log is written: its level and format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Logging {
+    pub level: &'static str,
+    pub json: bool,
+}
+
+impl ProcessSettings {
+    /// The flags whose values differ from `self` in `other`: what a reload reads from the
+    /// flags file and cannot apply (`--listen` needs new sockets, the limits size
+    /// semaphores, …), named as the user writes them.
+    pub fn changed_flags(&self, other: &ProcessSettings) -> Vec<&'static str> {
+        let (a, b) = (&self.listening, &other.listening);
+        let same = [
+            (
+                "--listen",
+                a.tls == b.tls && a.tls_if_possible == b.tls_if_possible,
+            ),
+            (
+                "--redirect-http",
+                a.redirect == b.redirect && a.redirect_if_possible == b.redirect_if_possible,
+            ),
+            ("--reuse-port", a.reuse_port == b.reuse_port),
+            ("--admin", a.admin == b.admin),
+            ("--admin-host", self.admin_hosts == other.admin_hosts),
+            ("--pid-file", self.pid_file == other.pid_file),
+            (
+                "--shutdown-delay",
+                self.shutdown_delay == other.shutdown_delay,
+            ),
+            (
+                "--shutdown-grace",
+                self.shutdown_grace == other.shutdown_grace,
+            ),
+            (
+                "--websocket-close-on-drain",
+                self.websocket_close_on_drain == other.websocket_close_on_drain,
+            ),
+            ("--acme", self.acme == other.acme),
+            ("--cert-poll", self.cert_poll == other.cert_poll),
+            (
+                "--max-connections",
+                self.max_connections == other.max_connections,
+            ),
+            (
+                "--max-handshakes",
+                self.max_handshakes == other.max_handshakes,
+            ),
+            (
+                "--max-handshake-memory",
+                self.max_handshake_memory == other.max_handshake_memory,
+            ),
+            (
+                "--max-connections-per-ip",
+                self.max_connections_per_ip == other.max_connections_per_ip,
+            ),
+            ("-v/-q", self.logging.level == other.logging.level),
+            ("--log-format", self.logging.json == other.logging.json),
+        ];
+        same.iter()
+            .filter(|(_, same)| !same)
+            .map(|(flag, _)| *flag)
+            .collect()
+    }
+}
+
+/// Where a reload reads the settings again: the flags file with the start's command line
+/// (`cli` implements it; nothing here knows the file).
+pub trait Reread: Send + Sync {
+    fn read(&self) -> anyhow::Result<Settings>;
+    /// The file read, as the status page names it.
+    fn file(&self) -> String;
+    /// Where the source says what `error` is about (`PATH line N`), if one place does.
+    fn locate(&self, error: &str) -> Option<String>;
+}
+
+impl std::fmt::Debug for dyn Reread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reread")
+    }
 }
 
 /// What a reload may change, for new connections and new requests.
@@ -155,6 +239,9 @@ pub struct ServingSettings {
     pub timeouts: Timeouts,
     pub max_header_bytes: usize,
     pub security: Security,
+    /// `--resolver`: the DNS servers asked for `dns:` and `srv:` backends (none: those of
+    /// `/etc/resolv.conf`).
+    pub resolvers: Vec<SocketAddr>,
 }
 
 impl Default for ProcessSettings {
@@ -181,6 +268,10 @@ impl Default for ProcessSettings {
             max_handshakes: None,
             max_handshake_memory: 64 << 20,
             max_connections_per_ip: None,
+            logging: Logging {
+                level: "info",
+                json: false,
+            },
         }
     }
 }
@@ -208,6 +299,7 @@ impl Default for ServingSettings {
                 check_websocket_accept: false,
                 sni_host_check: true,
             },
+            resolvers: Vec::new(),
         }
     }
 }
@@ -218,8 +310,12 @@ impl Default for ServingSettings {
 pub struct Config {
     pub process: ProcessConfig,
     pub serving: ServingConfig,
-    /// The settings `serving` was built from.
-    pub source: ServingSettings,
+    /// The settings it was built from (the reload path builds the next serving part from
+    /// them, and compares the process part).
+    pub source: Settings,
+    /// Where a reload reads the settings again (`None`: no flags file, a reload re-reads the
+    /// files the settings name).
+    pub reread: Option<std::sync::Arc<dyn Reread>>,
 }
 
 /// Per-connection timeouts; `None` means off.
@@ -257,21 +353,13 @@ impl Config {
     /// Loads certificates and builds the route table: everything that can fail because of
     /// the settings fails here, before any socket is opened.
     pub fn build(settings: &Settings) -> anyhow::Result<Config> {
-        if settings.serving.routes.is_empty() {
-            // The package's unit passes WSSBRIDGE_ARGS from /etc/default/wssbridge, which
-            // ships empty: say where the flags go.
-            let unit = std::env::var_os("WSSBRIDGE_ARGS").map_or(
-                "",
-                |_| " (under the package's unit: in WSSBRIDGE_ARGS in /etc/default/wssbridge)",
-            );
-            anyhow::bail!("no route: give --to BACKEND or --route PATH=BACKEND{unit}");
-        }
         let process = ProcessConfig::build(&settings.process)?;
         let serving = ServingConfig::build(&settings.serving, process.acme.as_ref())?;
         Ok(Config {
             process,
             serving,
-            source: settings.serving.clone(),
+            source: settings.clone(),
+            reread: None,
         })
     }
 }

@@ -3,10 +3,11 @@
 //! configuration behind the state's `ArcSwap`.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use super::{AcmeSettings, ServingSettings, Timeouts};
 use crate::balance::Pools;
+use crate::balance::discovery::Resolver;
 use crate::balance::health::Timing;
 use crate::cidr::Cidr;
 use crate::http::Policy;
@@ -27,6 +28,11 @@ pub struct ServingConfig {
     pub trust_forwarded: Vec<Cidr>,
     pub accept_proxy_from: Vec<Cidr>,
     pub timeouts: Timeouts,
+    /// Asks the DNS for the routes' `dns:` and `srv:` backends (`None`: no route has any).
+    pub resolver: Option<Resolver>,
+    /// 1 for the config a start builds, one more for each reload that took.
+    pub generation: u64,
+    pub loaded_at: SystemTime,
 }
 
 impl ServingConfig {
@@ -35,9 +41,29 @@ impl ServingConfig {
         settings: &ServingSettings,
         acme: Option<&AcmeSettings>,
     ) -> anyhow::Result<ServingConfig> {
+        if settings.routes.is_empty() {
+            // The package's unit reads a flags file that ships with comments only, and
+            // WSSBRIDGE_ARGS from /etc/default/wssbridge, empty: say where the flags go.
+            let mut places = Vec::new();
+            if let Some(file) = std::env::var_os("WSSBRIDGE_FLAGS_FILE") {
+                places.push(format!("in the flags file {}", file.to_string_lossy()));
+            }
+            if std::env::var_os("WSSBRIDGE_ARGS").is_some() {
+                places.push("in WSSBRIDGE_ARGS in /etc/default/wssbridge".to_string());
+            }
+            let unit = match places.is_empty() {
+                true => String::new(),
+                false => format!(" ({})", places.join(", or ")),
+            };
+            anyhow::bail!("no route: give --to BACKEND or --route PATH=BACKEND{unit}");
+        }
         let routes = RouteTable::new(settings.routes.clone())
             .map_err(|e| anyhow::anyhow!("--route: {e}"))?;
         let pools = Pools::new(&routes, &settings.balancing).map_err(|e| anyhow::anyhow!(e))?;
+        let resolver = match pools.any_discovery() {
+            true => Some(Resolver::new(&settings.resolvers)?),
+            false => None,
+        };
         let health = match (settings.health_interval, settings.health_timeout) {
             (Some(interval), Some(timeout)) => Timing { interval, timeout },
             (None, _) => anyhow::bail!("--health-interval must be more than 0"),
@@ -91,6 +117,9 @@ impl ServingConfig {
             trust_forwarded: settings.trust_forwarded.clone(),
             accept_proxy_from: settings.accept_proxy_from.clone(),
             timeouts: settings.timeouts,
+            resolver,
+            generation: 1,
+            loaded_at: SystemTime::now(),
         })
     }
 

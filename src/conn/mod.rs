@@ -291,6 +291,7 @@ async fn dial(
             Ok((stream, lease))
         }
         Err(NotConnected::Backends) => Err(Status::BadGateway),
+        Err(NotConnected::Undiscovered(_)) => Err(Status::NotDiscovered),
         Err(NotConnected::Local(_)) => Err(Status::Unavailable),
     }
 }

@@ -66,7 +66,7 @@ describe('socket.io on every core', () => {
 
   before(async () => {
     const free = [await freePort(), await freePort(), await freePort()];
-    nodes = await Promise.all(free.map(startNode));
+    nodes = await Promise.all(free.map((port) => startNode(port)));
     backends = nodes.map((n) => `127.0.0.1:${n.port}`).join(',');
   });
 

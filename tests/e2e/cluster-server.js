@@ -9,13 +9,16 @@ const http = require('node:http');
 const { Server } = require('socket.io');
 
 const port = Number(process.env.PORT);
+// HOST: an address of 127/8 of its own, for processes that share a port (as pods behind one
+// DNS name do).
+const host = process.env.HOST || '127.0.0.1';
 const server = http.createServer();
 const io = new Server(server);
 io.on('connection', (socket) => {
-  socket.on('whoami', (ack) => ack({ port, transport: socket.conn.transport.name }));
+  socket.on('whoami', (ack) => ack({ port, host, transport: socket.conn.transport.name }));
   socket.on('chat', (msg, ack) => {
     socket.broadcast.emit('chat', msg);
     if (typeof ack === 'function') ack(port);
   });
 });
-server.listen(port, '127.0.0.1', () => console.log(`listening ${port}`));
+server.listen(port, host, () => console.log(`listening ${port}`));

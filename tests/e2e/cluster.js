@@ -6,10 +6,10 @@ const path = require('node:path');
 const { spawn } = require('node:child_process');
 const { WAIT_MS } = require('./harness');
 
-/// Starts `PORT=port node cluster-server.js` and resolves once it listens.
-function startNode(port) {
+/// Starts `PORT=port HOST=host node cluster-server.js` and resolves once it listens.
+function startNode(port, host = '127.0.0.1') {
   const child = spawn(process.execPath, [path.join(__dirname, 'cluster-server.js')], {
-    env: { ...process.env, PORT: String(port) },
+    env: { ...process.env, PORT: String(port), HOST: host },
     stdio: ['ignore', 'pipe', 'inherit'],
   });
   return new Promise((resolve, reject) => {
@@ -17,7 +17,7 @@ function startNode(port) {
     child.stdout.on('data', (d) => {
       if (String(d).includes(`listening ${port}`)) {
         clearTimeout(timer);
-        resolve({ port, child });
+        resolve({ port, host, child });
       }
     });
   });

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod binary;
+pub mod dns;
 pub mod insecure;
 pub mod peers;
 pub mod pki;

@@ -5,6 +5,9 @@
 //! what is wrong. Every flag can also come from `WSSBRIDGE_<FLAG>`; repeatable flags there
 //! take space-separated values.
 
+mod file;
+
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -15,10 +18,11 @@ use clap::{ArgAction, Parser, ValueEnum};
 use crate::balance::{Balancing, Check, PerRoute, Strategy};
 use crate::cidr::Cidr;
 use crate::config::{
-    AcmeSettings, Listening, ProcessSettings, Security, ServingSettings, Settings, Timeouts,
+    AcmeSettings, Listening, Logging, ProcessSettings, Reread, Security, ServingSettings, Settings,
+    Timeouts,
 };
 use crate::proxy_protocol;
-use crate::route::{Backend, RouteSpec};
+use crate::route::{RouteSpec, Upstream};
 use crate::tls::CertPaths;
 
 /// The end of `-h`.
@@ -279,6 +283,17 @@ pub struct Args {
         default_value = "10s"
     )]
     pub fail_timeout: Timeout,
+
+    /// DNS server for dns: and srv: backends (IP or IP:PORT; repeatable).
+    ///
+    /// The DNS server asked for the backends of dns:NAME:PORT and srv:NAME (IP, or IP:PORT;
+    /// port 53 by default); repeatable, tried together. Default: the servers of
+    /// /etc/resolv.conf (with its search domains). A plain NAME:PORT backend is resolved by
+    /// the system at each connect, as before, and never asks these.
+    #[arg(help_heading = "Balancing", hide_env = true)]
+    #[arg(long = "resolver", env = "WSSBRIDGE_RESOLVER", value_name = "ADDR",
+          value_parser = parse_resolver, value_delimiter = ' ', action = ArgAction::Append)]
+    pub resolvers: Vec<SocketAddr>,
 
     /// Active health check: tcp or a path such as /healthz.
     ///
@@ -562,6 +577,22 @@ pub struct Args {
           value_delimiter = ' ', action = ArgAction::Append)]
     pub admin_hosts: Vec<String>,
 
+    /// Read flags from a file too, one per line; SIGHUP reads it again.
+    ///
+    /// Read flags from this file too: one flag and its value per line, exactly as on the
+    /// command line (--route /socket.io/=127.0.0.1:3000), '#' comments, blank lines. The
+    /// command line's repeatable flags add to the file's and its single flags win;
+    /// WSSBRIDGE_<FLAG> counts only for a flag given in neither. SIGHUP (systemctl reload)
+    /// reads the file again and applies routes, backends, balancing, health checks,
+    /// forwarding rules, certificates and per-connection timeouts to new connections, never
+    /// closing a live one; a flag only a restart can change (listeners, --admin,
+    /// --reuse-port, the limits, ACME, the shutdown's timings, logging) is logged as taking
+    /// an upgrade (SIGUSR2) or a restart; a file with an error changes nothing and the log
+    /// names its line.
+    #[arg(help_heading = "Admin", hide_env = true)]
+    #[arg(long, env = "WSSBRIDGE_FLAGS_FILE", value_name = "PATH")]
+    pub flags_file: Option<PathBuf>,
+
     /// Check the configuration, print what would be served, and exit.
     ///
     /// Check the configuration as a start would (flags, files, routes, backend names), print
@@ -605,6 +636,10 @@ pub struct Args {
     /// defaulted: beside inherited sockets it is an error.
     #[arg(skip)]
     pub listen_given: bool,
+
+    /// Lines of the flags file the command line overrides, said once logging is up.
+    #[arg(skip)]
+    pub overridden: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -623,17 +658,55 @@ impl Args {
     /// The process's flags (exits with clap's message on a bad one), noting which defaults
     /// were overridden where that matters.
     pub fn from_env() -> Args {
-        let matches = match <Args as clap::CommandFactory>::command().try_get_matches() {
-            Ok(matches) => matches,
-            Err(e) => usage_error(e),
-        };
-        let mut args = <Args as clap::FromArgMatches>::from_arg_matches(&matches)
-            .unwrap_or_else(|e| usage_error(e));
+        let argv: Vec<OsString> = std::env::args_os().collect();
+        match Args::read(&argv) {
+            Ok(args) => args,
+            Err(Refused::Flag(e)) => usage_error(e),
+            Err(Refused::File(e)) => {
+                eprintln!("wssbridge: error: {e}");
+                std::process::exit(2);
+            }
+        }
+    }
+
+    /// The flags of the command line `argv` and of the flags file it (or
+    /// `WSSBRIDGE_FLAGS_FILE`) names, the file read now: what a start reads, and what a
+    /// reload reads again (with the start's command line).
+    pub fn read(argv: &[OsString]) -> Result<Args, Refused> {
+        let mut all: Vec<OsString> = argv.iter().take(1).cloned().collect();
+        let mut overridden = Vec::new();
+        if let Some(path) = flags_file(argv) {
+            let shown = path.display().to_string();
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| Refused::File(format!("--flags-file {shown}: {e}")))?;
+            let lines = file::parse(&text)
+                .map_err(|(n, e)| Refused::File(format!("{shown} line {n}: {e}")))?;
+            let given = given_flags(&argv[1.min(argv.len())..]);
+            for line in &lines {
+                check_line(line)
+                    .map_err(|e| Refused::File(format!("{shown} line {}: {e}", line.number)))?;
+                if single_valued(&line.flag) && given.contains(&line.flag) {
+                    overridden.push(format!(
+                        "{shown} line {}: its {} is overridden by the command line's",
+                        line.number, line.flag
+                    ));
+                }
+            }
+            all.extend(lines.into_iter().flat_map(|l| l.args));
+        }
+        all.extend(argv.iter().skip(1).cloned());
+        let matches = <Args as clap::CommandFactory>::command()
+            .args_override_self(true)
+            .try_get_matches_from(all)
+            .map_err(Refused::Flag)?;
+        let mut args =
+            <Args as clap::FromArgMatches>::from_arg_matches(&matches).map_err(Refused::Flag)?;
         args.listen_given = matches!(
             matches.value_source("listen"),
             Some(clap::parser::ValueSource::CommandLine | clap::parser::ValueSource::EnvVariable)
         );
-        args
+        args.overridden = overridden;
+        Ok(args)
     }
 
     /// The default log filter these flags ask for.
@@ -650,6 +723,10 @@ impl Args {
     /// The settings these flags ask for; `Config::build` checks and loads them. Fails only
     /// when flags that go in pairs do not pair up.
     pub fn into_settings(self) -> anyhow::Result<Settings> {
+        let logging = Logging {
+            level: self.log_level(),
+            json: self.log_format == LogFormat::Json,
+        };
         let mut routes = self.routes;
         if let Some(Backends(backends)) = self.to {
             routes.push(RouteSpec {
@@ -709,6 +786,7 @@ impl Args {
             max_handshakes: self.max_handshakes,
             max_handshake_memory: self.max_handshake_memory.0,
             max_connections_per_ip: self.max_connections_per_ip,
+            logging,
         };
         let serving = ServingSettings {
             certs,
@@ -738,6 +816,7 @@ impl Args {
                 send: self.send_timeout.0,
             },
             max_header_bytes: self.max_header_bytes.0,
+            resolvers: self.resolvers,
             security: Security {
                 allowed_upgrades: self.allow_upgrades,
                 check_websocket_accept: self.check_websocket_accept,
@@ -745,6 +824,149 @@ impl Args {
             },
         };
         Ok(Settings { process, serving })
+    }
+}
+
+/// The flags file and the start's command line, read again by each reload.
+struct FlagsFile {
+    argv: Vec<OsString>,
+    path: PathBuf,
+}
+
+impl Reread for FlagsFile {
+    fn read(&self) -> anyhow::Result<Settings> {
+        let args = Args::read(&self.argv).map_err(|e| anyhow::anyhow!("{e}"))?;
+        args.into_settings()
+    }
+
+    fn file(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    /// The first line of the file whose flag `error` names (`--balance /x=…: no --route`
+    /// is about the `--balance` line, the first flag it names).
+    fn locate(&self, error: &str) -> Option<String> {
+        let text = std::fs::read_to_string(&self.path).ok()?;
+        let lines = file::parse(&text).ok()?;
+        let named = |flag: &str| {
+            error.match_indices(flag).map(|(i, _)| i).find(|&i| {
+                let next = error[i + flag.len()..].chars().next();
+                !next.is_some_and(|c| c.is_ascii_alphanumeric() || c == '-')
+            })
+        };
+        let (_, line) = lines
+            .iter()
+            .filter_map(|l| named(&l.flag).map(|at| (at, l)))
+            .min_by_key(|(at, l)| (*at, l.number))?;
+        Some(format!("{} line {}", self.path.display(), line.number))
+    }
+}
+
+impl Args {
+    /// Where a reload reads these flags again: the flags file, with this command line.
+    pub fn reread(&self) -> Option<std::sync::Arc<dyn Reread>> {
+        let path = self.flags_file.clone()?;
+        Some(std::sync::Arc::new(FlagsFile {
+            argv: std::env::args_os().collect(),
+            path,
+        }))
+    }
+}
+
+/// Why flags could not be read.
+#[derive(Debug)]
+pub enum Refused {
+    /// clap refused the flags as a whole (or was asked for --help or --version).
+    Flag(clap::Error),
+    /// The flags file: unreadable, or a line that is not a flag (the message names it).
+    File(String),
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refused::Flag(e) => f.write_str(&first_line(e)),
+            Refused::File(e) => f.write_str(e),
+        }
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// clap's message without its usage lines and "error: ".
+fn first_line(e: &clap::Error) -> String {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        return "--help and --version print; they configure nothing".to_string();
+    }
+    let rendered = e.to_string();
+    let line = rendered.lines().next().unwrap_or("");
+    line.strip_prefix("error: ").unwrap_or(line).to_string()
+}
+
+/// `--flags-file` as the command line gives it (before a `--`), else
+/// `WSSBRIDGE_FLAGS_FILE`: read before clap runs, since the file's flags are clap's input.
+fn flags_file(argv: &[OsString]) -> Option<PathBuf> {
+    let mut rest = argv.iter().skip(1);
+    let mut found = None;
+    while let Some(arg) = rest.next() {
+        let arg = arg.to_string_lossy();
+        if arg == "--" {
+            break;
+        }
+        if arg == "--flags-file" {
+            found = rest.next().map(PathBuf::from);
+        } else if let Some(path) = arg.strip_prefix("--flags-file=") {
+            found = Some(PathBuf::from(path));
+        }
+    }
+    found.or_else(|| {
+        std::env::var_os("WSSBRIDGE_FLAGS_FILE")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    })
+}
+
+/// The long flags `args` gives (`--to`, from `--to x` and `--to=x`).
+fn given_flags(args: &[OsString]) -> Vec<String> {
+    args.iter()
+        .map(|a| a.to_string_lossy())
+        .take_while(|a| a != "--")
+        .filter(|a| a.starts_with("--"))
+        .map(|a| a.split_once('=').map_or(&*a, |(name, _)| name).to_string())
+        .collect()
+}
+
+/// Whether `flag` (`--to`) takes one value, so a second one replaces the first.
+fn single_valued(flag: &str) -> bool {
+    let Some(long) = flag.strip_prefix("--") else {
+        return false;
+    };
+    <Args as clap::CommandFactory>::command()
+        .get_arguments()
+        .find(|a| a.get_long() == Some(long))
+        .is_some_and(|a| !matches!(a.get_action(), ArgAction::Append | ArgAction::Count))
+}
+
+/// One line of the flags file checked alone, without the environment, so a bad value is
+/// named by its line; what only the whole can tell (a flag another requires) is left to it.
+fn check_line(line: &file::Line) -> Result<(), String> {
+    use clap::error::ErrorKind;
+    let command = <Args as clap::CommandFactory>::command()
+        .mut_args(|a| a.env(None::<&'static str>))
+        .args_override_self(true);
+    let argv = std::iter::once(OsString::from("wssbridge")).chain(line.args.iter().cloned());
+    match command.try_get_matches_from(argv) {
+        Ok(_) => Ok(()),
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::MissingRequiredArgument | ErrorKind::ArgumentConflict
+            ) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(first_line(&e)),
     }
 }
 
@@ -819,9 +1041,26 @@ impl FromStr for ListenArg {
     }
 }
 
+/// `--resolver`: an IP address, with a port or not (53).
+fn parse_resolver(s: &str) -> Result<SocketAddr, String> {
+    let s = s.trim();
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let bare = s.trim_start_matches('[').trim_end_matches(']');
+    bare.parse::<std::net::IpAddr>()
+        .map(|ip| SocketAddr::new(ip, 53))
+        .map_err(|_| {
+            format!(
+                "'{s}' is not a DNS server's address: write an IP (10.96.0.10), or IP:PORT \
+                 (127.0.0.1:5353, [::1]:53)"
+            )
+        })
+}
+
 /// A list of backends, as `--to` takes it.
 #[derive(Debug, Clone)]
-pub struct Backends(pub Vec<Backend>);
+pub struct Backends(pub Vec<Upstream>);
 
 fn parse_backends(s: &str) -> Result<Backends, String> {
     s.split(',')
