@@ -170,14 +170,14 @@ fn haproxy_accepts_the_fleet_front_as_written() {
 
 /// The Kubernetes manifests as JSON values, parsed by PyYAML (no cluster here, and no schema
 /// checker installs from the registries this machine reaches).
-fn manifests() -> Vec<serde_json::Value> {
+fn manifests(file: &str) -> Vec<serde_json::Value> {
     require(&[("python3", "python3")]);
     let out = std::process::Command::new("python3")
         .args([
             "-c",
             "import sys, yaml, json; print(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))",
         ])
-        .arg(deploy("kubernetes/wssbridge.yaml"))
+        .arg(deploy(file))
         .output()
         .unwrap();
     serde_json::from_slice(&succeeded(out)).unwrap()
@@ -200,11 +200,17 @@ fn seconds(args: &[String], flag: &str) -> u64 {
 
 #[test]
 fn the_kubernetes_manifests_have_what_a_fleet_needs() {
-    let all = manifests();
+    let all = manifests("kubernetes/wssbridge.yaml");
     let deployment = kind(&all, "Deployment");
     let pod = &deployment["spec"]["template"]["spec"];
     let container = &pod["containers"][0];
     let args: Vec<String> = serde_json::from_value(container["args"].clone()).unwrap();
+    // The Node pods are found by DNS: every pod of the headless Service a backend.
+    assert!(
+        args.contains(&"--to=dns:chat.default.svc.cluster.local:3000".to_string()),
+        "{args:?}"
+    );
+    assert!(args.contains(&"--balance=ip-hash".to_string()), "{args:?}");
     assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/livez");
     let grace = seconds(&args, "--shutdown-grace");
@@ -253,8 +259,6 @@ fn the_kubernetes_manifests_have_what_a_fleet_needs() {
         .map(|a| match a.split_once('=') {
             Some(("--cert", _)) => format!("--cert={}", pki.cert.display()),
             Some(("--key", _)) => format!("--key={}", pki.key.display()),
-            // The cluster's DNS name does not resolve here.
-            Some(("--to", _)) => "--to=127.0.0.1:3000".to_string(),
             _ => a.clone(),
         })
         .collect();
@@ -264,6 +268,27 @@ fn the_kubernetes_manifests_have_what_a_fleet_needs() {
         .output()
         .unwrap();
     succeeded(out);
+}
+
+#[test]
+fn the_node_pods_sit_behind_a_headless_service_wssbridge_discovers() {
+    let all = manifests("kubernetes/chat.yaml");
+    let service = kind(&all, "Service");
+    assert_eq!(service["metadata"]["name"], "chat");
+    assert_eq!(service["metadata"]["namespace"], "default");
+    // A ClusterIP would put kube-proxy's per-connection choice between ip-hash and the pods.
+    assert_eq!(service["spec"]["clusterIP"], "None");
+    assert_eq!(service["spec"]["publishNotReadyAddresses"], false);
+    assert_eq!(service["spec"]["ports"][0]["port"], 3000);
+    assert_eq!(service["spec"]["ports"][0]["name"], "http");
+    let selector = &service["spec"]["selector"];
+    let deployment = kind(&all, "Deployment");
+    assert_eq!(
+        &deployment["spec"]["template"]["metadata"]["labels"]["app"], &selector["app"],
+        "the Service selects the app's pods"
+    );
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/healthz");
 }
 
 /// A command's stdout, once it exited 0 (its stderr otherwise, in the failure).
