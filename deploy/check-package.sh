@@ -60,7 +60,7 @@ python3 -m http.server 0 --bind 127.0.0.1 --directory "$work" >"$work/app.log" 2
 app=$!
 for _ in $(seq 100); do grep -q 'Serving HTTP' "$work/app.log" && break; sleep 0.05; done
 app_port=$(sed -n 's/.*port \([0-9]*\).*/\1/p' "$work/app.log" | head -1)
-touch "$work/one" "$work/two"
+touch "$work/one" "$work/three"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 cat >/etc/wssbridge/flags <<FLAGS
 --listen 127.0.0.1:$port
