@@ -45,7 +45,21 @@ pub struct Listeners {
     pub admin: Option<std::net::TcpListener>,
     /// In a process a binary upgrade started: where it reports ready to the old one.
     pub parent: Option<crate::notify::Parent>,
+    /// Which kinds were bound from the flags (here or by the processes before an upgrade),
+    /// not passed by systemd's socket units: a flag removed closes those at an upgrade.
+    pub from_flags: Kinds,
 }
+
+/// One fact per kind of listener.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Kinds {
+    pub tls: bool,
+    pub redirect: bool,
+    pub admin: bool,
+}
+
+/// The `LISTEN_FDNAMES` suffix a binary upgrade gives the sockets bound from the flags.
+pub const FROM_FLAGS: &str = ".flags";
 
 impl From<Vec<std::net::TcpListener>> for Listeners {
     fn from(tls: Vec<std::net::TcpListener>) -> Self {
@@ -87,6 +101,7 @@ impl Listeners {
                         .redirect
                         .push(bind_for("--redirect-http", *addr, shared)?);
                 }
+                inherited.from_flags.redirect = true;
                 inherited.redirect.extend(bind_if_possible(
                     "--redirect-http",
                     &listening.redirect_if_possible,
@@ -100,7 +115,8 @@ impl Listeners {
         }
         match (&inherited.admin, listening.admin) {
             (None, Some(addr)) => {
-                inherited.admin = Some(bind_for("--admin", addr, Sharing::Exclusive)?)
+                inherited.admin = Some(bind_for("--admin", addr, Sharing::Exclusive)?);
+                inherited.from_flags.admin = true;
             }
             (Some(_), Some(_)) => anyhow::bail!(
                 "--admin and a socket named admin passed by systemd: give one or the other"
@@ -111,15 +127,20 @@ impl Listeners {
     }
 
     /// In a process a binary upgrade started: the listeners the flags name, each the old
-    /// process's socket for that address when it passed one (`:0` takes the passed socket of
+    /// process's socket for that address when it passed one (`:0` takes a passed socket of
     /// the same address, whatever port it got), else bound now; a passed socket no flag
     /// names any more is closed here (the old process closes its own copy when it hands
-    /// over). So a `--listen` changed in the flags file needs no restart. Where the flags
-    /// name no listener of a kind (`--listen` defaulted, no `--redirect-http` or `--admin`),
-    /// every socket of that kind passed is kept: it came from systemd's socket units.
+    /// over). So a `--listen` changed in the flags file needs no restart, and a
+    /// `--redirect-http` or `--admin` removed from it closes. Sockets of a kind systemd's
+    /// socket units passed (and the flags do not name) are kept: they are the units'.
     fn rematched(self, listening: &Listening) -> anyhow::Result<Listeners> {
         let shared = Sharing::from(listening.reuse_port);
-        let tls = match listening.tls_given {
+        let from_flags = Kinds {
+            tls: self.from_flags.tls || listening.tls_given,
+            redirect: self.from_flags.redirect || !listening.redirect.is_empty(),
+            admin: self.from_flags.admin || listening.admin.is_some(),
+        };
+        let tls = match from_flags.tls {
             true => rematch(
                 self.tls,
                 ("--listen", &listening.tls, &listening.tls_if_possible),
@@ -127,9 +148,9 @@ impl Listeners {
             )?,
             false => self.tls,
         };
-        let redirect = match listening.redirect.is_empty() {
-            true => self.redirect,
-            false => rematch(
+        let redirect = match from_flags.redirect {
+            false => self.redirect,
+            true => rematch(
                 self.redirect,
                 (
                     "--redirect-http",
@@ -139,11 +160,12 @@ impl Listeners {
                 shared,
             )?,
         };
-        let admin = match listening.admin {
-            None => self.admin,
-            Some(addr) => {
+        let admin = match from_flags.admin {
+            false => self.admin,
+            true => {
                 let passed = self.admin.into_iter().collect();
-                let mut one = rematch(passed, ("--admin", &[addr], &[]), Sharing::Exclusive)?;
+                let wanted = listening.admin.as_slice();
+                let mut one = rematch(passed, ("--admin", wanted, &[]), Sharing::Exclusive)?;
                 one.pop()
             }
         };
@@ -152,6 +174,7 @@ impl Listeners {
             redirect,
             admin,
             parent: self.parent,
+            from_flags,
         })
     }
 
@@ -192,10 +215,24 @@ impl Listeners {
                 .with_context(|| format!("LISTEN_FDS: descriptor {fd} was already taken"))?;
             listener.set_nonblocking(true)?;
             crate::connect::tune(socket2::SockRef::from(&listener));
-            match names.get(i).copied() {
-                Some("http") => listeners.redirect.push(listener),
-                Some("admin") => listeners.admin = Some(listener),
-                _ => listeners.tls.push(listener),
+            let name = names.get(i).copied().unwrap_or("");
+            let (kind, flags) = match name.strip_suffix(FROM_FLAGS) {
+                Some(kind) => (kind, true),
+                None => (name, false),
+            };
+            match kind {
+                "http" => {
+                    listeners.redirect.push(listener);
+                    listeners.from_flags.redirect |= flags;
+                }
+                "admin" => {
+                    listeners.admin = Some(listener);
+                    listeners.from_flags.admin |= flags;
+                }
+                _ => {
+                    listeners.tls.push(listener);
+                    listeners.from_flags.tls |= flags;
+                }
             }
         }
         if listeners.tls.is_empty() {
@@ -250,6 +287,11 @@ impl Listeners {
             redirect,
             admin: bind("--admin", listening.admin.as_slice(), Sharing::Exclusive)?.pop(),
             parent: None,
+            from_flags: Kinds {
+                tls: true,
+                redirect: true,
+                admin: true,
+            },
         })
     }
 }
@@ -263,24 +305,35 @@ fn rematch(
     (flag, wanted, if_possible): (&str, &[SocketAddr], &[SocketAddr]),
     sharing: Sharing,
 ) -> anyhow::Result<Vec<std::net::TcpListener>> {
-    let mut take = |addr: &SocketAddr| {
-        let same = |l: &std::net::TcpListener| {
-            l.local_addr()
-                .is_ok_and(|local| local == *addr || (addr.port() == 0 && local.ip() == addr.ip()))
-        };
-        passed.iter().position(same).map(|i| passed.remove(i))
-    };
-    let mut out = Vec::new();
-    for addr in wanted {
-        out.push(match take(addr) {
-            Some(listener) => listener,
-            None => bind_for(flag, *addr, sharing)?,
-        });
+    // Exact addresses take their sockets first, so a `:0` never takes a socket another
+    // address names.
+    let all: Vec<(SocketAddr, bool)> = wanted
+        .iter()
+        .map(|a| (*a, true))
+        .chain(if_possible.iter().map(|a| (*a, false)))
+        .collect();
+    let mut taken: Vec<Option<std::net::TcpListener>> = all.iter().map(|_| None).collect();
+    for exact in [true, false] {
+        for (i, (addr, _)) in all.iter().enumerate() {
+            if (addr.port() != 0) != exact {
+                continue;
+            }
+            let same = |l: &std::net::TcpListener| {
+                l.local_addr().is_ok_and(|local| {
+                    local == *addr || (addr.port() == 0 && local.ip() == addr.ip())
+                })
+            };
+            if let Some(at) = passed.iter().position(same) {
+                taken[i] = Some(passed.remove(at));
+            }
+        }
     }
-    for addr in if_possible {
-        match take(addr) {
-            Some(listener) => out.push(listener),
-            None => out.extend(bind_if_possible(flag, &[*addr], sharing)),
+    let mut out = Vec::new();
+    for ((addr, must), passed) in all.into_iter().zip(taken) {
+        match (passed, must) {
+            (Some(listener), _) => out.push(listener),
+            (None, true) => out.push(bind_for(flag, addr, sharing)?),
+            (None, false) => out.extend(bind_if_possible(flag, &[addr], sharing)),
         }
     }
     Ok(out)

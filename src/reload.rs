@@ -93,8 +93,10 @@ fn rebuild(state: &State, trigger: Trigger) -> anyhow::Result<Arc<ServingConfig>
             Some(place) => e.context(place),
             None => e,
         })?;
-    if current.tls.certs.ephemeral.is_some() {
-        // The development certificate stays the one browsers were told to accept.
+    let still_ephemeral = source.serving.certs.is_empty() && state.process.acme.is_none();
+    if current.tls.certs.ephemeral.is_some() && still_ephemeral {
+        // The development certificate stays the one browsers were told to accept, while
+        // the flags still name no certificate.
         serving.tls.certs = current.tls.certs.clone();
     }
     state.reload(serving, source.serving)?;

@@ -179,7 +179,10 @@ impl FromStr for Upstream {
         };
         if let Some(rest) = lower.strip_prefix("dns:") {
             let (name, port) = rest.rsplit_once(':').ok_or_else(|| {
-                format!("backend '{s}' needs a port: write dns:NAME:PORT, as in dns:chat:3000")
+                format!(
+                    "backend '{s}' needs a port: write dns:NAME:PORT, as in dns:chat:3000 (for \
+                     a host named dns, write its full name or address)"
+                )
             })?;
             if !name_ok(name) {
                 return Err(format!(
@@ -201,6 +204,13 @@ impl FromStr for Upstream {
             }));
         }
         if let Some(name) = lower.strip_prefix("srv:") {
+            if !name.is_empty() && name.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(format!(
+                    "backend '{s}': srv:NAME asks NAME's SRV records, and '{name}' is a port: \
+                     for a host named srv, write its full name or address \
+                     (srv.example.internal:{name})"
+                ));
+            }
             if !name_ok(name) {
                 return Err(format!(
                     "backend '{s}': '{name}' is not a DNS name (write srv:NAME, as in \
@@ -580,6 +590,8 @@ mod tests {
             ("dns:chat:0", "bad port"),
             ("dns:ch at:80", "not a DNS name"),
             ("srv:", "not a DNS name"),
+            ("srv:8080", "is a port"),
+            ("dns:53", "needs a port"),
         ] {
             let e = bad.parse::<Upstream>().unwrap_err();
             assert!(e.contains(says), "{bad}: {e}");

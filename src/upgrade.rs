@@ -29,7 +29,7 @@ use std::time::Duration;
 use anyhow::Context;
 use command_fds::{CommandFdExt, FdMapping};
 
-use crate::accept::Listeners;
+use crate::accept::{FROM_FLAGS, Listeners};
 use crate::notify::Notifier;
 
 /// How long a new process may take to report ready.
@@ -81,7 +81,7 @@ async fn start(
 
     let (mut fds, mut names) = descriptors(listeners)?;
     fds.push(OwnedFd::from(theirs));
-    names.push(crate::notify::PARENT_FDNAME);
+    names.push(crate::notify::PARENT_FDNAME.to_string());
     let mut command = tokio::process::Command::new(&exe);
     command
         .args(std::env::args_os().skip(1))
@@ -212,19 +212,29 @@ fn report(datagram: &[u8]) -> (bool, Option<String>) {
 }
 
 /// The listeners as descriptors to hand on, with their `LISTEN_FDNAMES` names.
-fn descriptors(listeners: &Listeners) -> anyhow::Result<(Vec<OwnedFd>, Vec<&'static str>)> {
+/// A socket bound from the flags is named with [`FROM_FLAGS`] after its kind, so the new
+/// process closes it when its flags no longer name it (and keeps one systemd passed).
+fn descriptors(listeners: &Listeners) -> anyhow::Result<(Vec<OwnedFd>, Vec<String>)> {
     let mut fds = Vec::new();
     let mut names = Vec::new();
-    let kinds = [("https", &listeners.tls), ("http", &listeners.redirect)];
+    let from = listeners.from_flags;
+    let name = |kind: &str, flags: bool| match flags {
+        true => format!("{kind}{FROM_FLAGS}"),
+        false => kind.to_string(),
+    };
+    let kinds = [
+        (name("https", from.tls), &listeners.tls),
+        (name("http", from.redirect), &listeners.redirect),
+    ];
     for (name, group) in kinds {
         for listener in group.iter() {
             fds.push(OwnedFd::from(listener.try_clone()?));
-            names.push(name);
+            names.push(name.clone());
         }
     }
     if let Some(admin) = &listeners.admin {
         fds.push(OwnedFd::from(admin.try_clone()?));
-        names.push("admin");
+        names.push(name("admin", from.admin));
     }
     Ok((fds, names))
 }

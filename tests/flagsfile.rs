@@ -204,7 +204,30 @@ fn check_reads_the_file_with_the_command_line_and_names_a_bad_line() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("-> 127.0.0.1:7"));
 
+    // The log level is one setting: the command line's -q wins over the file's -v.
+    write(&file, "-v\n--to 127.0.0.1:3000\n");
+    let out = wssbridge()
+        .args(["--check", "-q", "--flags-file", file.to_str().unwrap()])
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A single-valued flag twice on the command line is still clap's error.
+    let out = wssbridge()
+        .args(["--check", "--flags-file", file.to_str().unwrap()])
+        .args(["--connect-timeout", "1s", "--connect-timeout", "2s"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+
     for (text, says) in [
+        (
+            "--to 127.0.0.1:3000\n# the app\n--to 127.0.0.1:3001\n",
+            "line 3: --to is given again (line 1 has it)",
+        ),
         (
             "--to 127.0.0.1:3000\n\n--listen :443 --to x\n",
             "line 3: '--listen :443 --to x': one flag per line",
@@ -247,10 +270,13 @@ async fn sigusr2_starts_the_new_process_from_the_file_as_it_is_now() {
     let app = Backend::http("app").await;
     let dir = support::temp_dir("flags-upgrade");
     let file = dir.join("flags");
-    let (first, second) = (free_port(), free_port());
+    let (first, second, admin) = (free_port(), free_port(), free_port());
     write(
         &file,
-        &format!("--listen 127.0.0.1:{first}\n--to {}\n", app.address()),
+        &format!(
+            "--listen 127.0.0.1:{first}\n--admin 127.0.0.1:{admin}\n--to {}\n",
+            app.address()
+        ),
     );
     let mut running = Running::with_test_cert(&["--flags-file", file.to_str().unwrap()]);
     assert_eq!(get(running.addr, "/").await.0, 200);
@@ -278,13 +304,14 @@ async fn sigusr2_starts_the_new_process_from_the_file_as_it_is_now() {
     let _new = Kill(pid);
     let moved = SocketAddr::from(([127, 0, 0, 1], second));
     assert_eq!(get(moved, "/").await.0, 200, "the new listener serves");
-    support::eventually("the old listener closed", || {
+    let closed = |port: u16| {
         std::net::TcpStream::connect_timeout(
-            &SocketAddr::from(([127, 0, 0, 1], first)),
+            &SocketAddr::from(([127, 0, 0, 1], port)),
             Duration::from_millis(200),
         )
         .is_err()
-    })
-    .await;
+    };
+    support::eventually("the old listener closed", || closed(first)).await;
+    support::eventually("the --admin the file dropped closed", || closed(admin)).await;
     let _ = running.wait();
 }

@@ -355,7 +355,7 @@ async fn the_new_process_keeps_no_report_address() {
     let environ = String::from_utf8_lossy(&environ);
     assert!(!environ.contains("UPGRADE_NOTIFY"), "{environ}");
     assert!(
-        environ.contains("LISTEN_FDNAMES=https:upgrade"),
+        environ.contains("LISTEN_FDNAMES=https.flags:upgrade"),
         "{environ}"
     );
     kill(pid, "TERM");

@@ -129,7 +129,7 @@ fn discovery(registry: &mut Registry, snapshot: &Snapshot) {
             .set(i64::from(d.standing != Standing::Resolved));
         lookups
             .get_or_create(&[("name", name()), ("result", "success".into())])
-            .inc_by(d.lookups - d.failures);
+            .inc_by(d.lookups.saturating_sub(d.failures));
         lookups
             .get_or_create(&[("name", name()), ("result", "failure".into())])
             .inc_by(d.failures);

@@ -121,18 +121,30 @@ impl Resolver {
         })
         .await
         .unwrap_or_else(|_| Err(format!("no answer within {LOOKUP_TIMEOUT:?}")))?;
-        if answer.0.is_empty() {
+        if answer.addrs.is_empty() {
             return Err("the answer holds no address".to_string());
         }
-        let (mut addrs, valid_until) = answer;
+        let Found {
+            mut addrs,
+            until,
+            kept,
+        } = answer;
         addrs.sort();
         addrs.dedup();
-        let ttl = valid_until.saturating_duration_since(asked);
-        Ok(Answer { addrs, ttl })
+        let ttl = until.saturating_duration_since(asked);
+        Ok(Answer {
+            addrs,
+            ttl,
+            keep_v4: kept[0],
+            keep_v6: kept[1],
+        })
     }
 
-    /// A and AAAA of `name`, asked together: either may be missing, not both.
-    async fn addresses(&self, name: &str, port: u16) -> Result<(Vec<SocketAddr>, Instant), String> {
+    /// A and AAAA of `name`, asked together: either may have no record, not both. One
+    /// family failing (no answer, SERVFAIL) beside the other's records is a half answer: its
+    /// family is marked kept, so the last set's addresses of it stay (a server that fails
+    /// AAAA alone neither empties nor shrinks the set).
+    async fn addresses(&self, name: &str, port: u16) -> Result<Found, String> {
         let fqdn = absolute(name);
         let (v4, v6) = tokio::join!(
             self.inner.ipv4_lookup(fqdn.as_str()),
@@ -141,7 +153,8 @@ impl Resolver {
         let mut addrs = Vec::new();
         let mut until: Option<Instant> = None;
         let mut errors = Vec::new();
-        for (family, result) in [("A", v4), ("AAAA", v6)] {
+        let mut kept = [false; 2];
+        for (i, (family, result)) in [("A", v4), ("AAAA", v6)].into_iter().enumerate() {
             match result {
                 Ok(lookup) => {
                     for record in lookup.answers() {
@@ -153,19 +166,27 @@ impl Resolver {
                         Some(until.map_or(lookup.valid_until(), |u| u.min(lookup.valid_until())));
                 }
                 Err(e) if e.is_no_records_found() => {}
-                Err(e) => errors.push(format!("{family}: {}", describe(&e))),
+                Err(e) => {
+                    kept[i] = true;
+                    errors.push(format!("{family}: {}", describe(&e)));
+                }
             }
         }
         match (addrs.is_empty(), errors.is_empty()) {
-            (false, _) => Ok((addrs, until.unwrap_or_else(Instant::now))),
-            (true, true) => Err(format!("{name} has no A or AAAA record")),
             (true, false) => Err(errors.join("; ")),
+            (true, true) => Err(format!("{name} has no A or AAAA record")),
+            (false, _) => Ok(Found {
+                addrs,
+                until: until.unwrap_or_else(Instant::now),
+                kept,
+            }),
         }
     }
 
     /// The SRV records of `name` with the lowest priority, each target's addresses (from
-    /// the answer's additional section, else asked) at the record's port.
-    async fn services(&self, name: &str) -> Result<(Vec<SocketAddr>, Instant), String> {
+    /// the answer's additional section, else asked) at the record's port. A target whose
+    /// lookup fails fails the whole (the last set is kept); one with no address is left out.
+    async fn services(&self, name: &str) -> Result<Found, String> {
         let lookup = self
             .inner
             .srv_lookup(absolute(name).as_str())
@@ -196,17 +217,28 @@ impl Resolver {
                 addrs.extend(glue.into_iter().map(|ip| SocketAddr::new(ip, srv.port)));
                 continue;
             }
-            match self.addresses(&srv.target.to_ascii(), srv.port).await {
-                Ok((found, valid)) => {
-                    addrs.extend(found);
-                    until = until.min(valid);
+            let target = srv.target.to_ascii();
+            match self.addresses(&target, srv.port).await {
+                Ok(found) if found.kept.contains(&true) => {
+                    return Err(format!("SRV target {target}: a half answer"));
                 }
-                Err(e) => tracing::debug!(%name, target = %srv.target, "SRV target: {e}"),
+                Ok(found) => {
+                    addrs.extend(found.addrs);
+                    until = until.min(found.until);
+                }
+                Err(e) if e.ends_with("has no A or AAAA record") => {
+                    tracing::debug!(%name, %target, "SRV target: {e}");
+                }
+                Err(e) => return Err(format!("SRV target {target}: {e}")),
             }
         }
         match addrs.is_empty() {
             true => Err(format!("no target of {name}'s SRV records has an address")),
-            false => Ok((addrs, until)),
+            false => Ok(Found {
+                addrs,
+                until,
+                kept: [false; 2],
+            }),
         }
     }
 }
@@ -229,12 +261,24 @@ fn describe(e: &NetError) -> String {
     }
 }
 
+/// What one lookup found: addresses, until when, and which family (A, AAAA) failed beside
+/// the other's records.
+struct Found {
+    addrs: Vec<SocketAddr>,
+    until: Instant,
+    kept: [bool; 2],
+}
+
 /// One good answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Answer {
     /// Sorted, without duplicates.
     pub addrs: Vec<SocketAddr>,
     pub ttl: Duration,
+    /// The IPv4 (IPv6) lookup failed beside the other's records: the IPv4 (IPv6) addresses
+    /// the set has stay.
+    pub keep_v4: bool,
+    pub keep_v6: bool,
 }
 
 /// Where a name stands, for the log (one line per change), the status page and metrics.
@@ -306,13 +350,16 @@ impl Discovery {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
+        // Failures first: a lookup is counted before its failure, so this order never
+        // reads more failures than lookups.
+        let failures = self.failures.load(Ordering::Relaxed);
         DiscoveryView {
             name: self.label.to_string(),
             standing,
             resolved_at,
             backends: self.backends.load().len(),
             lookups: self.lookups.load(Ordering::Relaxed),
-            failures: self.failures.load(Ordering::Relaxed),
+            failures,
         }
     }
 
@@ -332,6 +379,18 @@ impl Discovery {
     pub fn answered(&self, answer: &Answer) -> bool {
         self.lookups.fetch_add(1, Ordering::Relaxed);
         let old = self.backends.load_full();
+        let mut addrs = answer.addrs.clone();
+        let kept = old.iter().filter_map(|b| b.address()).filter(|a| match a {
+            SocketAddr::V4(_) => answer.keep_v4,
+            SocketAddr::V6(_) => answer.keep_v6,
+        });
+        addrs.extend(kept);
+        addrs.sort();
+        addrs.dedup();
+        let answer = Answer {
+            addrs,
+            ..answer.clone()
+        };
         let changed = answer.addrs.len() != old.len()
             || answer
                 .addrs
@@ -520,5 +579,81 @@ async fn run(
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn discovery() -> Discovery {
+        Discovery::new(Lookup::Dns {
+            name: "chat".into(),
+            port: 3000,
+        })
+    }
+
+    fn answer(addrs: &[&str], keep_v4: bool, keep_v6: bool) -> Answer {
+        let mut addrs: Vec<SocketAddr> = addrs.iter().map(|a| a.parse().unwrap()).collect();
+        addrs.sort();
+        Answer {
+            addrs,
+            ttl: Duration::from_secs(1),
+            keep_v4,
+            keep_v6,
+        }
+    }
+
+    fn names(d: &Discovery) -> Vec<String> {
+        d.backends().iter().map(|b| b.name().to_string()).collect()
+    }
+
+    #[test]
+    fn a_half_answer_keeps_the_failed_family_and_a_kept_address_its_state() {
+        let d = discovery();
+        assert!(d.answered(&answer(&["10.0.0.1:3000", "[fd00::1]:3000"], false, false)));
+        let v6 = d.backends()[1].clone();
+        // AAAA failed beside A's records: the IPv6 address stays, with its state.
+        assert!(d.answered(&answer(&["10.0.0.2:3000"], false, true)));
+        assert_eq!(names(&d), ["10.0.0.2:3000", "[fd00::1]:3000"]);
+        assert!(Arc::ptr_eq(&v6, &d.backends()[1]));
+        assert!(!d.answered(&answer(&["10.0.0.2:3000", "[fd00::1]:3000"], false, false)));
+    }
+
+    #[test]
+    fn in_a_checked_route_only_addresses_added_later_wait_for_a_check() {
+        let d = discovery();
+        d.checked.store(true, Ordering::Relaxed);
+        d.answered(&answer(&["10.0.0.1:3000"], false, false));
+        assert!(d.backends()[0].is_up(), "the first answer serves at once");
+        d.answered(&answer(&["10.0.0.1:3000", "10.0.0.2:3000"], false, false));
+        let added = d.backends()[1].clone();
+        assert!(!added.is_up());
+        assert!(matches!(
+            added.health(),
+            crate::balance::Health::DownByCheck { .. }
+        ));
+        added.checked(Ok(()));
+        assert!(added.is_up(), "one pass is enough for a new address");
+    }
+
+    #[test]
+    fn a_failure_keeps_the_set_and_is_counted() {
+        let d = discovery();
+        assert!(d.unresolved().is_some());
+        d.failed("the DNS server did not answer".into());
+        assert!(d.unresolved().unwrap().contains("did not answer"));
+        d.answered(&answer(&["10.0.0.1:3000"], false, false));
+        d.failed("SERVFAIL".into());
+        assert_eq!(names(&d), ["10.0.0.1:3000"]);
+        let view = d.view();
+        assert_eq!(
+            view.standing,
+            Standing::Failing {
+                error: "SERVFAIL".into()
+            }
+        );
+        assert_eq!((view.lookups, view.failures), (3, 2));
+        assert!(d.unresolved().is_none());
     }
 }

@@ -90,10 +90,13 @@ pub struct Timing {
     pub timeout: Duration,
 }
 
-/// The running check loops, by backend.
+/// The running check loops, by the backend state each checks (its address in memory: the
+/// loop holds the state, so the address stays its own). By state, not by address: a
+/// discovered backend and a fixed one with one address are two states, and a state a
+/// reload replaced gets its loop stopped, not kept for the new one.
 #[derive(Debug, Default)]
 pub struct Checks {
-    running: Mutex<HashMap<Backend, Running>>,
+    running: Mutex<HashMap<usize, Running>>,
 }
 
 #[derive(Debug)]
@@ -101,6 +104,12 @@ struct Running {
     probe: Probe,
     timing: Timing,
     stop: CancellationToken,
+    /// Held, so no other state takes its address while the entry stands.
+    _state: Arc<BackendState>,
+}
+
+fn key(state: &Arc<BackendState>) -> usize {
+    Arc::as_ptr(state) as usize
 }
 
 impl Checks {
@@ -110,7 +119,7 @@ impl Checks {
     /// start, and after each reload): the loops are its background work, spawned through
     /// `spawner`, and end at `shutdown`'s stop.
     pub fn reconcile(&self, pools: &Pools, timing: Timing, spawner: &Spawner, shutdown: &Shutdown) {
-        let mut wanted: HashMap<Backend, (Probe, Arc<BackendState>)> = HashMap::new();
+        let mut wanted: HashMap<usize, (Probe, Arc<BackendState>)> = HashMap::new();
         for pool in pools.iter() {
             let Some(check) = &pool.check else { continue };
             let probe = Probe {
@@ -118,40 +127,41 @@ impl Checks {
                 send_proxy: pool.send_proxy,
             };
             for state in pool.backends() {
-                match wanted.get(&state.backend) {
+                match wanted.get(&key(&state)) {
                     Some((first, _)) if *first != probe => tracing::warn!(
                         backend = %state.backend,
                         "two health checks for one backend: {first} is used, {probe} is not",
                     ),
                     Some(_) => {}
                     None => {
-                        wanted.insert(state.backend.clone(), (probe.clone(), state.clone()));
+                        wanted.insert(key(&state), (probe.clone(), state.clone()));
                     }
                 }
             }
         }
         let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        running.retain(|backend, r| {
+        running.retain(|state, r| {
             let keep = wanted
-                .get(backend)
+                .get(state)
                 .is_some_and(|(probe, _)| *probe == r.probe && timing == r.timing);
             if !keep {
                 r.stop.cancel();
             }
             keep
         });
-        for (backend, (probe, state)) in wanted {
-            if running.contains_key(&backend) {
+        for (at, (probe, state)) in wanted {
+            if running.contains_key(&at) {
                 continue;
             }
             let stop = shutdown.stop_child();
-            spawner.background(run(state, probe.clone(), timing, stop.clone()));
+            spawner.background(run(state.clone(), probe.clone(), timing, stop.clone()));
             running.insert(
-                backend,
+                at,
                 Running {
                     probe,
                     timing,
                     stop,
+                    _state: state,
                 },
             );
         }

@@ -594,6 +594,12 @@ impl Registry {
             for discovery in &pool.discovered {
                 let is_checked = checked.get(&discovery.lookup).copied().unwrap_or(false);
                 discovery.checked.store(is_checked, Ordering::Relaxed);
+                if !is_checked {
+                    // No check will ever pass for them now: waiting would be forever.
+                    for state in discovery.backends().iter() {
+                        state.pending.store(false, Ordering::Relaxed);
+                    }
+                }
             }
         }
         backends.forget_dead();

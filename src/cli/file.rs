@@ -3,9 +3,11 @@
 //! Pure: text in, arguments out, each with the line it came from so an error can name it.
 //! A line is a flag and its value exactly as typed on a command line (`--route
 //! /socket.io/=127.0.0.1:3000`, or `--route=/socket.io/=…`), a flag alone (`--strict-sni`),
-//! a `#` comment or blank. The value is the rest of the line, so a path with spaces needs no
-//! quotes; a value wholly in matching quotes loses them (`--acme-email "ops@example.com"`),
-//! and ` #` outside quotes starts a comment. No shell expansion: `$HOME` is four characters.
+//! a `#` comment or blank. The value is the rest of the line, one argument (a repeatable
+//! flag's value is then split at spaces, as on the command line and in `WSSBRIDGE_*`); a
+//! value wholly in matching quotes loses them (`--acme-email "ops@example.com"`,
+//! `--to="127.0.0.1:3000"`), and ` #` outside quotes starts a comment. No shell expansion:
+//! `$HOME` is five characters.
 
 use std::ffi::OsString;
 
@@ -65,10 +67,11 @@ fn parse_line(line: &str) -> Result<Line, String> {
             "'{line}': one flag per line (the value of {name} is the rest of its line)"
         ));
     }
-    let mut args = vec![OsString::from(flag)];
-    if !value.is_empty() {
-        args.push(OsString::from(value));
-    }
+    let args = match flag.split_once('=') {
+        Some((name, joined)) => vec![OsString::from(format!("{name}={}", unquote(joined)))],
+        None if value.is_empty() => vec![OsString::from(flag)],
+        None => vec![OsString::from(flag), OsString::from(value)],
+    };
     Ok(Line {
         number: 0,
         flag: name.to_string(),
@@ -125,7 +128,7 @@ mod tests {
     #[test]
     fn a_line_is_a_flag_and_the_rest_its_value() {
         let text = "# wssbridge\n\n--listen :443\n  --route /socket.io/=127.0.0.1:3000  # the app\n\
-                    --strict-sni\n--to=127.0.0.1:8080\n--cert /etc/ssl/my certs/a.pem\n\
+                    --strict-sni\n--to=\"127.0.0.1:8080\"\n--pid-file /run/my dir/wssbridge.pid\n\
                     --acme-email \"ops@example.com\"\n--admin-host 'a#b'\n";
         assert_eq!(
             args(text),
@@ -134,7 +137,7 @@ mod tests {
                 vec!["--route", "/socket.io/=127.0.0.1:3000"],
                 vec!["--strict-sni"],
                 vec!["--to=127.0.0.1:8080"],
-                vec!["--cert", "/etc/ssl/my certs/a.pem"],
+                vec!["--pid-file", "/run/my dir/wssbridge.pid"],
                 vec!["--acme-email", "ops@example.com"],
                 vec!["--admin-host", "a#b"],
             ]

@@ -681,22 +681,38 @@ impl Args {
                 .map_err(|e| Refused::File(format!("--flags-file {shown}: {e}")))?;
             let lines = file::parse(&text)
                 .map_err(|(n, e)| Refused::File(format!("{shown} line {n}: {e}")))?;
-            let given = given_flags(&argv[1.min(argv.len())..]);
-            for line in &lines {
-                check_line(line)
+            let command = <Args as clap::CommandFactory>::command();
+            let given = given_flags(&command, &argv[1.min(argv.len())..]);
+            let mut once: Vec<(String, usize)> = Vec::new();
+            for line in lines {
+                check_line(&line)
                     .map_err(|e| Refused::File(format!("{shown} line {}: {e}", line.number)))?;
-                if single_valued(&line.flag) && given.contains(&line.flag) {
+                let Some((name, single)) = flag_kind(&command, &line.flag) else {
+                    all.extend(line.args);
+                    continue;
+                };
+                if single && given.contains(&name) {
                     overridden.push(format!(
                         "{shown} line {}: its {} is overridden by the command line's",
                         line.number, line.flag
                     ));
+                    continue;
                 }
+                if single && !is_level(&name) {
+                    if let Some((_, first)) = once.iter().find(|(n, _)| *n == name) {
+                        return Err(Refused::File(format!(
+                            "{shown} line {}: {} is given again (line {first} has it): it \
+                             takes one value",
+                            line.number, line.flag
+                        )));
+                    }
+                    once.push((name, line.number));
+                }
+                all.extend(line.args);
             }
-            all.extend(lines.into_iter().flat_map(|l| l.args));
         }
         all.extend(argv.iter().skip(1).cloned());
         let matches = <Args as clap::CommandFactory>::command()
-            .args_override_self(true)
             .try_get_matches_from(all)
             .map_err(Refused::Flag)?;
         let mut args =
@@ -927,34 +943,54 @@ fn flags_file(argv: &[OsString]) -> Option<PathBuf> {
     })
 }
 
-/// The long flags `args` gives (`--to`, from `--to x` and `--to=x`).
-fn given_flags(args: &[OsString]) -> Vec<String> {
+/// `-v`/`-q` (and their long names): one setting, the log level, whichever is given.
+fn is_level(name: &str) -> bool {
+    matches!(name, "--verbose" | "--quiet")
+}
+
+/// The long name of `flag` as written (`--to`, `--to=x`, `-v`, `-vv`), and whether a second
+/// one replaces the first (one value, a switch, or the log level), as clap knows it. The
+/// log level's two flags are one setting: each is named `--verbose`.
+fn flag_kind(command: &clap::Command, flag: &str) -> Option<(String, bool)> {
+    let arg = match flag.strip_prefix("--") {
+        Some(long) => {
+            let long = long.split_once('=').map_or(long, |(name, _)| name);
+            command
+                .get_arguments()
+                .find(|a| a.get_long() == Some(long))?
+        }
+        None => {
+            let short = flag.strip_prefix('-')?.chars().next()?;
+            command
+                .get_arguments()
+                .find(|a| a.get_short() == Some(short))?
+        }
+    };
+    let long = arg.get_long()?;
+    let name = match is_level(&format!("--{long}")) {
+        true => "--verbose".to_string(),
+        false => format!("--{long}"),
+    };
+    Some((name, !matches!(arg.get_action(), ArgAction::Append)))
+}
+
+/// The flags `args` (a command line) gives, by long name (`--to` from `--to x` and
+/// `--to=x`, `--verbose` from `-vv` and from `-q`).
+fn given_flags(command: &clap::Command, args: &[OsString]) -> Vec<String> {
     args.iter()
         .map(|a| a.to_string_lossy())
         .take_while(|a| a != "--")
-        .filter(|a| a.starts_with("--"))
-        .map(|a| a.split_once('=').map_or(&*a, |(name, _)| name).to_string())
+        .filter(|a| a.starts_with('-') && a.len() > 1)
+        .filter_map(|a| flag_kind(command, &a).map(|(name, _)| name))
         .collect()
-}
-
-/// Whether `flag` (`--to`) takes one value, so a second one replaces the first.
-fn single_valued(flag: &str) -> bool {
-    let Some(long) = flag.strip_prefix("--") else {
-        return false;
-    };
-    <Args as clap::CommandFactory>::command()
-        .get_arguments()
-        .find(|a| a.get_long() == Some(long))
-        .is_some_and(|a| !matches!(a.get_action(), ArgAction::Append | ArgAction::Count))
 }
 
 /// One line of the flags file checked alone, without the environment, so a bad value is
 /// named by its line; what only the whole can tell (a flag another requires) is left to it.
 fn check_line(line: &file::Line) -> Result<(), String> {
     use clap::error::ErrorKind;
-    let command = <Args as clap::CommandFactory>::command()
-        .mut_args(|a| a.env(None::<&'static str>))
-        .args_override_self(true);
+    let command =
+        <Args as clap::CommandFactory>::command().mut_args(|a| a.env(None::<&'static str>));
     let argv = std::iter::once(OsString::from("wssbridge")).chain(line.args.iter().cloned());
     match command.try_get_matches_from(argv) {
         Ok(_) => Ok(()),

@@ -362,6 +362,7 @@ impl Tunnel {
             redirect,
             admin,
             parent: None,
+            from_flags: Default::default(),
         };
         let server = Server::new(config).expect("server");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
