@@ -27,6 +27,8 @@ pub struct Connected {
     pub stream: TcpStream,
     pub backend: Arc<BackendState>,
     pub lease: Lease,
+    /// Under `--balance cookie`: the request's affinity cookie chose it.
+    pub by_cookie: bool,
 }
 
 /// Why no backend connection was made.
@@ -42,29 +44,33 @@ pub enum NotConnected {
 }
 
 /// Connects to the first backend of `pool` that accepts, in the order the pool gives for a
-/// client at `client`. A failed connect marks its backend down for `fail_timeout` and moves
-/// on at once (nothing was sent yet).
+/// client at `client` whose affinity cookie (under `--balance cookie`) holds `cookie`. A
+/// failed connect marks its backend down for `fail_timeout` and moves on at once (nothing
+/// was sent yet).
 pub async fn connect(
     pool: &Pool,
-    client: IpAddr,
+    (client, cookie): (IpAddr, Option<&str>),
     timeout: Option<Duration>,
     fail_timeout: Option<Duration>,
 ) -> Result<Connected, NotConnected> {
-    let order = pool.order(client);
+    let (order, by_cookie) = pool.order_for(client, cookie);
     if order.is_empty() {
         let why = pool.empty_because().unwrap_or_default();
         tracing::debug!(route = %pool.route(), "no backend: {why}");
         return Err(NotConnected::Undiscovered(why));
     }
-    for state in order {
+    for (i, state) in order.into_iter().enumerate() {
         match dial(&state.backend, timeout).await {
             Ok(stream) => {
                 tune(SockRef::from(&stream));
                 let lease = state.connected();
+                let by_cookie = by_cookie && i == 0;
+                pool.placed(by_cookie);
                 return Ok(Connected {
                     stream,
-                    backend: state.clone(),
+                    backend: state,
                     lease,
+                    by_cookie,
                 });
             }
             Err(e) if is_local(&e) => {

@@ -87,12 +87,16 @@ pub fn json(snap: &Snapshot, board: &Board) -> String {
                     })
                 })
                 .collect();
+            let affinity = route.placements.map(|(cookie, least)| {
+                json!({"placed_by_cookie": cookie, "placed_by_least_conn": least})
+            });
             json!({
                 "route": route.route,
                 "policy": route.policy,
                 "health_check": route.check,
                 "backends": backends,
                 "discovery": discovery,
+                "affinity": affinity,
             })
         })
         .collect();
@@ -229,12 +233,17 @@ fn main(o: &mut String, snap: &Snapshot, board: &Board) {
     for route in &snap.routes {
         let _ = write!(
             o,
-            "<h3><code>{}</code> <small>{} &middot; health check {}</small></h3>\
+            "<h3><code>{}</code> <small>{} &middot; health check {}{}</small></h3>\
              <div class=\"scroll\"><table><tr><th>backend</th><th>state</th>\
              <th>connections</th><th>connect failures</th></tr>",
             escape(&route.route),
             escape(&route.policy),
-            escape(&route.check)
+            escape(&route.check),
+            route
+                .placements
+                .map_or(String::new(), |(cookie, least)| format!(
+                    " &middot; placed by cookie {cookie}, by least-conn {least}"
+                )),
         );
         for d in &route.discovery {
             let (state, error) = standing(&d.standing);
@@ -485,7 +494,7 @@ const SCRIPT: &str = r#"<script>
     const span = minutes <= 1 ? 'The last minute' : minutes < 60 ? `The last ${minutes} minutes` : 'The last hour';
     h += `<section class="charts"><h2>${span}</h2>${chart('connections', hi.connections)}${chart('WebSockets', hi.websockets)}${chart('handshakes/s', hi.handshakes_per_second)}${chart('bytes/s', hi.bytes_per_second)}</section><section><h2>Routes</h2>`;
     for (const r of d.routes) {
-      h += `<h3><code>${esc(r.route)}</code> <small>${esc(r.policy)} &middot; health check ${esc(r.health_check)}</small></h3><div class="scroll"><table><tr><th>backend</th><th>state</th><th>connections</th><th>connect failures</th></tr>`;
+      h += `<h3><code>${esc(r.route)}</code> <small>${esc(r.policy)} &middot; health check ${esc(r.health_check)}${r.affinity ? ` &middot; placed by cookie ${r.affinity.placed_by_cookie}, by least-conn ${r.affinity.placed_by_least_conn}` : ''}</small></h3><div class="scroll"><table><tr><th>backend</th><th>state</th><th>connections</th><th>connect failures</th></tr>`;
       for (const x of r.discovery) h += `<tr class="discovery ${esc(x.state)}"><td colspan="4"><code>${esc(x.name)}</code> ${esc(x.state)}${x.error ? ': ' + esc(x.error) : ''} &middot; ${x.backends} backends</td></tr>`;
       for (const b of r.backends) {
         const state = !b.down ? '<span class="ok">up</span>' : b.down.by === 'connect' ? `<span class="bad">down</span> (a connect failed; tried again in ${b.down.seconds_left} s)` : `<span class="bad">down</span> (health check: ${esc(b.down.why)})`;

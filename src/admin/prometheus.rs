@@ -81,6 +81,19 @@ fn prometheus(snapshot: &Snapshot) -> Registry {
         failures,
     );
     discovery(&mut registry, snapshot);
+    let placements = Family::<Labels2, Counter>::default();
+    for route in &snapshot.routes {
+        if let Some((cookie, least)) = route.placements {
+            let by = |how: &str| [("route", route.route.clone()), ("by", how.to_string())];
+            placements.get_or_create(&by("cookie")).inc_by(cookie);
+            placements.get_or_create(&by("least_conn")).inc_by(least);
+        }
+    }
+    registry.register(
+        "wssbridge_affinity_placements",
+        "Connections a --balance cookie route placed, by their affinity cookie or by least-conn",
+        placements,
+    );
 
     // Each name once: the first certificate naming it serves it.
     let expiry = Family::<Labels1, Gauge>::default();

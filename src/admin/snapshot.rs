@@ -58,6 +58,8 @@ pub struct RouteView {
     pub check: String,
     /// The DNS names it discovers backends by.
     pub discovery: Vec<DiscoveryView>,
+    /// Under `--balance cookie`: connections placed by their cookie, and by least-conn.
+    pub placements: Option<(u64, u64)>,
 }
 
 #[derive(Debug)]
@@ -122,6 +124,7 @@ impl Snapshot {
                     .as_ref()
                     .map_or("off".to_string(), ToString::to_string),
                 discovery: pool.discoveries().iter().map(|d| d.view()).collect(),
+                placements: pool.placements(),
             })
             .collect();
         let loaded_at = config

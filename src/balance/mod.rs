@@ -3,8 +3,9 @@
 //! configuration.
 //!
 //! Policies (`--balance`): `round-robin` (the default), `least-conn` (fewest live connections
-//! through this process, ties round-robin) and `ip-hash` (rendezvous hashing of the client
-//! address, see [`hash`]). Whatever the policy, backends that are up come first, in the
+//! through this process, ties round-robin), `ip-hash` (rendezvous hashing of the client
+//! address, see [`hash`]) and `cookie` (the backend an affinity cookie names, else
+//! least-conn; see [`affinity`]). Whatever the policy, backends that are up come first, in the
 //! policy's order, then those marked down, in the same order: a connection still tries every
 //! backend before it is answered 502, so a route never ejects its only backend into a 502 loop.
 //!
@@ -17,6 +18,7 @@
 //! no counter, no health and no round-robin position. The registry holds that state weakly:
 //! a backend no configuration names any more is forgotten.
 
+pub mod affinity;
 pub mod discovery;
 pub mod hash;
 pub mod health;
@@ -44,6 +46,9 @@ pub enum Strategy {
     RoundRobin,
     LeastConn,
     IpHash,
+    /// The backend the request's affinity cookie names, if it is up; else least-conn, and
+    /// the response sets the cookie.
+    Cookie,
 }
 
 impl FromStr for Strategy {
@@ -54,8 +59,9 @@ impl FromStr for Strategy {
             "round-robin" => Ok(Strategy::RoundRobin),
             "least-conn" => Ok(Strategy::LeastConn),
             "ip-hash" => Ok(Strategy::IpHash),
+            "cookie" => Ok(Strategy::Cookie),
             other => Err(format!(
-                "unknown policy '{other}' (use round-robin, least-conn or ip-hash)"
+                "unknown policy '{other}' (use round-robin, least-conn, ip-hash or cookie)"
             )),
         }
     }
@@ -67,6 +73,7 @@ impl fmt::Display for Strategy {
             Strategy::RoundRobin => "round-robin",
             Strategy::LeastConn => "least-conn",
             Strategy::IpHash => "ip-hash",
+            Strategy::Cookie => "cookie",
         })
     }
 }
@@ -394,6 +401,28 @@ pub struct Pool {
     pub send_proxy: Option<proxy_protocol::Version>,
     /// Where the next round-robin turn starts (also least-conn's tie-break).
     next: Arc<AtomicUsize>,
+    /// Under `cookie`, the cookie's name, key and attributes.
+    pub affinity: Option<Arc<affinity::Affinity>>,
+    /// Under `cookie`, connections placed by a cookie and by least-conn (kept by route
+    /// across reloads).
+    placed: Arc<Placements>,
+}
+
+/// Connections a `cookie` route placed by its cookie, and by least-conn.
+#[derive(Debug, Default)]
+pub struct Placements {
+    by_cookie: AtomicU64,
+    by_least_conn: AtomicU64,
+}
+
+impl Placements {
+    /// (by cookie, by least-conn).
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.by_cookie.load(Ordering::Relaxed),
+            self.by_least_conn.load(Ordering::Relaxed),
+        )
+    }
 }
 
 impl Pool {
@@ -437,10 +466,52 @@ impl Pool {
         Some(why.join("; "))
     }
 
+    /// Under `cookie`: connections placed by cookie and by least-conn so far.
+    pub fn placements(&self) -> Option<(u64, u64)> {
+        self.affinity.as_ref().map(|_| self.placed.counts())
+    }
+
+    /// A connection to the first backend of an order was made: counted by how it was placed
+    /// (`by_cookie`), under `cookie`.
+    pub fn placed(&self, by_cookie: bool) {
+        if self.affinity.is_some() {
+            let count = match by_cookie {
+                true => &self.placed.by_cookie,
+                false => &self.placed.by_least_conn,
+            };
+            count.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// The backends in the order a connection from `client` should try them: those up in the
     /// policy's order, then those down in the same order. Empty while the route's only
     /// backends are names that have not resolved.
     pub fn order(&self, client: IpAddr) -> Vec<Arc<BackendState>> {
+        self.order_for(client, None).0
+    }
+
+    /// Like [`Pool::order`], for a request whose affinity cookie holds `cookie`; true when
+    /// the cookie chose the first backend (under `cookie`, a value naming one that is up).
+    pub fn order_for(
+        &self,
+        client: IpAddr,
+        cookie: Option<&str>,
+    ) -> (Vec<Arc<BackendState>>, bool) {
+        let mut order = self.ranked(client);
+        let named = match (&self.affinity, cookie) {
+            (Some(affinity), Some(value)) => order
+                .iter()
+                .position(|b| b.is_up() && affinity.value(b.name()) == value),
+            _ => None,
+        };
+        if let Some(i) = named {
+            let chosen = order.remove(i);
+            order.insert(0, chosen);
+        }
+        (order, named.is_some())
+    }
+
+    fn ranked(&self, client: IpAddr) -> Vec<Arc<BackendState>> {
         let backends = match self.discovered.is_empty() {
             true => std::borrow::Cow::Borrowed(&self.backends),
             false => std::borrow::Cow::Owned(self.backends()),
@@ -455,7 +526,7 @@ impl Pool {
                 let start = turn();
                 (0..n).map(|i| (start + i) % n).collect()
             }
-            Strategy::LeastConn => {
+            Strategy::LeastConn | Strategy::Cookie => {
                 let start = turn();
                 let mut order: Vec<usize> = (0..n).map(|i| (start + i) % n).collect();
                 // Stable: equal counts keep the round-robin order.
@@ -482,6 +553,8 @@ pub struct Balancing {
     pub policies: Vec<PerRoute<Strategy>>,
     pub checks: Vec<PerRoute<Check>>,
     pub send_proxy: Vec<PerRoute<proxy_protocol::Version>>,
+    /// The cookie of the routes balanced by `cookie`.
+    pub affinity: affinity::Affinity,
 }
 
 /// One pool per route, indexed like the route table.
@@ -536,6 +609,9 @@ impl Pools {
                 check: check.cloned(),
                 send_proxy: send_proxy.copied(),
                 next: Arc::default(),
+                affinity: (policy == Some(&Strategy::Cookie))
+                    .then(|| Arc::new(balancing.affinity.clone())),
+                placed: Arc::default(),
             })
             .collect();
         Ok(Pools { pools })
@@ -567,6 +643,7 @@ impl Pools {
 pub struct Registry {
     backends: Mutex<WeakMap<Backend, BackendState>>,
     turns: Mutex<WeakMap<RouteName, AtomicUsize>>,
+    placed: Mutex<WeakMap<RouteName, Placements>>,
     discoveries: Mutex<WeakMap<Lookup, Discovery>>,
     pub health: health::Checks,
     pub discovery: discovery::Loops,
@@ -579,9 +656,11 @@ impl Registry {
         let mut backends = self.backends.lock().unwrap_or_else(|e| e.into_inner());
         let mut turns = self.turns.lock().unwrap_or_else(|e| e.into_inner());
         let mut discoveries = self.discoveries.lock().unwrap_or_else(|e| e.into_inner());
+        let mut placed = self.placed.lock().unwrap_or_else(|e| e.into_inner());
         let mut checked: HashMap<Lookup, bool> = HashMap::new();
         for pool in &mut pools.pools {
             pool.next = turns.share(&pool.name, &pool.next);
+            pool.placed = placed.share(&pool.name, &pool.placed);
             for state in &mut pool.backends {
                 *state = backends.share(&state.backend, state);
             }
@@ -604,6 +683,7 @@ impl Registry {
         }
         backends.forget_dead();
         turns.forget_dead();
+        placed.forget_dead();
         discoveries.forget_dead();
     }
 }

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use clap::{ArgAction, Parser, ValueEnum};
 
+use crate::balance::affinity::{Affinity, SameSite};
 use crate::balance::{Balancing, Check, PerRoute, Strategy};
 use crate::cidr::Cidr;
 use crate::config::{
@@ -261,15 +262,69 @@ pub struct Args {
     #[arg(long, env = "WSSBRIDGE_ALLOW_SNI_MISMATCH")]
     pub allow_sni_mismatch: bool,
 
-    /// round-robin, least-conn or ip-hash, for every route or one.
+    /// round-robin, least-conn, ip-hash or cookie, for every route or one.
     ///
     /// How a route spreads connections over its backends: round-robin, least-conn (fewest
-    /// live connections) or ip-hash (sticky by client address); POLICY for every route or
-    /// [HOST]PATH=POLICY for one, named as its --route names it; repeatable.
+    /// live connections), ip-hash (sticky by client address) or cookie (sticky by a cookie
+    /// the first response sets: for clients that share an address or change it, as behind
+    /// a NAT or on a phone; a request without a valid one is placed by least-conn); POLICY
+    /// for every route or [HOST]PATH=POLICY for one, named as its --route names it;
+    /// repeatable.
     #[arg(help_heading = "Balancing", hide_env = true)]
     #[arg(long = "balance", env = "WSSBRIDGE_BALANCE", value_name = "[[HOST]PATH=]POLICY",
           value_delimiter = ' ', action = ArgAction::Append)]
     pub balance: Vec<PerRoute<Strategy>>,
+
+    /// The affinity cookie's name, under --balance cookie.
+    ///
+    /// The name of the cookie --balance cookie sets (Set-Cookie: NAME=VALUE; Path=the
+    /// route's path; Secure; HttpOnly; SameSite=Lax), whose value names the backend (a keyed
+    /// hash, not its address). The application's own cookies pass untouched.
+    #[arg(help_heading = "Balancing", hide_env = true)]
+    #[arg(
+        long,
+        env = "WSSBRIDGE_AFFINITY_COOKIE",
+        value_name = "NAME",
+        default_value = "wssbridge"
+    )]
+    pub affinity_cookie: String,
+
+    /// Key of the affinity cookie's value (same on every instance of a fleet).
+    ///
+    /// The key of the affinity cookie's value (HMAC-SHA256 of the backend as written).
+    /// Without it a fixed key is used: values are stable, but anyone can compute which
+    /// backend address a value names. Give every instance of a fleet the same secret (and
+    /// the same backend list), so a cookie one sets, another honours.
+    #[arg(help_heading = "Balancing", hide_env = true)]
+    #[arg(long, env = "WSSBRIDGE_AFFINITY_SECRET", value_name = "SECRET")]
+    pub affinity_secret: Option<String>,
+
+    /// SameSite of the affinity cookie: lax, strict or none.
+    ///
+    /// SameSite of the affinity cookie: lax (the default), strict, or none, for a page on
+    /// another site than the socket.io endpoint (a cross-site request sends a Lax cookie
+    /// only on top-level navigation). Secure is always set.
+    #[arg(help_heading = "Balancing", hide_env = true)]
+    #[arg(
+        long,
+        env = "WSSBRIDGE_AFFINITY_SAMESITE",
+        value_name = "lax|strict|none",
+        default_value = "lax"
+    )]
+    pub affinity_samesite: SameSite,
+
+    /// Max-Age of the affinity cookie (0: a session cookie).
+    ///
+    /// How long the affinity cookie lasts (Max-Age): 0, the default, makes it a session
+    /// cookie that ends when the browser closes, as a socket.io session does.
+    #[arg(help_heading = "Balancing", hide_env = true)]
+    #[arg(
+        long,
+        env = "WSSBRIDGE_AFFINITY_MAX_AGE",
+        value_name = "DURATION",
+        default_value = "0"
+    )]
+    pub affinity_max_age: Timeout,
 
     /// How long a failed connect marks a backend down.
     ///
@@ -739,6 +794,13 @@ impl Args {
     /// The settings these flags ask for; `Config::build` checks and loads them. Fails only
     /// when flags that go in pairs do not pair up.
     pub fn into_settings(self) -> anyhow::Result<Settings> {
+        let affinity = Affinity::new(
+            &self.affinity_cookie,
+            self.affinity_secret.as_deref(),
+            self.affinity_samesite,
+            self.affinity_max_age.0,
+        )
+        .map_err(|e| anyhow::anyhow!("--affinity-cookie: {e}"))?;
         let logging = Logging {
             level: self.log_level(),
             json: self.log_format == LogFormat::Json,
@@ -817,6 +879,7 @@ impl Args {
                 policies: self.balance,
                 checks: self.health_checks,
                 send_proxy: self.send_proxy,
+                affinity,
             },
             fail_timeout: self.fail_timeout.0,
             health_interval: self.health_interval.0,

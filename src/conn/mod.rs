@@ -14,7 +14,7 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::balance::{Lease, Pool};
+use crate::balance::{BackendState, Lease, Pool};
 use crate::cidr::Cidr;
 use crate::config::ServingConfig;
 use crate::connect::{self, Connected, NotConnected};
@@ -111,7 +111,8 @@ async fn pipeline(
 
     // connect: in the route's balancing order, failing over.
     let pool = config.pools.get(admitted.route);
-    let (mut backend, _lease) = match Box::pin(dial(config, pool, client_addr, summary)).await {
+    let dialed = dial(config, pool, (client_addr, &head), summary);
+    let (mut backend, _lease, affinity) = match Box::pin(dialed).await {
         Ok(connected) => connected,
         Err(status) => return answer(&mut client, status).await,
     };
@@ -129,7 +130,7 @@ async fn pipeline(
         head,
         admitted,
         summary.sni.clone(),
-        forwarding,
+        (forwarding, affinity),
         asked,
     );
     let (transfer, traffic) = (&mut summary.transfer, &state.metrics.traffic);
@@ -190,7 +191,7 @@ fn watch<'a>(
     head: Head,
     admitted: http::Admitted,
     sni: Option<String>,
-    forwarding: Option<Forwarding>,
+    (forwarding, affinity): (Option<Forwarding>, Option<http::CookieRule>),
     (farewell_asked, draining): (Asked<'a>, Asked<'a>),
 ) -> splice::Watch<'a, Exchange, Farewell> {
     let shutdown = &state.shutdown;
@@ -205,7 +206,7 @@ fn watch<'a>(
         admitted.upgrade,
     );
     splice::Watch {
-        gate: Some(Box::new(gate.forwarding(forwarding))),
+        gate: Some(Box::new(gate.forwarding(forwarding).affinity(affinity))),
         drain: Some(splice::Drain::new(draining, Box::pin(shutdown.drained()))),
         tunnel: farewell,
         close: Some(close.after(websocket::jitter())),
@@ -277,23 +278,54 @@ fn admission(
 async fn dial(
     config: &ServingConfig,
     pool: &Pool,
-    client: std::net::SocketAddr,
+    (client, head): (std::net::SocketAddr, &Head),
     summary: &mut Summary,
-) -> Result<(TcpStream, Lease), Status> {
+) -> Result<(TcpStream, Lease, Option<http::CookieRule>), Status> {
     let timeouts = (config.timeouts.connect, config.fail_timeout);
-    match connect::connect(pool, client.ip(), timeouts.0, timeouts.1).await {
+    let cookie = pool.affinity.as_ref().and_then(|affinity| {
+        let header = head.cookie.as_deref()?;
+        http::head::cookie(header, &affinity.name)
+    });
+    match connect::connect(pool, (client.ip(), cookie), timeouts.0, timeouts.1).await {
         Ok(Connected {
             stream,
             backend,
             lease,
+            ..
         }) => {
             summary.backend = Some(backend.name().to_string());
-            Ok((stream, lease))
+            let rule = affinity_rule(config, pool, &backend);
+            Ok((stream, lease, rule))
         }
         Err(NotConnected::Backends) => Err(Status::BadGateway),
         Err(NotConnected::Undiscovered(_)) => Err(Status::NotDiscovered),
         Err(NotConnected::Local(_)) => Err(Status::Unavailable),
     }
+}
+
+/// Under `--balance cookie`: the affinity cookie the connection's `backend` answers to, the
+/// values of the route's other backends up now, and the line its responses may get.
+fn affinity_rule(
+    config: &ServingConfig,
+    pool: &Pool,
+    backend: &BackendState,
+) -> Option<http::CookieRule> {
+    let affinity = pool.affinity.as_ref()?;
+    let mine = affinity.value(backend.name());
+    let others = pool
+        .backends()
+        .iter()
+        .filter(|b| b.is_up() && b.name() != backend.name())
+        .map(|b| affinity.value(b.name()))
+        .collect();
+    let route = config.pools.iter().position(|p| std::ptr::eq(p, pool));
+    let path = route.map_or("/", |i| config.http.routes.get(i).spec.path.as_str());
+    Some(http::CookieRule {
+        name: affinity.name.clone(),
+        line: affinity.set_cookie(&mine, path),
+        mine,
+        others,
+    })
 }
 
 /// The TLS handshake, counted in the metrics; a failure is the connection's outcome.

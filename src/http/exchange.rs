@@ -85,6 +85,24 @@ pub struct Exchange {
     changed: bool,
     /// `--add-forwarded`: every later request head gets the client's address.
     forwarding: Option<Forwarding>,
+    /// `--balance cookie`: the affinity cookie this connection's backend answers to.
+    affinity: Option<CookieRule>,
+}
+
+/// Under `--balance cookie`: the affinity cookie of the connection's backend. A final
+/// response to a request that did not carry `mine` gets `line` (one header line, the rest of
+/// the head unchanged); a later request carrying a value in `others` goes elsewhere (the
+/// connection is closed before it, so the client's retry is placed by its cookie). A `101`
+/// is never changed.
+#[derive(Debug, Clone)]
+pub struct CookieRule {
+    pub name: String,
+    /// The value naming this connection's backend.
+    pub mine: String,
+    /// The values naming the route's other backends that were up when it connected.
+    pub others: Vec<String>,
+    /// `Set-Cookie: NAME=MINE; …` and CRLF.
+    pub line: Vec<u8>,
 }
 
 enum Up {
@@ -104,6 +122,8 @@ enum Down {
 struct Awaited {
     head_method: bool,
     upgrade: Option<Upgrade>,
+    /// Its `Cookie` header, kept only while an affinity rule may read it.
+    cookie: Option<String>,
 }
 
 impl Exchange {
@@ -127,7 +147,19 @@ impl Exchange {
             upgraded: false,
             changed: false,
             forwarding: None,
+            affinity: None,
         }
+    }
+
+    /// Under `--balance cookie`: the affinity cookie of this connection's backend.
+    pub fn affinity(mut self, rule: Option<CookieRule>) -> Self {
+        if rule.is_none() {
+            for awaited in &mut self.awaited {
+                awaited.cookie = None;
+            }
+        }
+        self.affinity = rule;
+        self
     }
 
     /// Adds the client's address to every later request head (`--add-forwarded`).
@@ -268,6 +300,7 @@ impl Exchange {
             Fed::Invalid(e) => self.halt(Stop::Refused(e.status())),
             Fed::Head(head) => {
                 match admit(&self.policy, &head, self.sni.as_deref(), Some(self.route)) {
+                    Ok(_) if self.goes_elsewhere(&head) => self.halt(Stop::Confined),
                     Ok(admitted) => {
                         match &self.forwarding {
                             Some(fwd) => forwarded::rewrite(&self.up_head, fwd, out),
@@ -295,10 +328,37 @@ impl Exchange {
                 self.up = Up::Body(body);
             }
         };
+        // Kept for the affinity rule, which a connection's first request meets only once
+        // the exchange is built (`affinity`, which drops it when there is no rule).
+        let cookie = match (self.requests, &self.affinity) {
+            (1, _) | (_, Some(_)) => head.cookie.clone(),
+            _ => None,
+        };
         self.awaited.push_back(Awaited {
             head_method: head.method == "HEAD",
             upgrade,
+            cookie,
         });
+    }
+
+    /// Under `--balance cookie`: `head` carries a cookie naming another backend of the route
+    /// that was up.
+    fn goes_elsewhere(&self, head: &Head) -> bool {
+        let (Some(rule), Some(cookie)) = (&self.affinity, &head.cookie) else {
+            return false;
+        };
+        head::cookie(cookie, &rule.name).is_some_and(|v| rule.others.iter().any(|o| o == v))
+    }
+
+    /// The affinity cookie's line, for the response to `request`: when a rule applies and
+    /// the request did not carry the value naming this connection's backend.
+    fn set_cookie_for(&self, request: &Awaited) -> Option<&[u8]> {
+        let rule = self.affinity.as_ref()?;
+        let carried = request
+            .cookie
+            .as_deref()
+            .and_then(|c| head::cookie(c, &rule.name));
+        (carried != Some(rule.mine.as_str())).then_some(rule.line.as_slice())
     }
 
     /// A request body's framing broke after its head went on: the backend waits for a body
@@ -426,9 +486,10 @@ impl Exchange {
             out.append(&mut self.down_head);
             return Ok(used); // informational: the final response is still to come
         }
-        match self.last_before_drain() {
-            true => closing(&self.down_head, out),
-            false => out.extend_from_slice(&self.down_head),
+        let add = self.set_cookie_for(request);
+        match (self.last_before_drain(), add) {
+            (false, None) => out.extend_from_slice(&self.down_head),
+            (closing, add) => rewritten(&self.down_head, closing, add.unwrap_or_default(), out),
         }
         self.down_head = Vec::new();
         // A final response to an upgrade request that was refused: the client may go on, as
@@ -518,22 +579,29 @@ impl Gate for Exchange {
     }
 }
 
-/// Appends a response `head` to `out` telling the client the connection ends after it: byte
-/// for byte the same, except that `Connection` and `Keep-Alive` lines are left out and
-/// `Connection: close` (CRLF) is the last header line.
-fn closing(head: &[u8], out: &mut Vec<u8>) {
+/// Appends a response `head` to `out`, byte for byte the same but for two changes, the only
+/// ones wssbridge makes to a response: `add` (whole header lines, CRLF-ended: the affinity
+/// cookie) goes last among the header lines; and when `closing` (the connection's last
+/// response, at shutdown), `Connection` and `Keep-Alive` lines are left out and
+/// `Connection: close` (CRLF) is the very last header line.
+fn rewritten(head: &[u8], closing: bool, add: &[u8], out: &mut Vec<u8>) {
     let mut lines = head.split_inclusive(|&b| b == b'\n');
     out.extend_from_slice(lines.next().unwrap_or_default());
     for line in lines {
         let text = line.strip_suffix(b"\n").unwrap_or(line);
         let text = text.strip_suffix(b"\r").unwrap_or(text);
         if text.is_empty() {
-            out.extend_from_slice(b"Connection: close\r\n");
+            out.extend_from_slice(add);
+            if closing {
+                out.extend_from_slice(b"Connection: close\r\n");
+            }
             out.extend_from_slice(line);
             return;
         }
         let name = text.split(|&b| b == b':').next().unwrap_or_default();
-        if !name.eq_ignore_ascii_case(b"connection") && !name.eq_ignore_ascii_case(b"keep-alive") {
+        let hop =
+            name.eq_ignore_ascii_case(b"connection") || name.eq_ignore_ascii_case(b"keep-alive");
+        if !(closing && hop) {
             out.extend_from_slice(line);
         }
     }

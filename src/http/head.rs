@@ -39,6 +39,24 @@ pub struct Head {
     pub body: Body,
     /// Length of the head in bytes, including the blank line.
     pub len: usize,
+    /// Every `Cookie` line's value, joined with `; ` (`None` without one, or when one is not
+    /// UTF-8: a cookie never makes a request refused). Read for `--balance cookie` alone.
+    pub cookie: Option<String>,
+}
+
+/// The value of the cookie `name` in a `Cookie` header value (`a=1; wssbridge=x`), the
+/// first if several; quotes around it removed (RFC 6265 §4.1.1).
+pub fn cookie<'a>(header: &'a str, name: &str) -> Option<&'a str> {
+    header.split(';').find_map(|pair| {
+        let (key, value) = pair.trim().split_once('=')?;
+        (key.trim() == name).then(|| {
+            let value = value.trim();
+            value
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or(value)
+        })
+    })
 }
 
 /// Why a head was refused; each maps to one HTTP status.
@@ -159,6 +177,7 @@ pub fn parse(buf: &[u8]) -> Result<Option<Head>, HeadError> {
         websocket_key: fields.websocket_key,
         body,
         len,
+        cookie: fields.cookie,
     }))
 }
 
@@ -215,6 +234,7 @@ struct Fields {
     connection_upgrade: bool,
     websocket_key: Option<String>,
     websocket_accept: Option<String>,
+    cookie: Option<String>,
 }
 
 impl Fields {
@@ -259,6 +279,13 @@ impl Fields {
                 f.websocket_key = Some(text()?.to_string());
             } else if name.eq_ignore_ascii_case("sec-websocket-accept") {
                 f.websocket_accept = Some(text()?.to_string());
+            } else if name.eq_ignore_ascii_case("cookie")
+                && let Ok(v) = std::str::from_utf8(h.value)
+            {
+                f.cookie = Some(match f.cookie.take() {
+                    Some(old) => format!("{old}; {}", v.trim()),
+                    None => v.trim().to_string(),
+                });
             }
         }
         Ok(f)

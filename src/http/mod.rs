@@ -22,6 +22,6 @@ pub mod policy;
 pub mod probe;
 
 pub use admit::{Admitted, Refusal, Upgrade, admit};
-pub use exchange::{Exchange, Stop};
+pub use exchange::{CookieRule, Exchange, Stop};
 pub use head::{Head, HeadError, ReadError};
 pub use policy::{Policy, Security};

@@ -46,7 +46,7 @@ after(async () => {
 });
 
 /// Opens the chat in a new tab, recording what the DevTools network panel would show.
-async function openTab() {
+async function openTab(origin = bridge.origin) {
   const page = await context.newPage();
   const seen = { document: null, sockets: new Map() };
   const cdp = await context.newCDPSession(page);
@@ -61,7 +61,7 @@ async function openTab() {
   cdp.on('Network.webSocketHandshakeResponseReceived', (e) => {
     seen.sockets.get(e.requestId).response = e.response;
   });
-  await page.goto(`${bridge.origin}/`);
+  await page.goto(`${origin}/`);
   // Engine.IO starts on long-polling and upgrades: wait for the upgrade to finish.
   await page.waitForFunction(() => window.chatSocket?.connected
     && window.chatSocket.io.engine?.transport?.name === 'websocket');
@@ -104,4 +104,45 @@ test('two tabs chat through wssbridge over wss, and DevTools shows 101 over TLS 
   await bridge.waitFor((e) => e.message === 'connection' && e.path.includes('transport=websocket')
     && /^websocket (closed|aborted by client)/.test(e.outcome) && e.bytes_down > 0,
   'a browser websocket tunnel');
+});
+
+// --balance cookie (issue #41) in a real browser: three chat processes without an adapter,
+// so the two tabs chat only if every request of both reaches one process. The first
+// response under /socket.io/ (the client script) sets the affinity cookie; both tabs share
+// the browser's cookie jar, so their polls and WebSocket upgrades carry it.
+test('two tabs chat over polling then WebSocket across three processes, held together by the affinity cookie', async () => {
+  const chats = [await startChat(4), await startChat(4), await startChat(4)];
+  const backends = chats.map((c) => `127.0.0.1:${c.port}`);
+  const sticky = await Wssbridge.start(
+    [`/socket.io/=${backends.join(',')}`, `/=${backends[0]}`],
+    ['--balance', '/socket.io/=cookie', '--shutdown-grace', '1s'],
+  );
+  try {
+    const one = await openTab(sticky.origin);
+    const two = await openTab(sticky.origin);
+    await one.page.fill('#input', 'sticky hello');
+    await one.page.click('button');
+    await two.page.locator('#messages li', { hasText: 'sticky hello' }).waitFor();
+    // The cookie's Path is the route's: it is sent with /socket.io/ requests only.
+    const cookie = (await context.cookies(`${sticky.origin}/socket.io/`)).find((c) => c.name === 'wssbridge');
+    assert.equal((await context.cookies(`${sticky.origin}/`)).filter((c) => c.name === 'wssbridge').length, 0);
+    assert.ok(cookie, 'the affinity cookie is in the browser');
+    assert.equal(cookie.path, '/socket.io/');
+    assert.equal(cookie.secure, true);
+    assert.equal(cookie.httpOnly, true);
+    assert.equal(cookie.sameSite, 'Lax');
+    assert.equal(cookie.expires, -1, 'a session cookie');
+    await one.page.close();
+    await two.page.close();
+    await sticky.waitFor((e) => e.message === 'connection' && e.path?.includes('transport=websocket'),
+      'a WebSocket tunnel ended');
+    const used = new Set(sticky.connections()
+      .filter((e) => e.path?.startsWith('/socket.io/?') && e.backend && e.backend !== '-')
+      .map((e) => e.backend));
+    assert.equal(used.size, 1, `every socket.io request on one process: ${[...used]}`);
+    await context.clearCookies();
+  } finally {
+    await sticky.stop();
+    await Promise.all(chats.map((c) => c.close()));
+  }
 });
