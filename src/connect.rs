@@ -27,8 +27,6 @@ pub struct Connected {
     pub stream: TcpStream,
     pub backend: Arc<BackendState>,
     pub lease: Lease,
-    /// Under `--balance cookie`: the request's affinity cookie chose it.
-    pub by_cookie: bool,
 }
 
 /// Why no backend connection was made.
@@ -64,13 +62,11 @@ pub async fn connect(
             Ok(stream) => {
                 tune(SockRef::from(&stream));
                 let lease = state.connected();
-                let by_cookie = by_cookie && i == 0;
-                pool.placed(by_cookie);
+                pool.placed(by_cookie && i == 0);
                 return Ok(Connected {
                     stream,
                     backend: state,
                     lease,
-                    by_cookie,
                 });
             }
             Err(e) if is_local(&e) => {

@@ -157,7 +157,7 @@ async fn a_hook_sees_the_tunnel_s_bytes_only_and_hears_the_drain() {
     let upgrade = wssbridge::http::admit(&policy, &head, None, None)
         .unwrap()
         .upgrade;
-    let gate = Exchange::after_first(policy, 0, None, &head, upgrade);
+    let gate = Exchange::after_first(policy, (0, None), None, &head, upgrade);
     let recorder = Recorder::default();
     let asked: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(false)));
     let is_asked = Box::leak(Box::new(move || asked.load(Ordering::Acquire)));

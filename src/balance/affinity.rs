@@ -116,9 +116,10 @@ impl Affinity {
 
     /// The header line (CRLF included) that gives a client `value` for the route at `path`.
     pub fn set_cookie(&self, value: &str, path: &str) -> Vec<u8> {
-        let max_age = self
-            .max_age
-            .map_or(String::new(), |d| format!("; Max-Age={}", d.as_secs()));
+        // Whole seconds, rounded up: `Max-Age=0` would delete the cookie at once.
+        let max_age = self.max_age.map_or(String::new(), |d| {
+            format!("; Max-Age={}", d.as_millis().div_ceil(1000))
+        });
         format!(
             "Set-Cookie: {}={value}; Path={path}; Secure; HttpOnly; SameSite={}{max_age}\r\n",
             self.name, self.same_site

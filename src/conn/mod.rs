@@ -111,7 +111,12 @@ async fn pipeline(
 
     // connect: in the route's balancing order, failing over.
     let pool = config.pools.get(admitted.route);
-    let dialed = dial(config, pool, (client_addr, &head), summary);
+    let dialed = dial(
+        config,
+        (pool, admitted.route),
+        (client_addr, &head),
+        summary,
+    );
     let (mut backend, _lease, affinity) = match Box::pin(dialed).await {
         Ok(connected) => connected,
         Err(status) => return answer(&mut client, status).await,
@@ -200,13 +205,13 @@ fn watch<'a>(
     let close = splice::Drain::new(farewell_asked, Box::pin(shutdown.farewell()));
     let gate = Exchange::after_first(
         config.http.clone(),
-        admitted.route,
+        (admitted.route, affinity),
         sni,
         &head,
         admitted.upgrade,
     );
     splice::Watch {
-        gate: Some(Box::new(gate.forwarding(forwarding).affinity(affinity))),
+        gate: Some(Box::new(gate.forwarding(forwarding))),
         drain: Some(splice::Drain::new(draining, Box::pin(shutdown.drained()))),
         tunnel: farewell,
         close: Some(close.after(websocket::jitter())),
@@ -277,7 +282,7 @@ fn admission(
 /// answers the client when none could be had.
 async fn dial(
     config: &ServingConfig,
-    pool: &Pool,
+    (pool, route): (&Pool, usize),
     (client, head): (std::net::SocketAddr, &Head),
     summary: &mut Summary,
 ) -> Result<(TcpStream, Lease, Option<http::CookieRule>), Status> {
@@ -294,7 +299,7 @@ async fn dial(
             ..
         }) => {
             summary.backend = Some(backend.name().to_string());
-            let rule = affinity_rule(config, pool, &backend);
+            let rule = affinity_rule(config, (pool, route), &backend);
             Ok((stream, lease, rule))
         }
         Err(NotConnected::Backends) => Err(Status::BadGateway),
@@ -304,10 +309,10 @@ async fn dial(
 }
 
 /// Under `--balance cookie`: the affinity cookie the connection's `backend` answers to, the
-/// values of the route's other backends up now, and the line its responses may get.
+/// values of the route's other backends now, and the line its responses may get.
 fn affinity_rule(
     config: &ServingConfig,
-    pool: &Pool,
+    (pool, route): (&Pool, usize),
     backend: &BackendState,
 ) -> Option<http::CookieRule> {
     let affinity = pool.affinity.as_ref()?;
@@ -315,11 +320,10 @@ fn affinity_rule(
     let others = pool
         .backends()
         .iter()
-        .filter(|b| b.is_up() && b.name() != backend.name())
+        .filter(|b| b.name() != backend.name())
         .map(|b| affinity.value(b.name()))
         .collect();
-    let route = config.pools.iter().position(|p| std::ptr::eq(p, pool));
-    let path = route.map_or("/", |i| config.http.routes.get(i).spec.path.as_str());
+    let path = config.http.routes.get(route).spec.path.as_str();
     Some(http::CookieRule {
         name: affinity.name.clone(),
         line: affinity.set_cookie(&mine, path),

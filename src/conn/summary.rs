@@ -108,6 +108,10 @@ impl Summary {
             Outcome::Tunnel(End::Stopped(Stop::Confined)) => {
                 "http closed before a request for another route".to_string()
             }
+            Outcome::Tunnel(End::Stopped(Stop::Elsewhere)) => {
+                "http closed before a request whose affinity cookie names another backend"
+                    .to_string()
+            }
             Outcome::Tunnel(End::Stopped(Stop::Refused(s))) => {
                 format!("http closed after answering {}", s.code())
             }

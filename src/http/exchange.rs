@@ -35,6 +35,9 @@ const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 pub enum Stop {
     /// A later request routes to another backend: close so the client retries it.
     Confined,
+    /// Under `--balance cookie`, a later request's affinity cookie names another backend of
+    /// the route: close before it, so the client's retry goes where its cookie says.
+    Elsewhere,
     /// A later request is refused with this status.
     Refused(Status),
     /// A request body's framing broke behind responses still due: answered once they are
@@ -92,14 +95,14 @@ pub struct Exchange {
 /// Under `--balance cookie`: the affinity cookie of the connection's backend. A final
 /// response to a request that did not carry `mine` gets `line` (one header line, the rest of
 /// the head unchanged); a later request carrying a value in `others` goes elsewhere (the
-/// connection is closed before it, so the client's retry is placed by its cookie). A `101`
-/// is never changed.
+/// connection is closed before it, so the client's retry is placed by its cookie, and its
+/// cookie is never overwritten here). A `101` is never changed.
 #[derive(Debug, Clone)]
 pub struct CookieRule {
     pub name: String,
     /// The value naming this connection's backend.
     pub mine: String,
-    /// The values naming the route's other backends that were up when it connected.
+    /// The values naming the route's other backends when it connected.
     pub others: Vec<String>,
     /// `Set-Cookie: NAME=MINE; …` and CRLF.
     pub line: Vec<u8>,
@@ -122,8 +125,9 @@ enum Down {
 struct Awaited {
     head_method: bool,
     upgrade: Option<Upgrade>,
-    /// Its `Cookie` header, kept only while an affinity rule may read it.
-    cookie: Option<String>,
+    /// Under `--balance cookie`: it did not carry the cookie naming this backend, so its
+    /// final response sets it.
+    set_cookie: bool,
 }
 
 impl Exchange {
@@ -151,17 +155,6 @@ impl Exchange {
         }
     }
 
-    /// Under `--balance cookie`: the affinity cookie of this connection's backend.
-    pub fn affinity(mut self, rule: Option<CookieRule>) -> Self {
-        if rule.is_none() {
-            for awaited in &mut self.awaited {
-                awaited.cookie = None;
-            }
-        }
-        self.affinity = rule;
-        self
-    }
-
     /// Adds the client's address to every later request head (`--add-forwarded`).
     pub fn forwarding(mut self, forwarding: Option<Forwarding>) -> Self {
         self.forwarding = forwarding;
@@ -173,12 +166,13 @@ impl Exchange {
     /// parsed once.
     pub fn after_first(
         policy: Arc<Policy>,
-        route: usize,
+        (route, affinity): (usize, Option<CookieRule>),
         sni: Option<String>,
         first: &Head,
         upgrade: Option<Upgrade>,
     ) -> Self {
         let mut exchange = Exchange::new(policy, route, sni);
+        exchange.affinity = affinity;
         exchange.forwarded(first, upgrade);
         exchange
     }
@@ -300,7 +294,7 @@ impl Exchange {
             Fed::Invalid(e) => self.halt(Stop::Refused(e.status())),
             Fed::Head(head) => {
                 match admit(&self.policy, &head, self.sni.as_deref(), Some(self.route)) {
-                    Ok(_) if self.goes_elsewhere(&head) => self.halt(Stop::Confined),
+                    Ok(_) if self.goes_elsewhere(&head) => self.halt(Stop::Elsewhere),
                     Ok(admitted) => {
                         match &self.forwarding {
                             Some(fwd) => forwarded::rewrite(&self.up_head, fwd, out),
@@ -328,16 +322,17 @@ impl Exchange {
                 self.up = Up::Body(body);
             }
         };
-        // Kept for the affinity rule, which a connection's first request meets only once
-        // the exchange is built (`affinity`, which drops it when there is no rule).
-        let cookie = match (self.requests, &self.affinity) {
-            (1, _) | (_, Some(_)) => head.cookie.clone(),
-            _ => None,
-        };
+        let set_cookie = self.affinity.as_ref().is_some_and(|rule| {
+            let carried = head
+                .cookie
+                .as_deref()
+                .and_then(|c| head::cookie(c, &rule.name));
+            carried != Some(rule.mine.as_str())
+        });
         self.awaited.push_back(Awaited {
             head_method: head.method == "HEAD",
             upgrade,
-            cookie,
+            set_cookie,
         });
     }
 
@@ -350,15 +345,10 @@ impl Exchange {
         head::cookie(cookie, &rule.name).is_some_and(|v| rule.others.iter().any(|o| o == v))
     }
 
-    /// The affinity cookie's line, for the response to `request`: when a rule applies and
-    /// the request did not carry the value naming this connection's backend.
+    /// The affinity cookie's line, for the response to `request`.
     fn set_cookie_for(&self, request: &Awaited) -> Option<&[u8]> {
         let rule = self.affinity.as_ref()?;
-        let carried = request
-            .cookie
-            .as_deref()
-            .and_then(|c| head::cookie(c, &rule.name));
-        (carried != Some(rule.mine.as_str())).then_some(rule.line.as_slice())
+        request.set_cookie.then_some(rule.line.as_slice())
     }
 
     /// A request body's framing broke after its head went on: the backend waits for a body
@@ -559,6 +549,7 @@ impl Gate for Exchange {
         match stop {
             Stop::Refused(status) => Some(status.response().into_bytes()),
             Stop::Confined
+            | Stop::Elsewhere
             | Stop::BadBody
             | Stop::KeepaliveTimeout
             | Stop::BodyTimeout
@@ -584,16 +575,34 @@ impl Gate for Exchange {
 /// cookie) goes last among the header lines; and when `closing` (the connection's last
 /// response, at shutdown), `Connection` and `Keep-Alive` lines are left out and
 /// `Connection: close` (CRLF) is the very last header line.
+///
+/// Blank lines before the status line (which the parser skips) pass as they came; the lines
+/// added end as the head's own last line does (CRLF, or a bare LF a backend sent).
 fn rewritten(head: &[u8], closing: bool, add: &[u8], out: &mut Vec<u8>) {
     let mut lines = head.split_inclusive(|&b| b == b'\n');
-    out.extend_from_slice(lines.next().unwrap_or_default());
+    for line in lines.by_ref() {
+        out.extend_from_slice(line);
+        if !matches!(line, b"\r\n" | b"\n") {
+            break; // the status line
+        }
+    }
     for line in lines {
         let text = line.strip_suffix(b"\n").unwrap_or(line);
         let text = text.strip_suffix(b"\r").unwrap_or(text);
         if text.is_empty() {
-            out.extend_from_slice(add);
-            if closing {
-                out.extend_from_slice(b"Connection: close\r\n");
+            let ending: &[u8] = if line == b"\n" { b"\n" } else { b"\r\n" };
+            let add_close: &[u8] = if closing {
+                b"Connection: close\r\n"
+            } else {
+                b""
+            };
+            for added in [add, add_close]
+                .iter()
+                .flat_map(|a| a.split_inclusive(|&b| b == b'\n'))
+            {
+                let added = added.strip_suffix(b"\n").unwrap_or(added);
+                out.extend_from_slice(added.strip_suffix(b"\r").unwrap_or(added));
+                out.extend_from_slice(ending);
             }
             out.extend_from_slice(line);
             return;

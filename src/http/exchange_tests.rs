@@ -332,7 +332,83 @@ fn the_last_response_before_a_drain_says_connection_close() {
     let lf = b"HTTP/1.1 204 No Content\nServer: x\n\n";
     let out = backend(&mut ex, lf).unwrap().1;
     assert_eq!(
-        out,
-        b"HTTP/1.1 204 No Content\nServer: x\nConnection: close\r\n\n"
+        out, b"HTTP/1.1 204 No Content\nServer: x\nConnection: close\n\n",
+        "a line added to a bare-LF head ends as its lines do"
     );
+}
+
+#[test]
+fn a_response_head_is_rewritten_only_where_it_ends() {
+    let line = b"Set-Cookie: w=v; Path=/; Secure; HttpOnly; SameSite=Lax\r\n";
+    let mut out = Vec::new();
+    rewritten(b"HTTP/1.1 200 OK\r\nA: 1\r\n\r\n", false, line, &mut out);
+    assert_eq!(
+        out,
+        b"HTTP/1.1 200 OK\r\nA: 1\r\nSet-Cookie: w=v; Path=/; Secure; HttpOnly; SameSite=Lax\r\n\r\n"
+    );
+    // Blank lines before the status line (which the parser skips) pass as they came.
+    out.clear();
+    rewritten(
+        b"\r\n\r\nHTTP/1.1 200 OK\r\nA: 1\r\n\r\n",
+        true,
+        line,
+        &mut out,
+    );
+    assert_eq!(
+        out,
+        b"\r\n\r\nHTTP/1.1 200 OK\r\nA: 1\r\nSet-Cookie: w=v; Path=/; Secure; HttpOnly; \
+          SameSite=Lax\r\nConnection: close\r\n\r\n"
+            .as_slice()
+    );
+    // A head in bare LF gets its added lines in bare LF.
+    out.clear();
+    rewritten(
+        b"HTTP/1.1 200 OK\nConnection: keep-alive\n\n",
+        true,
+        line,
+        &mut out,
+    );
+    assert_eq!(
+        out,
+        b"HTTP/1.1 200 OK\nSet-Cookie: w=v; Path=/; Secure; HttpOnly; SameSite=Lax\n\
+          Connection: close\n\n"
+            .as_slice()
+    );
+}
+
+#[test]
+fn the_affinity_line_goes_to_final_responses_of_requests_without_the_cookie() {
+    let rule = CookieRule {
+        name: "w".into(),
+        mine: "mine".into(),
+        others: vec!["theirs".into()],
+        line: b"Set-Cookie: w=mine\r\n".to_vec(),
+    };
+    let policy = exchange(&[]).policy.clone();
+    let first = head::parse(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap()
+        .unwrap();
+    let mut ex = Exchange::after_first(policy, (0, Some(rule)), None, &first, None);
+    let ok = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+    assert_eq!(
+        backend(&mut ex, ok).unwrap().1,
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\nSet-Cookie: w=mine\r\n\r\n"
+    );
+    // Carrying it (among others): the response as it came.
+    let (_, fwd) = client(
+        &mut ex,
+        b"GET /x HTTP/1.1\r\nHost: a\r\nCookie: io=1; w=mine\r\n\r\n",
+        64,
+    );
+    assert!(!fwd.is_empty());
+    let plain = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+    assert_eq!(backend(&mut ex, plain).unwrap().1, plain);
+    // Naming another backend: closed before it, nothing forwarded.
+    let (_, fwd) = client(
+        &mut ex,
+        b"GET /y HTTP/1.1\r\nHost: a\r\nCookie: w=theirs\r\n\r\n",
+        64,
+    );
+    assert!(fwd.is_empty());
+    assert_eq!(ex.finished(), Some(Stop::Elsewhere));
 }

@@ -282,10 +282,13 @@ impl Fields {
             } else if name.eq_ignore_ascii_case("cookie")
                 && let Ok(v) = std::str::from_utf8(h.value)
             {
-                f.cookie = Some(match f.cookie.take() {
-                    Some(old) => format!("{old}; {}", v.trim()),
-                    None => v.trim().to_string(),
-                });
+                match &mut f.cookie {
+                    Some(all) => {
+                        all.push_str("; ");
+                        all.push_str(v.trim());
+                    }
+                    None => f.cookie = Some(v.trim().to_string()),
+                }
             }
         }
         Ok(f)
