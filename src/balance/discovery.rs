@@ -449,7 +449,8 @@ impl Discovery {
     }
 
     /// A failed lookup (or an empty answer): the set stays; logged once per change of
-    /// standing, the first failure and each new kind of error.
+    /// standing (the first failure after answers, or of a name never resolved), not per
+    /// lookup nor per new error text.
     pub fn failed(&self, error: String) {
         self.lookups.fetch_add(1, Ordering::Relaxed);
         self.failures.fetch_add(1, Ordering::Relaxed);
@@ -463,7 +464,17 @@ impl Discovery {
                 error: error.clone(),
             },
         };
-        if next != standing.0 {
+        // Failing already (or unresolved with an error already): the same state, whatever
+        // the error says now (a timeout, then a refusal); the status page shows the latest.
+        let same_state = matches!(
+            (&standing.0, &next),
+            (Standing::Failing { .. }, Standing::Failing { .. })
+                | (
+                    Standing::Unresolved { error: Some(_) },
+                    Standing::Unresolved { .. }
+                )
+        );
+        if !same_state {
             match &next {
                 Standing::Unresolved { .. } => tracing::warn!(
                     name = %self.label,
@@ -475,8 +486,8 @@ impl Discovery {
                     "DNS lookup failed: {error}; keeping the last {kept} backends (asked again)"
                 ),
             }
-            standing.0 = next;
         }
+        standing.0 = next;
         drop(standing);
         self.first_answered();
     }
@@ -644,6 +655,7 @@ mod tests {
         d.failed("the DNS server did not answer".into());
         assert!(d.unresolved().unwrap().contains("did not answer"));
         d.answered(&answer(&["10.0.0.1:3000"], false, false));
+        d.failed("no answer".into());
         d.failed("SERVFAIL".into());
         assert_eq!(names(&d), ["10.0.0.1:3000"]);
         let view = d.view();
@@ -653,7 +665,7 @@ mod tests {
                 error: "SERVFAIL".into()
             }
         );
-        assert_eq!((view.lookups, view.failures), (3, 2));
+        assert_eq!((view.lookups, view.failures), (4, 3));
         assert!(d.unresolved().is_none());
     }
 }
