@@ -303,12 +303,13 @@ def chat_job(conns, seconds):
     return ("chat", conns, seconds, lambda res, s: [(metric, res["per_sec"], res["deliveries"])])
 
 
-def stream_job(size, frames, seconds):
-    """4 upgraded tunnels streaming both ways at once, `size` bytes per write: raw bytes, or
-    one WebSocket frame per write (a header for the frame reader to follow each time)."""
+def stream_job(size, frames, conns, seconds):
+    """`conns` upgraded tunnels streaming both ways at once, `size` bytes per write: raw bytes,
+    or one WebSocket frame per write (a header for the frame reader to follow and count each
+    time)."""
     mode = "frames" if frames else "stream"
-    metric = f"{mode} {size} B x4 MB/s"
-    return (f"{mode}:{size}", 4, seconds, lambda res, s: [(metric, res["mb_per_sec"], res["mb_per_sec"] * s)])
+    metric = f"{mode} {size} B x{conns} MB/s"
+    return (f"{mode}:{size}", conns, seconds, lambda res, s: [(metric, res["mb_per_sec"], res["mb_per_sec"] * s)])
 
 
 def keepalive_job(seconds):
@@ -438,8 +439,8 @@ def main():
             if "frames" not in skip:
                 # What following WebSocket frame boundaries costs (for the close frame at
                 # shutdown): the same streams with and without a frame header per write.
-                streams = [stream_job(size, frames, seconds) for size in (16384, 256)
-                           for frames in (False, True)]
+                streams = [stream_job(size, frames, conns, seconds) for size in (16384, 256)
+                           for frames in (False, True) for conns in (4, 64)]
                 print(f"round {r + 1}/{rounds}: frame reader cost, {runs} turns", flush=True)
                 rows.extend(turns(r, order, certs["ecdsa"], backend, workdir, "frames", streams, runs))
             if "rtt" not in skip:

@@ -10,7 +10,10 @@
 //!
 //! An upgrade to `/chat?room=R&size=N` joins a chat: connections are put in rooms of R in the
 //! order they arrive, and every N-byte message one sends is written to each member of its
-//! room, the sender included (a chat server's fan-out, as socket.io's rooms do it).
+//! room, the sender included (a chat server's fan-out, as socket.io's rooms do it). With
+//! `&frames`, each message is one masked WebSocket frame from the client, and goes to the
+//! room as the server's frame (unmasked, the 4 key bytes dropped): WebSocket framing both
+//! ways, as a real chat's.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -64,7 +67,8 @@ async fn serve(mut s: TcpStream) -> std::io::Result<()> {
             )
             .await?;
             if let Some((room, size)) = chat(&text) {
-                return serve_chat(s, head.split_off(end), room, size).await;
+                let frames = text.contains("&frames");
+                return serve_chat(s, head.split_off(end), room, size, frames).await;
             }
             if let Some(size) = stream_size(&text) {
                 let frames = text.contains("&frames");
@@ -117,6 +121,7 @@ async fn serve_chat(
     mut pending: Vec<u8>,
     room: usize,
     size: usize,
+    frames: bool,
 ) -> std::io::Result<()> {
     let key = JOINED.fetch_add(1, Ordering::Relaxed) / room;
     let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
@@ -133,7 +138,16 @@ async fn serve_chat(
     let mut buf = [0u8; 4096];
     loop {
         while pending.len() >= size {
-            let message: Vec<u8> = pending.drain(..size).collect();
+            let mut message: Vec<u8> = pending.drain(..size).collect();
+            if frames && message.len() > 6 && message[1] & 0x80 != 0 {
+                // A short masked client frame → the server's: mask bit off, key out, payload
+                // unmasked.
+                let key = [message[2], message[3], message[4], message[5]];
+                let payload: Vec<u8> = (message[6..].iter().enumerate())
+                    .map(|(i, b)| b ^ key[i % 4])
+                    .collect();
+                message = [&[message[0], message[1] & 0x7f][..], &payload].concat();
+            }
             let mut rooms = ROOMS.lock().unwrap();
             let members = rooms.entry(key).or_default();
             members.retain(|m| m.send(message.clone()).is_ok());

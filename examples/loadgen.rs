@@ -15,9 +15,10 @@
 //!   upgrade, echo one message and close; half `GET /ping` with `Connection: close`. Prints
 //!   how many ended well and how many did not (`make soak`).
 //! - `chat`: upgraded connections to benchd's `/chat` in rooms of 8: each sends one 100-byte
-//!   message, waits until the room's fan-out brings it back, and sends the next, counting
-//!   every message the room delivers to it: one small message per connection per wake-up,
-//!   the pattern of a chat, where the proxy cannot coalesce. Deliveries per second.
+//!   message (a masked WebSocket frame: 6 header bytes, 94 of payload), waits until the
+//!   room's fan-out brings it back (the server's frame, 96 bytes), and sends the next,
+//!   counting every message the room delivers to it: one small message per connection per
+//!   wake-up, the pattern of a chat, where the proxy cannot coalesce. Deliveries per second.
 //! - `stream` / `frames`: upgraded connections to benchd's `/stream`, both sides writing
 //!   `--size`-byte writes at once; with `frames` each write is one WebSocket frame. The pair
 //!   gives the cost of following frame boundaries.
@@ -395,7 +396,7 @@ async fn chat(
     run: Duration,
 ) -> anyhow::Result<String> {
     let request = format!(
-        "GET /chat?room={ROOM}&size={MESSAGE} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
+        "GET /chat?room={ROOM}&size={MESSAGE}&frames HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
          Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
          Sec-WebSocket-Version: 13\r\n\r\n"
     );
@@ -414,19 +415,21 @@ async fn chat(
         tasks.push(tokio::spawn(async move {
             start.wait().await;
             let mut delivered = 0u64;
+            // A binary frame, masked with the key 0 (the payload reads as it is).
             let mut message = [0x20u8; MESSAGE];
-            let mut unit = [0u8; MESSAGE];
+            message[..6].copy_from_slice(&[0x82, 0x80 | (MESSAGE - 6) as u8, 0, 0, 0, 0]);
+            let mut unit = [0u8; MESSAGE - 4];
             let mut seq = 0u64;
             let once = async {
                 while Instant::now() < deadline {
-                    message[..8].copy_from_slice(&(id as u64).to_le_bytes());
-                    message[8..16].copy_from_slice(&seq.to_le_bytes());
+                    message[6..14].copy_from_slice(&(id as u64).to_le_bytes());
+                    message[14..22].copy_from_slice(&seq.to_le_bytes());
                     s.write_all(&message).await?;
                     s.flush().await?;
                     loop {
                         s.read_exact(&mut unit).await?;
                         delivered += 1;
-                        if unit[..16] == message[..16] {
+                        if unit[2..18] == message[6..22] {
                             break;
                         }
                     }
