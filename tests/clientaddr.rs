@@ -449,39 +449,6 @@ async fn admin(addr: SocketAddr, path: &str) -> (u16, String) {
     (status, body)
 }
 
-/// The value of the sample `name{labels}` (labels as printed) in a scrape.
-fn sample(scrape: &str, series: &str) -> f64 {
-    scrape
-        .lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in\n{scrape}"))
-}
-
-fn promtool_accepts(scrape: &str) {
-    use std::io::Write;
-    let mut child = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool (apt-get install prometheus)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(scrape.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let said = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && said.trim().is_empty(),
-        "promtool: {said}\n{scrape}"
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_move_as_things_happen_and_promtool_reads_them() {
     support::require(&[("promtool", "prometheus")]);
@@ -499,10 +466,10 @@ async fn metrics_move_as_things_happen_and_promtool_reads_them() {
     let admin_addr = tunnel.admin_addr.unwrap();
     let (status, before) = admin(admin_addr, "/metrics").await;
     assert_eq!(status, 200);
-    promtool_accepts(&before);
-    assert_eq!(sample(&before, "wssbridge_websockets_active"), 0.0);
+    support::promtool_accepts(&before);
+    assert_eq!(support::sample(&before, "wssbridge_websockets_active"), 0.0);
     assert_eq!(
-        sample(&before, "wssbridge_build_info{version=\"0.1.0\"}"),
+        support::sample(&before, "wssbridge_build_info{version=\"0.1.0\"}"),
         1.0
     );
 
@@ -527,14 +494,17 @@ async fn metrics_move_as_things_happen_and_promtool_reads_them() {
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     let (_, during) = admin(admin_addr, "/metrics").await;
-    promtool_accepts(&during);
-    assert_eq!(sample(&during, "wssbridge_websockets_active"), 1.0);
-    assert_eq!(sample(&during, "wssbridge_connections_active"), 1.0);
-    let up = sample(
+    support::promtool_accepts(&during);
+    assert_eq!(support::sample(&during, "wssbridge_websockets_active"), 1.0);
+    assert_eq!(
+        support::sample(&during, "wssbridge_connections_active"),
+        1.0
+    );
+    let up = support::sample(
         &during,
         "wssbridge_bytes_total{direction=\"client_to_backend\"}",
     );
-    let down = sample(
+    let down = support::sample(
         &during,
         "wssbridge_bytes_total{direction=\"backend_to_client\"}",
     );
@@ -543,36 +513,36 @@ async fn metrics_move_as_things_happen_and_promtool_reads_them() {
         "a live tunnel's bytes show: {up} {down}"
     );
     assert_eq!(
-        sample(&during, "wssbridge_responses_total{status=\"400\"}"),
+        support::sample(&during, "wssbridge_responses_total{status=\"400\"}"),
         1.0
     );
     assert_eq!(
-        sample(&during, "wssbridge_responses_total{status=\"502\"}"),
+        support::sample(&during, "wssbridge_responses_total{status=\"502\"}"),
         1.0
     );
     assert_eq!(
-        sample(
+        support::sample(
             &during,
             "wssbridge_connections_total{outcome=\"http_error\"}"
         ),
         2.0
     );
     assert_eq!(
-        sample(
+        support::sample(
             &during,
             "wssbridge_connections_total{outcome=\"tls_error\"}"
         ),
         1.0
     );
     assert_eq!(
-        sample(&during, "wssbridge_tls_handshakes_total{result=\"failed\"}"),
+        support::sample(&during, "wssbridge_tls_handshakes_total{result=\"failed\"}"),
         1.0
     );
-    assert!(sample(&during, "wssbridge_tls_handshakes_total{result=\"ok\"}") >= 3.0);
-    assert!(sample(&during, "wssbridge_tls_handshake_duration_seconds_count") >= 3.0);
+    assert!(support::sample(&during, "wssbridge_tls_handshakes_total{result=\"ok\"}") >= 3.0);
+    assert!(support::sample(&during, "wssbridge_tls_handshake_duration_seconds_count") >= 3.0);
     let ws_backend = format!("{{backend=\"{}\"}}", ws.address());
     assert_eq!(
-        sample(
+        support::sample(
             &during,
             &format!("wssbridge_backend_connections_active{ws_backend}")
         ),
@@ -580,21 +550,21 @@ async fn metrics_move_as_things_happen_and_promtool_reads_them() {
     );
     let dead_backend = format!("{{backend=\"{dead}\"}}");
     assert_eq!(
-        sample(
+        support::sample(
             &during,
             &format!("wssbridge_backend_connect_failures_total{dead_backend}")
         ),
         1.0
     );
     assert_eq!(
-        sample(
+        support::sample(
             &during,
             &format!("wssbridge_backend_up{{route=\"/dead/\",backend=\"{dead}\"}}")
         ),
         0.0
     );
     assert_eq!(
-        sample(
+        support::sample(
             &during,
             &format!(
                 "wssbridge_backend_up{{route=\"/\",backend=\"{}\"}}",
@@ -604,27 +574,27 @@ async fn metrics_move_as_things_happen_and_promtool_reads_them() {
         1.0
     );
     assert!(
-        sample(
+        support::sample(
             &during,
             "wssbridge_certificate_expiry_timestamp_seconds{name=\"localhost\"}"
         ) > 1e9
     );
-    assert!(sample(&during, "process_open_fds") > 5.0);
-    assert!(sample(&during, "process_resident_memory_bytes") > 1e6);
+    assert!(support::sample(&during, "process_open_fds") > 5.0);
+    assert!(support::sample(&during, "process_resident_memory_bytes") > 1e6);
     assert!(during.contains("\nprocess_cpu_seconds_total "));
     tunnel.server.reload_files().unwrap();
     live.close(None).await.unwrap();
     drop(live);
     tunnel.assert_idle().await;
     let (_, after) = admin(admin_addr, "/metrics").await;
-    promtool_accepts(&after);
-    assert_eq!(sample(&after, "wssbridge_websockets_active"), 0.0);
+    support::promtool_accepts(&after);
+    assert_eq!(support::sample(&after, "wssbridge_websockets_active"), 0.0);
     assert_eq!(
-        sample(&after, "wssbridge_connections_total{outcome=\"tunnel\"}"),
+        support::sample(&after, "wssbridge_connections_total{outcome=\"tunnel\"}"),
         1.0
     );
     assert_eq!(
-        sample(&after, "wssbridge_config_reloads_total{result=\"success\"}"),
+        support::sample(&after, "wssbridge_config_reloads_total{result=\"success\"}"),
         1.0
     );
     // No label holds a path or a client address.

@@ -74,14 +74,20 @@ fn grouped_by(expr: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_dashboard_expression_names_a_metric_wssbridge_serves() {
+    let echo = support::Backend::ws_echo().await;
     let running = Running::with_test_cert(&[
         "--listen",
         "127.0.0.1:0",
         "--admin",
         "127.0.0.1:0",
         "--to",
-        "127.0.0.1:9",
+        &echo.address(),
     ]);
+    // One WebSocket that has ended: its close is a series of its own.
+    let mut ws = support::ws_connect(running.addr).await;
+    support::echo(&mut ws, "hi").await;
+    drop(ws);
+    running.wait_for_line(&["ended_by"]).await;
     let admin_line = running.wait_for_line(&["admin:"]).await;
     let admin = support::binary::field(&admin_line, "addr")
         .unwrap()
@@ -128,6 +134,9 @@ async fn every_dashboard_expression_names_a_metric_wssbridge_serves() {
         "wssbridge_backend_up",
         "wssbridge_config_reloads_total",
         "wssbridge_certificate_expiry_timestamp_seconds",
+        "wssbridge_websocket_closes_total",
+        "wssbridge_websocket_messages_total",
+        "wssbridge_websocket_duration_seconds_bucket",
     ] {
         assert!(
             used.contains(needed),

@@ -39,29 +39,14 @@ async fn bridge(grace: &str, extra: &[&str]) -> (TcpListener, Running) {
     (backend, running)
 }
 
-/// Accepts one connection on a hand-made backend and completes the WebSocket handshake (the
-/// `Sec-WebSocket-Accept` the client checks); the rest is the test's, raw.
-async fn accept_websocket(listener: &TcpListener) -> TcpStream {
-    let (mut s, _) = listener.accept().await.unwrap();
-    let head = String::from_utf8(read_head(&mut s).await.unwrap()).unwrap();
-    let key = head
-        .lines()
-        .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
-        .expect("a key");
-    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-    let response = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Accept: {accept}\r\n\r\n"
-    );
-    s.write_all(response.as_bytes()).await.unwrap();
-    s
-}
-
 /// `n` WebSockets through `running`, each with its raw backend stream, in the same order.
 async fn open(running: &Running, backend: &TcpListener, n: usize) -> Vec<(Ws, TcpStream)> {
     let mut pairs = Vec::new();
     for _ in 0..n {
-        let (ws, app) = tokio::join!(support::ws_connect(running.addr), accept_websocket(backend));
+        let (ws, app) = tokio::join!(
+            support::ws_connect(running.addr),
+            support::accept_websocket(backend)
+        );
         pairs.push((ws, app));
     }
     pairs

@@ -154,3 +154,51 @@ async fn a_certificate_name_holding_markup_is_shown_escaped() {
         "<script>alert(1)</script>.example"
     );
 }
+
+/// Issue #42: how WebSockets ended in the last hour (up to this moment, not only up to the
+/// last 10 s sample), messages per route, and the oldest open WebSockets' ages, in
+/// `/status.json` and on the page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_shows_how_websockets_ended_and_the_oldest_open_ones() {
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    let echo = Backend::ws_echo().await;
+    let tunnel = Tunnel::start(&["--admin", "127.0.0.1:0", "--to", &echo.address()]).await;
+    let admin = tunnel.admin_addr.unwrap();
+    // One stays open; two end with the client's 1000.
+    let mut open = support::ws_connect(tunnel.addr).await;
+    support::echo(&mut open, "still here").await;
+    for _ in 0..2 {
+        let mut ws = support::ws_connect(tunnel.addr).await;
+        support::echo(&mut ws, "bye").await;
+        let close = CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
+        };
+        ws.close(Some(close)).await.unwrap();
+    }
+    let json = until(admin, |j| {
+        j["websocket_closes"]["closes"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["count"] == 2))
+    })
+    .await;
+    let closes = &json["websocket_closes"]["closes"][0];
+    assert_eq!(closes["side"], "client", "{json:#}");
+    assert_eq!(closes["code"], "1000");
+    assert_eq!(closes["meaning"], "normal");
+    let oldest = json["oldest_websockets"].as_array().unwrap();
+    assert_eq!(oldest.len(), 1, "the open one only: {json:#}");
+    assert_eq!(oldest[0]["route"], "/");
+    let messages = &json["routes"][0]["websockets"]["messages"];
+    assert_eq!(messages["client_to_backend"], 3, "{json:#}");
+    assert_eq!(messages["backend_to_client"], 3);
+    assert!(json["history"]["messages_per_second"].is_array());
+    let (_, _, page) = support::admin_get(admin, "/").await;
+    assert!(page.contains("How WebSockets ended"), "{page}");
+    assert!(page.contains("<td>client</td><td>1000 <small>normal</small></td><td>2</td>"));
+    assert!(page.contains("Longest-lived WebSockets"));
+    assert!(page.contains("messages/s"));
+    drop(open);
+    tunnel.assert_idle().await;
+}

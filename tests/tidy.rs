@@ -49,8 +49,9 @@ const RULES: &[(&str, &[&str])] = &[
     ("trim", &[]),
     // The copy knows no HTTP: it asks a gate.
     ("splice", &["metrics"]),
-    // The WebSocket hook: frame lengths, and the splice's hook trait. No HTTP.
-    ("websocket", &["splice", "websocket"]),
+    // The WebSocket hook: frame lengths, the splice's hook trait, and the counts it keeps.
+    // No HTTP.
+    ("websocket", &["splice", "websocket", "metrics"]),
     // TLS knows no HTTP and no routes.
     ("tls", &["splice", "metrics", "readahead"]),
     // HTTP is pure: no configuration, no process state, no connection.

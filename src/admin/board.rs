@@ -1,8 +1,9 @@
 //! What the status page shows that the state does not keep: when the process started, its
-//! listeners, the last hour in samples, and the last reloads. Fixed in size whatever the
-//! uptime: a ring of one sample every 10 s for an hour (360 × 16 bytes), the last 10
-//! reloads. One background task fills it; nothing else runs for the page while nobody
-//! looks.
+//! listeners, the last hour in samples, and the last reloads. Bounded whatever the uptime: a
+//! ring of one sample every 10 s for an hour (360 × 20 bytes), beside it the WebSocket
+//! closes of each interval by side and code (only those that happened: at most 54 pairs
+//! each), the last 10 reloads. One background task fills it; nothing else runs for the page
+//! while nobody looks.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -13,6 +14,7 @@ use tokio::sync::broadcast::Receiver;
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::lifecycle::Event;
+use crate::metrics::websockets::{CODES, Direction, Ender};
 use crate::state::State;
 
 /// One sample every this long.
@@ -38,6 +40,8 @@ pub struct Sample {
     pub websockets: u32,
     pub handshakes_per_second: f32,
     pub bytes_per_second: f32,
+    /// WebSocket messages, both ways.
+    pub messages_per_second: f32,
 }
 
 #[derive(Debug, Clone)]
@@ -51,8 +55,44 @@ pub struct Reload {
 #[derive(Debug, Default)]
 struct History {
     samples: VecDeque<Sample>,
+    /// Beside each sample: the WebSocket closes in its interval, (side, code, count).
+    closes: VecDeque<Vec<(Ender, &'static str, u64)>>,
     /// Counter totals at the last sample, for the next one's rates.
-    last: Option<(Instant, u64, u64)>,
+    last: Option<Totals>,
+}
+
+/// The counters a sample takes the difference of.
+#[derive(Debug, Clone)]
+struct Totals {
+    at: Instant,
+    handshakes: u64,
+    bytes: u64,
+    messages: u64,
+    /// WebSocket closes by side and code, summed over the routes.
+    closes: [[u64; CODES.len()]; 3],
+}
+
+impl Totals {
+    fn now(state: &State) -> Totals {
+        let (up, down) = state.metrics.traffic.bytes();
+        let mut totals = Totals {
+            at: Instant::now(),
+            handshakes: state.metrics.handshakes_total(),
+            bytes: up + down,
+            messages: 0,
+            closes: [[0; CODES.len()]; 3],
+        };
+        let config = state.serving.load();
+        for pool in config.pools.iter() {
+            let ws = &pool.websockets;
+            totals.messages += Direction::ALL.iter().map(|&d| ws.messages(d)).sum::<u64>();
+            for (ender, code, count) in ws.closes() {
+                let at = CODES.iter().position(|c| *c == code).unwrap_or(0);
+                totals.closes[ender as usize][at] += count;
+            }
+        }
+        totals
+    }
 }
 
 impl Board {
@@ -72,6 +112,40 @@ impl Board {
         history.samples.iter().copied().collect()
     }
 
+    /// The WebSocket closes of the last hour (of the samples kept) and since the last
+    /// sample, by side and code, most first. `now` is every route's count so far.
+    pub fn closes(&self, now: &[(Ender, &'static str, u64)]) -> Vec<(Ender, &'static str, u64)> {
+        let history = self.history.lock().unwrap_or_else(|e| e.into_inner());
+        let mut sums: Vec<(Ender, &'static str, u64)> = Vec::new();
+        let mut add = |ender: Ender, code: &'static str, count: u64| match sums
+            .iter_mut()
+            .find(|(e, c, _)| *e == ender && *c == code)
+        {
+            Some(sum) => sum.2 += count,
+            None if count > 0 => sums.push((ender, code, count)),
+            None => {}
+        };
+        for (ender, code, count) in history.closes.iter().flatten() {
+            add(*ender, code, *count);
+        }
+        // Since the last sample: what the counts say now beyond what it saw.
+        if let Some(last) = &history.last {
+            let mut totals = [[0u64; CODES.len()]; 3];
+            for (ender, code, count) in now {
+                let at = CODES.iter().position(|c| c == code).unwrap_or(0);
+                totals[*ender as usize][at] += count;
+            }
+            for ender in Ender::ALL {
+                for (i, code) in CODES.iter().enumerate() {
+                    let seen = last.closes[ender as usize][i];
+                    add(ender, code, totals[ender as usize][i].saturating_sub(seen));
+                }
+            }
+        }
+        sums.sort_by_key(|s| std::cmp::Reverse(s.2));
+        sums
+    }
+
     /// The last reloads, newest first.
     pub fn reloads(&self) -> Vec<Reload> {
         let reloads = self.reloads.lock().unwrap_or_else(|e| e.into_inner());
@@ -80,31 +154,36 @@ impl Board {
 
     /// Takes a sample of `state` now.
     pub fn sample(&self, state: &State) {
-        let traffic = &state.metrics.traffic;
-        let (up, down) = traffic.bytes();
-        let (handshakes, bytes, now) =
-            (state.metrics.handshakes_total(), up + down, Instant::now());
+        let now = Totals::now(state);
         let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
-        let (handshakes_per_second, bytes_per_second) = match history.last {
-            Some((at, h, b)) => {
-                let secs = now.duration_since(at).as_secs_f32().max(0.001);
-                (
-                    handshakes.saturating_sub(h) as f32 / secs,
-                    bytes.saturating_sub(b) as f32 / secs,
-                )
+        // A route removed by a reload takes its counts along: a total may go down, and that
+        // interval counts nothing rather than something negative.
+        let rate = |new: u64, old: u64, secs: f32| new.saturating_sub(old) as f32 / secs;
+        let (mut sample, mut closes) = (Sample::default(), Vec::new());
+        if let Some(last) = &history.last {
+            let secs = now.at.duration_since(last.at).as_secs_f32().max(0.001);
+            sample.handshakes_per_second = rate(now.handshakes, last.handshakes, secs);
+            sample.bytes_per_second = rate(now.bytes, last.bytes, secs);
+            sample.messages_per_second = rate(now.messages, last.messages, secs);
+            for ender in Ender::ALL {
+                let (new, old) = (&now.closes[ender as usize], &last.closes[ender as usize]);
+                for (i, code) in CODES.iter().enumerate() {
+                    let n = new[i].saturating_sub(old[i]);
+                    if n > 0 {
+                        closes.push((ender, *code, n));
+                    }
+                }
             }
-            None => (0.0, 0.0),
-        };
-        history.last = Some((now, handshakes, bytes));
+        }
+        sample.connections = u32::try_from(state.metrics.connections_now()).unwrap_or(0);
+        sample.websockets = u32::try_from(state.metrics.traffic.websockets()).unwrap_or(0);
+        history.last = Some(now);
         if history.samples.len() == SAMPLES {
             history.samples.pop_front();
+            history.closes.pop_front();
         }
-        history.samples.push_back(Sample {
-            connections: u32::try_from(state.metrics.connections_now()).unwrap_or(0),
-            websockets: u32::try_from(traffic.websockets()).unwrap_or(0),
-            handshakes_per_second,
-            bytes_per_second,
-        });
+        history.samples.push_back(sample);
+        history.closes.push_back(closes);
     }
 
     fn reloaded(&self, trigger: &'static str, result: Result<(), String>) {
@@ -168,7 +247,7 @@ mod tests {
         let samples = board.samples();
         assert_eq!(samples.len(), SAMPLES);
         assert_eq!(samples[0].connections, 50);
-        assert!(std::mem::size_of::<Sample>() * SAMPLES <= 6 * 1024);
+        assert!(std::mem::size_of::<Sample>() * SAMPLES <= 8 * 1024);
         for i in 0..(RELOADS + 3) {
             board.reloaded("poll", Err(format!("bad {i}")));
         }

@@ -34,6 +34,7 @@ use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
 pub mod board;
+mod endings;
 mod page;
 mod prometheus;
 pub mod slots;

@@ -15,8 +15,10 @@ use std::time::SystemTime;
 use serde_json::{Value, json};
 
 use super::board::{Board, SAMPLE_EVERY, Sample};
+use super::endings;
 use super::snapshot::{BackendView, Snapshot, Standing};
 use crate::balance::Health;
+use crate::metrics::websockets::Direction;
 use crate::tls::certs::rfc3339;
 
 /// Days to expiry under which a certificate shows amber, and red.
@@ -90,6 +92,20 @@ pub fn json(snap: &Snapshot, board: &Board) -> String {
             let affinity = route.placements.map(|(cookie, least)| {
                 json!({"placed_by_cookie": cookie, "placed_by_least_conn": least})
             });
+            let ws = &route.websockets;
+            let closes: Vec<Value> = ws
+                .closes
+                .iter()
+                .map(|(side, code, n)| json!({"side": side.label(), "code": code, "count": n}))
+                .collect();
+            let websockets = json!({
+                "messages": {
+                    "client_to_backend": ws.messages(Direction::ClientToBackend),
+                    "backend_to_client": ws.messages(Direction::BackendToClient),
+                },
+                "closes": closes,
+                "unframed": ws.unframed,
+            });
             json!({
                 "route": route.route,
                 "policy": route.policy,
@@ -97,6 +113,7 @@ pub fn json(snap: &Snapshot, board: &Board) -> String {
                 "backends": backends,
                 "discovery": discovery,
                 "affinity": affinity,
+                "websockets": websockets,
             })
         })
         .collect();
@@ -121,6 +138,7 @@ pub fn json(snap: &Snapshot, board: &Board) -> String {
             })
         })
         .collect();
+    let (websocket_closes, oldest_websockets) = endings::json(snap, board);
     let samples = board.samples();
     // One decimal, as the page shows them.
     let series = |f: fn(&Sample) -> f64| -> Vec<f64> {
@@ -147,12 +165,15 @@ pub fn json(snap: &Snapshot, board: &Board) -> String {
         "routes": routes,
         "responses": responses,
         "reloads": reloads,
+        "websocket_closes": websocket_closes,
+        "oldest_websockets": oldest_websockets,
         "history": {
             "interval_seconds": SAMPLE_EVERY.as_secs(),
             "connections": series(|s| f64::from(s.connections)),
             "websockets": series(|s| f64::from(s.websockets)),
             "handshakes_per_second": series(|s| f64::from(s.handshakes_per_second)),
             "bytes_per_second": series(|s| f64::from(s.bytes_per_second)),
+            "messages_per_second": series(|s| f64::from(s.messages_per_second)),
         },
     })
     .to_string()
@@ -180,6 +201,7 @@ pub fn html(snap: &Snapshot, board: &Board) -> String {
     o.push_str("<main id=\"main\">");
     main(&mut o, snap, board);
     o.push_str("</main>");
+    o.push_str(endings::SCRIPT);
     o.push_str(SCRIPT);
     o.push_str("</body></html>\n");
     o
@@ -217,17 +239,19 @@ fn main(o: &mut String, snap: &Snapshot, board: &Board) {
         span(samples.len())
     );
     type Series = fn(&Sample) -> f64;
-    let charts: [(&str, Series); 4] = [
+    let charts: [(&str, Series); 5] = [
         ("connections", |s| f64::from(s.connections)),
         ("WebSockets", |s| f64::from(s.websockets)),
         ("handshakes/s", |s| f64::from(s.handshakes_per_second)),
         ("bytes/s", |s| f64::from(s.bytes_per_second)),
+        ("messages/s", |s| f64::from(s.messages_per_second)),
     ];
     for (name, value) in charts {
         let values: Vec<f64> = samples.iter().map(value).collect();
         chart(o, name, &values);
     }
     o.push_str("</section>");
+    endings::html(o, snap, board);
 
     o.push_str("<section><h2>Routes</h2>");
     for route in &snap.routes {
@@ -406,7 +430,7 @@ fn unix(t: SystemTime) -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-fn uptime(secs: u64) -> String {
+pub(super) fn uptime(secs: u64) -> String {
     match secs {
         s if s >= 86_400 => format!("{}d {}h", s / 86_400, s % 86_400 / 3600),
         s if s >= 3600 => format!("{}h {}m", s / 3600, s % 3600 / 60),
@@ -468,6 +492,7 @@ th { font-weight: 600; border-bottom: 1px solid #8886; }
 tr.expiry-warning td { color: var(--warn); } tr.expiry-critical td { color: var(--bad); font-weight: 600; }
 .two { display: flex; flex-wrap: wrap; gap: 0 3em; }
 .reloads { padding-left: 1.2em; margin: 0; } code { font-size: .95em; }
+td.bar { width: 10em; } td.bar span { display: block; height: .8em; background: #0969da; min-width: 1px; }
 @media (max-width: 40em) { figure { flex-basis: 9em; } svg { height: 36px; } }
 </style></head><body>
 "#;
@@ -492,7 +517,7 @@ const SCRIPT: &str = r#"<script>
     const hi = d.history;
     const minutes = Math.ceil(hi.connections.length*hi.interval_seconds/60);
     const span = minutes <= 1 ? 'The last minute' : minutes < 60 ? `The last ${minutes} minutes` : 'The last hour';
-    h += `<section class="charts"><h2>${span}</h2>${chart('connections', hi.connections)}${chart('WebSockets', hi.websockets)}${chart('handshakes/s', hi.handshakes_per_second)}${chart('bytes/s', hi.bytes_per_second)}</section><section><h2>Routes</h2>`;
+    h += `<section class="charts"><h2>${span}</h2>${chart('connections', hi.connections)}${chart('WebSockets', hi.websockets)}${chart('handshakes/s', hi.handshakes_per_second)}${chart('bytes/s', hi.bytes_per_second)}${chart('messages/s', hi.messages_per_second)}</section>${window.wsSections(d, esc, uptime)}<section><h2>Routes</h2>`;
     for (const r of d.routes) {
       h += `<h3><code>${esc(r.route)}</code> <small>${esc(r.policy)} &middot; health check ${esc(r.health_check)}${r.affinity ? ` &middot; placed by cookie ${r.affinity.placed_by_cookie}, by least-conn ${r.affinity.placed_by_least_conn}` : ''}</small></h3><div class="scroll"><table><tr><th>backend</th><th>state</th><th>connections</th><th>connect failures</th></tr>`;
       for (const x of r.discovery) h += `<tr class="discovery ${esc(x.state)}"><td colspan="4"><code>${esc(x.name)}</code> ${esc(x.state)}${x.error ? ': ' + esc(x.error) : ''} &middot; ${x.backends} backends</td></tr>`;

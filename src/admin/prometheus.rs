@@ -1,12 +1,15 @@
 //! The snapshot in Prometheus's text format, after the counters `metrics` keeps.
 
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 use super::snapshot::{ProcessView, Snapshot, Standing};
 use crate::balance::Health;
+use crate::metrics::websockets::{Direction, Histogram};
 use crate::state::State;
 
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -81,6 +84,7 @@ fn prometheus(snapshot: &Snapshot) -> Registry {
         failures,
     );
     discovery(&mut registry, snapshot);
+    websocket_families(&mut registry, snapshot);
     let placements = Family::<Labels2, Counter>::default();
     for route in &snapshot.routes {
         if let Some((cookie, least)) = route.placements {
@@ -112,6 +116,98 @@ fn prometheus(snapshot: &Snapshot) -> Registry {
     );
     process(&mut registry, &snapshot.process);
     registry
+}
+
+/// How each route's WebSockets ended and what they carried. Labels are bounded: the route as
+/// configured, the side, a close code among 1000–1015 or `other`/`none`, the direction.
+fn websocket_families(registry: &mut Registry, snapshot: &Snapshot) {
+    let closes = Family::<[(&'static str, String); 3], Counter>::default();
+    let messages = Family::<Labels2, Counter>::default();
+    let unframed = Family::<Labels1, Counter>::default();
+    let mut sizes = Histograms::default();
+    let mut durations = Histograms::default();
+    for route in &snapshot.routes {
+        let name = || route.route.clone();
+        let ws = &route.websockets;
+        for (ender, code, count) in &ws.closes {
+            let labels = [
+                ("route", name()),
+                ("side", ender.label().to_string()),
+                ("code", code.to_string()),
+            ];
+            closes.get_or_create(&labels).inc_by(*count);
+        }
+        for way in Direction::ALL {
+            let labels = [("route", name()), ("direction", way.label().to_string())];
+            messages.get_or_create(&labels).inc_by(ws.messages(way));
+            sizes.series.push((labels, ws.sizes[way as usize].clone()));
+        }
+        unframed
+            .get_or_create(&[("route", name())])
+            .inc_by(ws.unframed);
+        durations
+            .series
+            .push(([("route", name())], ws.durations.clone()));
+    }
+    registry.register(
+        "wssbridge_websocket_closes",
+        "WebSockets ended, by the side that ended them first (client, backend, proxy) and \
+         the close code it sent (1000-1015, other, none)",
+        closes,
+    );
+    registry.register(
+        "wssbridge_websocket_messages",
+        "WebSocket messages (fragments counted once, control frames apart), by direction",
+        messages,
+    );
+    registry.register(
+        "wssbridge_websocket_message_size_bytes",
+        "WebSocket message payload sizes, by direction",
+        sizes,
+    );
+    registry.register(
+        "wssbridge_websocket_duration_seconds",
+        "How long WebSockets lasted, from the 101 to their end",
+        durations,
+    );
+    registry.register(
+        "wssbridge_websocket_unframed",
+        "Tunnels upgraded to WebSocket whose bytes were not WebSocket framing",
+        unframed,
+    );
+}
+
+/// Histograms read at scrape time, one series per label set.
+#[derive(Debug)]
+struct Histograms<L> {
+    series: Vec<(L, Histogram)>,
+}
+
+impl<L> Default for Histograms<L> {
+    fn default() -> Self {
+        Histograms { series: Vec::new() }
+    }
+}
+
+impl<L> TypedMetric for Histograms<L> {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl<L: EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static> EncodeMetric for Histograms<L> {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for (labels, h) in &self.series {
+            let bounds = h.bounds.iter().copied().chain([f64::INFINITY]);
+            let buckets: Vec<(f64, u64)> = bounds.zip(h.counts.iter().copied()).collect();
+            encoder
+                .encode_family(labels)?
+                .encode_histogram::<NoLabelSet>(h.sum, h.count(), &buckets, None)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
 }
 
 /// Discovered names and backends: one series per name configured and per address it has

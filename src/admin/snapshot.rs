@@ -2,9 +2,15 @@
 //! time, and what the status page and `/status.json` show. Gathered per request; nothing
 //! here runs while nobody asks.
 
+use std::time::Duration;
+
 use crate::balance::Health;
 pub use crate::balance::discovery::{DiscoveryView, Standing};
+use crate::metrics::websockets::{Direction, Ender, Histogram, RouteWebSockets};
 use crate::state::State;
+
+/// Open WebSockets whose ages the status page lists, oldest first.
+pub const OLDEST: usize = 5;
 
 /// What the admin port shows beyond the counters, gathered in one walk of the state; each
 /// view (Prometheus text now) encodes it without walking the state again.
@@ -60,6 +66,43 @@ pub struct RouteView {
     pub discovery: Vec<DiscoveryView>,
     /// Under `--balance cookie`: connections placed by their cookie, and by least-conn.
     pub placements: Option<(u64, u64)>,
+    pub websockets: WebSocketView,
+}
+
+/// A route's WebSockets: how they ended and what they carried, so far.
+#[derive(Debug, Default)]
+pub struct WebSocketView {
+    /// Ended, by who ended them first and the close code that side sent (those counted).
+    pub closes: Vec<(Ender, &'static str, u64)>,
+    /// Upgraded, then not WebSocket framing.
+    pub unframed: u64,
+    /// Message sizes client→backend, then backend→client.
+    pub sizes: [Histogram; 2],
+    pub durations: Histogram,
+    /// The ages of its oldest open tunnels, oldest first.
+    pub oldest: Vec<Duration>,
+}
+
+impl WebSocketView {
+    fn read(ws: &RouteWebSockets) -> WebSocketView {
+        let now = tokio::time::Instant::now();
+        WebSocketView {
+            closes: ws.closes(),
+            unframed: ws.unframed(),
+            sizes: Direction::ALL.map(|d| ws.sizes(d)),
+            durations: ws.durations(),
+            oldest: ws
+                .oldest(OLDEST)
+                .into_iter()
+                .map(|at| now.saturating_duration_since(at))
+                .collect(),
+        }
+    }
+
+    /// Messages that went `way`.
+    pub fn messages(&self, way: Direction) -> u64 {
+        self.sizes[way as usize].count()
+    }
 }
 
 #[derive(Debug)]
@@ -125,6 +168,7 @@ impl Snapshot {
                     .map_or("off".to_string(), ToString::to_string),
                 discovery: pool.discoveries().iter().map(|d| d.view()).collect(),
                 placements: pool.placements(),
+                websockets: WebSocketView::read(&pool.websockets),
             })
             .collect();
         let loaded_at = config

@@ -32,6 +32,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
+use crate::metrics::websockets::RouteWebSockets;
 use crate::proxy_protocol;
 use crate::route::{Backend, Lookup, RouteSpec, RouteTable, Upstream};
 
@@ -406,6 +407,8 @@ pub struct Pool {
     /// Under `cookie`, connections placed by a cookie and by least-conn (kept by route
     /// across reloads).
     placed: Arc<Placements>,
+    /// How its WebSockets ended and what they carried (kept by route across reloads).
+    pub websockets: Arc<RouteWebSockets>,
 }
 
 /// Connections a `cookie` route placed by its cookie, and by least-conn.
@@ -612,6 +615,7 @@ impl Pools {
                 affinity: (policy == Some(&Strategy::Cookie))
                     .then(|| Arc::new(balancing.affinity.clone())),
                 placed: Arc::default(),
+                websockets: Arc::default(),
             })
             .collect();
         Ok(Pools { pools })
@@ -644,6 +648,7 @@ pub struct Registry {
     backends: Mutex<WeakMap<Backend, BackendState>>,
     turns: Mutex<WeakMap<RouteName, AtomicUsize>>,
     placed: Mutex<WeakMap<RouteName, Placements>>,
+    websockets: Mutex<WeakMap<RouteName, RouteWebSockets>>,
     discoveries: Mutex<WeakMap<Lookup, Discovery>>,
     pub health: health::Checks,
     pub discovery: discovery::Loops,
@@ -657,10 +662,12 @@ impl Registry {
         let mut turns = self.turns.lock().unwrap_or_else(|e| e.into_inner());
         let mut discoveries = self.discoveries.lock().unwrap_or_else(|e| e.into_inner());
         let mut placed = self.placed.lock().unwrap_or_else(|e| e.into_inner());
+        let mut websockets = self.websockets.lock().unwrap_or_else(|e| e.into_inner());
         let mut checked: HashMap<Lookup, bool> = HashMap::new();
         for pool in &mut pools.pools {
             pool.next = turns.share(&pool.name, &pool.next);
             pool.placed = placed.share(&pool.name, &pool.placed);
+            pool.websockets = websockets.share(&pool.name, &pool.websockets);
             for state in &mut pool.backends {
                 *state = backends.share(&state.backend, state);
             }
@@ -684,6 +691,7 @@ impl Registry {
         backends.forget_dead();
         turns.forget_dead();
         placed.forget_dead();
+        websockets.forget_dead();
         discoveries.forget_dead();
     }
 }

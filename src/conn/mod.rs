@@ -129,14 +129,18 @@ async fn pipeline(
     let shutdown = &state.shutdown;
     let (farewell_asked, draining) = (|| shutdown.farewell_asked(), || shutdown.draining());
     let asked = (&farewell_asked as Asked, &draining as Asked);
+    // The WebSocket hook is the summary's: what it learnt outlives the splice (and a splice
+    // dropped when the shutdown grace runs out), for the log line and the route's counts.
+    let protocol = admitted.upgrade.as_ref().map(|u| u.protocol.as_str());
+    summary.tunnel = Farewell::for_upgrade(protocol).counted(pool.websockets.clone());
     let watch = watch(
         state,
         config,
         head,
         admitted,
-        summary.sni.clone(),
-        (forwarding, affinity),
+        (summary.sni.clone(), forwarding, affinity),
         asked,
+        &mut summary.tunnel,
     );
     let (transfer, traffic) = (&mut summary.transfer, &state.metrics.traffic);
     let timeouts = splice_timers(&config.timeouts);
@@ -186,22 +190,20 @@ fn first_bytes(
 }
 
 /// What watches the copy: the exchange as the gate until a `101`, with shutdown's drain; the
-/// WebSocket hook after it, which ends the tunnel with a close frame at shutdown, each
-/// tunnel at its own moment in the spread window (it learns the protocol from the `101`,
-/// whichever request on the connection asked for it). The head is not kept for the
-/// tunnel's life.
+/// WebSocket hook after it, which counts what the tunnel carries and ends it with a close
+/// frame at shutdown, each tunnel at its own moment in the spread window (it learns the
+/// protocol from the `101`, whichever request on the connection asked for it). The head is
+/// not kept for the tunnel's life.
 fn watch<'a>(
     state: &'a State,
     config: &ServingConfig,
     head: Head,
     admitted: http::Admitted,
-    sni: Option<String>,
-    (forwarding, affinity): (Option<Forwarding>, Option<http::CookieRule>),
+    (sni, forwarding, affinity): (Option<String>, Option<Forwarding>, Option<http::CookieRule>),
     (farewell_asked, draining): (Asked<'a>, Asked<'a>),
-) -> splice::Watch<'a, Exchange, Farewell> {
+    farewell: &'a mut Farewell,
+) -> splice::Watch<'a, Exchange, &'a mut Farewell> {
     let shutdown = &state.shutdown;
-    let protocol = admitted.upgrade.as_ref().map(|u| u.protocol.as_str());
-    let farewell = Farewell::for_upgrade(protocol);
     let close = splice::Drain::new(farewell_asked, Box::pin(shutdown.farewell()));
     let gate = Exchange::after_first(
         config.http.clone(),

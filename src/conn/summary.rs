@@ -4,6 +4,10 @@
 //! `websocket aborted by client (read: …)`, … (the README's log section lists them all).
 //! `websocket` stands for any upgraded tunnel (WebSocket, or a protocol `--allow-upgrade`
 //! allows). A per-connection failure is never logged as an error.
+//!
+//! A WebSocket's line says more: who began its end (`ended_by`), frames, messages and control
+//! frames each way, the close code and reason length each side sent, and at a drain whether
+//! our 1001 went out (docs/operations.md lists the fields).
 
 use std::net::SocketAddr;
 
@@ -14,6 +18,8 @@ use crate::metrics::{self, Metrics};
 use crate::respond::Status;
 use crate::splice::{End, Op, Side, Transfer};
 use crate::tls::HandshakeError;
+use crate::websocket::Farewell;
+use crate::websocket::ending::{Ending, Report};
 
 /// How a connection ended.
 pub enum Outcome {
@@ -39,6 +45,8 @@ pub struct Summary {
     pub route: Option<String>,
     pub backend: Option<String>,
     pub transfer: Transfer,
+    /// The WebSocket hook: what the tunnel carried and how it ended.
+    pub tunnel: Farewell,
 }
 
 /// Request targets are peer-controlled: log at most this much of one. Method and path are
@@ -63,7 +71,12 @@ impl Summary {
         if self.transfer.opened {
             metrics.traffic.closed();
         }
-        self.log(outcome, peer, client, started);
+        let report = match outcome {
+            Outcome::Tunnel(end) => self.tunnel.report(Some(end)),
+            Outcome::Forced => self.tunnel.report::<Stop>(None),
+            _ => None,
+        };
+        self.log(outcome, (peer, client), started, report.as_ref());
     }
 
     fn label(&self, outcome: &Outcome) -> metrics::OutcomeLabel {
@@ -146,8 +159,21 @@ impl Summary {
         }
     }
 
-    fn log(&self, outcome: &Outcome, peer: SocketAddr, client: SocketAddr, started: Instant) {
+    fn log(
+        &self,
+        outcome: &Outcome,
+        (peer, client): (SocketAddr, SocketAddr),
+        started: Instant,
+        ws: Option<&Report>,
+    ) {
         let outcome_text = self.words(outcome);
+        // Frame counts only while the bytes were framing; close codes as sent.
+        let framed = ws.filter(|r| r.framed);
+        let tally = |f: fn(&Report) -> u64| framed.map(f);
+        let close = |c: Option<crate::websocket::frames::Close>| c.map(|c| (c.code, c.reason));
+        let client_close = ws.and_then(|r| close(r.client_close));
+        let backend_close = ws.and_then(|r| close(r.backend_close));
+        let drained = ws.filter(|r| matches!(r.ending, Ending::Drain | Ending::Shutdown));
         let path = self
             .path
             .as_deref()
@@ -172,6 +198,22 @@ impl Summary {
                     bytes_up = self.transfer.up,
                     bytes_down = self.transfer.down,
                     duration_ms = started.elapsed().as_millis() as u64,
+                    ended_by = ws.map(|r| r.ending.word()),
+                    framing = ws.filter(|r| !r.framed).map(|_| "not websocket"),
+                    frames_up = tally(|r| r.up.frames),
+                    frames_down = tally(|r| r.down.frames),
+                    messages_up = tally(|r| r.up.messages),
+                    messages_down = tally(|r| r.down.messages),
+                    controls_up = tally(|r| r.up.controls),
+                    controls_down = tally(|r| r.down.controls),
+                    close_client = client_close.map(|c| c.0),
+                    close_client_reason = client_close.map(|c| c.1),
+                    close_backend = backend_close.map(|c| c.0),
+                    close_backend_reason = backend_close.map(|c| c.1),
+                    going_away = drained.map(|r| match r.going_away_sent {
+                        true => "sent",
+                        false => "not sent",
+                    }),
                     "connection"
                 )
             };

@@ -11,6 +11,8 @@
 //!
 //! A leaf: imports nothing of the crate, so every stage may count.
 
+pub mod websockets;
+
 use std::cell::Cell;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -279,7 +281,7 @@ impl<const N: usize> Known<N> {
 /// compare-and-swap on the sum (prometheus-client's `Histogram` takes a mutex). Clones share
 /// the counts: one is registered, one observed.
 #[derive(Debug, Clone)]
-struct Timings {
+pub(crate) struct Timings {
     /// Upper bounds, ascending; the last bucket (`+Inf`) is implicit.
     bounds: &'static [f64],
     /// Observations per bucket (not cumulative), one more than `bounds`.
@@ -289,7 +291,7 @@ struct Timings {
 }
 
 impl Timings {
-    fn new(bounds: &'static [f64]) -> Timings {
+    pub(crate) fn new(bounds: &'static [f64]) -> Timings {
         Timings {
             bounds,
             counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
@@ -297,7 +299,17 @@ impl Timings {
         }
     }
 
-    fn observe(&self, v: f64) {
+    /// Per-bucket counts (not cumulative, `+Inf` last) and the sum.
+    pub(crate) fn read(&self) -> (Vec<u64>, f64) {
+        let counts = self
+            .counts
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect();
+        (counts, f64::from_bits(self.sum.load(Ordering::Relaxed)))
+    }
+
+    pub(crate) fn observe(&self, v: f64) {
         let bucket = self
             .bounds
             .iter()
@@ -367,13 +379,14 @@ impl Traffic {
     }
 }
 
-/// Slots, at least as many as a machine usually has cores; a thread keeps to one.
+/// Slots of their own, at least as many as a machine usually has worker threads; threads
+/// beyond share one more.
 const SLOTS: usize = 16;
 
 /// A counter in slots of their own cache line: threads add without contending.
 #[derive(Debug, Default)]
 struct Sharded {
-    slots: [Slot; SLOTS],
+    slots: [Slot; SLOTS + 1],
 }
 
 /// 128 bytes: two cache lines, as adjacent-line prefetching pairs them on x86.
@@ -383,7 +396,8 @@ struct Slot(AtomicU64);
 
 impl Sharded {
     fn add(&self, n: u64) {
-        self.slots[slot()].0.fetch_add(n, Ordering::Relaxed);
+        let (slot, own) = slot();
+        bump(&self.slots[slot].0, n, own);
     }
 
     fn sum(&self) -> u64 {
@@ -391,18 +405,36 @@ impl Sharded {
     }
 }
 
-/// This thread's slot: handed out in turn as threads first count.
-fn slot() -> usize {
+/// This thread's slot, and whether it is its own: the first [`SLOTS`] threads to count get
+/// one each, for good (a slot is never handed out twice); later threads share the last.
+#[inline]
+fn slot() -> (usize, bool) {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! {
         static SLOT: Cell<usize> = const { Cell::new(usize::MAX) };
     }
-    SLOT.with(|s| {
+    let slot = SLOT.with(|s| {
         if s.get() == usize::MAX {
-            s.set(NEXT.fetch_add(1, Ordering::Relaxed) % SLOTS);
+            s.set(NEXT.fetch_add(1, Ordering::Relaxed).min(SLOTS));
         }
         s.get()
-    })
+    });
+    (slot, slot < SLOTS)
+}
+
+/// Adds `n` to a slot's counter: in a slot of its own, the thread is the only writer, so a
+/// load and a store (no locked instruction) lose nothing; in the shared slot, an atomic add.
+#[inline]
+fn bump(counter: &AtomicU64, n: u64, own: bool) {
+    match own {
+        true => counter.store(
+            counter.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        ),
+        false => {
+            counter.fetch_add(n, Ordering::Relaxed);
+        }
+    }
 }
 
 #[cfg(test)]

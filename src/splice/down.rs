@@ -95,6 +95,9 @@ where
             let data = read.filled();
             self.down_burst = read.remaining() == 0;
             if data.is_empty() {
+                if self.gate.is_none() {
+                    self.tunnel.ended(Way::Down, false);
+                }
                 self.down.state = Dir::Closing;
                 continue;
             }
@@ -168,6 +171,9 @@ where
     /// delimited by the close can tell it was cut short. The failure is reported once the
     /// tunnel is done.
     pub(super) fn backend_gone(&mut self, error: io::Error) {
+        if self.gate.is_none() {
+            self.tunnel.ended(Way::Down, true);
+        }
         self.deferred
             .get_or_insert(fail(Side::Backend, Op::Read)(error));
         self.down.state = Dir::Closing;

@@ -211,6 +211,10 @@ pub trait Tunnel {
     /// Backend bytes taken on their way to the client.
     fn down(&mut self, _bytes: &[u8]) {}
 
+    /// Reading `way` ended: in order (the client's close_notify or EOF, the backend's FIN),
+    /// or `abruptly` (a failed read: a reset). Told once the tunnel is open, once per way.
+    fn ended(&mut self, _way: Way, _abruptly: bool) {}
+
     /// Shutdown asks the tunnel to end.
     fn drain(&mut self) {}
 
@@ -233,3 +237,37 @@ pub trait Tunnel {
 
 /// The blind tunnel.
 impl Tunnel for () {}
+
+/// A hook the caller keeps: what it learnt outlives the splice (and a splice dropped at the
+/// end of the shutdown grace).
+impl<T: Tunnel> Tunnel for &mut T {
+    const DRAINS: bool = T::DRAINS;
+
+    fn up(&mut self, bytes: &[u8]) {
+        (**self).up(bytes)
+    }
+
+    fn down(&mut self, bytes: &[u8]) {
+        (**self).down(bytes)
+    }
+
+    fn ended(&mut self, way: Way, abruptly: bool) {
+        (**self).ended(way, abruptly)
+    }
+
+    fn drain(&mut self) {
+        (**self).drain()
+    }
+
+    fn opened(&mut self, protocol: Option<&str>) {
+        (**self).opened(protocol)
+    }
+
+    fn room(&self, way: Way) -> Option<usize> {
+        (**self).room(way)
+    }
+
+    fn last(&mut self, way: Way) -> Option<Vec<u8>> {
+        (**self).last(way)
+    }
+}

@@ -380,7 +380,16 @@ where
         let failure = match result {
             Poll::Pending => return None,
             Poll::Ready(Ok(())) => None,
-            Poll::Ready(Err(f)) if f.op == Op::Read => return Some(End::Failed(f)),
+            Poll::Ready(Err(f)) if f.op == Op::Read => {
+                if self.gate.is_none() {
+                    let way = match f.side {
+                        Side::Client => Way::Up,
+                        Side::Backend => Way::Down,
+                    };
+                    self.tunnel.ended(way, true);
+                }
+                return Some(End::Failed(f));
+            }
             Poll::Ready(Err(f)) => Some(f),
         };
         match up {

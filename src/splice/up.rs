@@ -79,6 +79,9 @@ where
                 }
             };
             if chunk.is_empty() {
+                if self.gate.is_none() {
+                    self.tunnel.ended(Way::Up, false);
+                }
                 self.up.state = Dir::Closing;
                 continue;
             }

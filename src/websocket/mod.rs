@@ -9,20 +9,31 @@
 //! then sends the close frame: unmasked to the client, masked to the backend, as each expects
 //! from its peer; the splice then closes that side (close_notify and FIN; FIN). A stream
 //! that turned out not to be WebSocket framing is closed without a frame.
+//!
+//! The same reading tells the operator what no peer tells them: frames and messages each way
+//! (message sizes counted per route as they go), the close code each side sent, and who
+//! began the end ([`ending`]); the connection's log line and
+//! `wssbridge_websocket_closes_total` say it when the tunnel ends ([`Farewell::report`]).
 
+pub mod ending;
 pub mod frames;
 
 use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::splice::{Tunnel, Way};
+use tokio::time::Instant;
+
+use crate::metrics::websockets::{Direction, Open, RouteWebSockets};
+use crate::splice::{End, Tunnel, Way};
+use ending::{Ending, Report};
 use frames::{Frames, Sender};
 
 /// The window the tunnels' ends are spread over, so their reconnects are too.
 pub const SPREAD: Duration = Duration::from_millis(1500);
 
 /// The WebSocket tunnel hook: frame boundaries each way, and a close frame at shutdown.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Farewell {
     /// Client→backend frames (masked) and backend→client frames.
     up: Frames,
@@ -30,6 +41,14 @@ pub struct Farewell {
     /// `None` for a tunnel that is not a WebSocket: it is not followed, and not ended here
     /// (the shutdown grace ends it).
     asked: Option<bool>,
+    /// The route's counts: message sizes as they go, the end when it comes.
+    counts: Option<Arc<RouteWebSockets>>,
+    /// Among the route's open tunnels since the `101`.
+    open: Option<Open>,
+    /// The first thing seen to end the tunnel.
+    first: Option<Ending>,
+    /// Our `1001 Going Away` went to the client.
+    going_away_sent: bool,
 }
 
 impl Farewell {
@@ -39,7 +58,17 @@ impl Farewell {
             up: Frames::new(Sender::Client),
             down: Frames::new(Sender::Server),
             asked: Some(false),
+            counts: None,
+            open: None,
+            first: None,
+            going_away_sent: false,
         }
+    }
+
+    /// Counts into the route's `counts`.
+    pub fn counted(mut self, counts: Arc<RouteWebSockets>) -> Farewell {
+        self.counts = Some(counts);
+        self
     }
 
     /// For any other tunnel: inert.
@@ -68,6 +97,40 @@ impl Farewell {
             Way::Down => &self.down,
         }
     }
+
+    fn first(&mut self, ending: Ending) {
+        self.first.get_or_insert(ending);
+    }
+
+    /// Once the tunnel has ended (`end` is the splice's, `None` when the shutdown grace
+    /// ended it): what it carried and how it ended, counted in the route's
+    /// `wssbridge_websocket_*` metrics. `None` for a tunnel that was not a WebSocket or
+    /// never opened.
+    pub fn report<S>(&self, end: Option<&End<S>>) -> Option<Report> {
+        let open = self.open.as_ref()?;
+        self.asked?;
+        let report = Report {
+            ending: self.first.unwrap_or_else(|| Ending::from_end(end)),
+            framed: !self.up.lost() && !self.down.lost(),
+            up: self.up.tally(),
+            down: self.down.tally(),
+            client_close: self.up.close(),
+            backend_close: self.down.close(),
+            going_away_sent: self.going_away_sent,
+        };
+        if let Some(counts) = &self.counts {
+            let lasted = open.since().elapsed();
+            counts.ended(report.ending.ender(), report.code(), lasted, report.framed);
+        }
+        Some(report)
+    }
+}
+
+/// Inert, until the pipeline knows what the first request asked for.
+impl Default for Farewell {
+    fn default() -> Self {
+        Farewell::off()
+    }
 }
 
 impl Tunnel for Farewell {
@@ -75,19 +138,42 @@ impl Tunnel for Farewell {
 
     fn up(&mut self, bytes: &[u8]) {
         if self.asked.is_some() {
-            self.up.feed(bytes);
+            let counts = self.counts.as_deref();
+            self.up.feed(bytes, |size| {
+                if let Some(counts) = counts {
+                    counts.message(Direction::ClientToBackend, size);
+                }
+            });
+            if self.first.is_none() && self.up.closed() {
+                self.first = Some(Ending::ClientClose);
+            }
         }
     }
 
     fn down(&mut self, bytes: &[u8]) {
         if self.asked.is_some() {
-            self.down.feed(bytes);
+            let counts = self.counts.as_deref();
+            self.down.feed(bytes, |size| {
+                if let Some(counts) = counts {
+                    counts.message(Direction::BackendToClient, size);
+                }
+            });
+            if self.first.is_none() && self.down.closed() {
+                self.first = Some(Ending::BackendClose);
+            }
+        }
+    }
+
+    fn ended(&mut self, way: Way, abruptly: bool) {
+        if self.asked.is_some() {
+            self.first(Ending::read_ended(way == Way::Up, abruptly));
         }
     }
 
     fn drain(&mut self) {
         if let Some(asked) = &mut self.asked {
             *asked = true;
+            self.first(Ending::Drain);
         }
     }
 
@@ -97,7 +183,12 @@ impl Tunnel for Farewell {
     /// request opens another protocol.
     fn opened(&mut self, protocol: Option<&str>) {
         if self.asked != Some(true) {
+            let counts = self.counts.take();
             *self = Farewell::for_upgrade(protocol);
+            if self.is_websocket() {
+                self.open = counts.as_ref().map(|c| c.opened(Instant::now()));
+                self.counts = counts;
+            }
         }
     }
 
@@ -115,7 +206,10 @@ impl Tunnel for Farewell {
             return None;
         }
         Some(match way {
-            Way::Down => frames::GOING_AWAY.to_vec(),
+            Way::Down => {
+                self.going_away_sent = true;
+                frames::GOING_AWAY.to_vec()
+            }
             Way::Up => {
                 frames::going_away_masked(random().to_le_bytes()[..4].try_into().ok()?).to_vec()
             }

@@ -146,3 +146,18 @@ test('two tabs chat over polling then WebSocket across three processes, held tog
     await Promise.all(chats.map((c) => c.close()));
   }
 });
+
+// Issue #42: a tab that leaves the page closes its WebSocket with the browser's own close
+// frame, 1001 Going Away; the tunnel's log line says the client ended it, and how.
+test('a tab that leaves the page closes its WebSocket with 1001, and the log line says so', async () => {
+  const start = bridge.lines.length;
+  const tab = await openTab();
+  await tab.page.goto('about:blank');
+  const line = await bridge.waitFor((e) => e.message === 'connection' && e.ended_by
+    && e.path?.includes('transport=websocket') && bridge.lines.indexOf(e) >= start,
+  'the tab\'s WebSocket line');
+  assert.equal(line.ended_by, 'client_close', JSON.stringify(line));
+  assert.equal(line.close_client, 1001, JSON.stringify(line));
+  assert.ok(line.messages_up > 0 && line.messages_down > 0, JSON.stringify(line));
+  await tab.page.close();
+});
