@@ -45,6 +45,9 @@ pub struct Listeners {
     pub admin: Option<std::net::TcpListener>,
     /// In a process a binary upgrade started: where it reports ready to the old one.
     pub parent: Option<crate::notify::Parent>,
+    /// In a process a binary upgrade started: the old one's session-ticket keys (a
+    /// `--ticket-keys` file's lines), so its tickets resume here.
+    pub ticket_keys: Option<String>,
     /// Which kinds were bound from the flags (here or by the processes before an upgrade),
     /// not passed by systemd's socket units: a flag removed closes those at an upgrade.
     pub from_flags: Kinds,
@@ -60,6 +63,20 @@ pub struct Kinds {
 
 /// The `LISTEN_FDNAMES` suffix a binary upgrade gives the sockets bound from the flags.
 pub const FROM_FLAGS: &str = ".flags";
+
+/// The `LISTEN_FDNAMES` name of the socket a binary upgrade hands the session-ticket keys on
+/// (one datagram, already in it: never a file).
+pub const TICKETS_FDNAME: &str = "tickets";
+
+/// The one datagram of the ticket-keys socket, read without waiting (it was sent before this
+/// process started).
+fn read_ticket_keys(socket: &std::os::unix::net::UnixDatagram) -> anyhow::Result<String> {
+    socket.set_nonblocking(true)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = socket.recv(&mut buf)?;
+    buf.truncate(n);
+    Ok(String::from_utf8(buf)?)
+}
 
 impl From<Vec<std::net::TcpListener>> for Listeners {
     fn from(tls: Vec<std::net::TcpListener>) -> Self {
@@ -174,6 +191,7 @@ impl Listeners {
             redirect,
             admin,
             parent: self.parent,
+            ticket_keys: self.ticket_keys,
             from_flags,
         })
     }
@@ -207,6 +225,18 @@ impl Listeners {
                     })?
                     .with_context(|| format!("LISTEN_FDS: descriptor {fd} was already taken"))?;
                 listeners.parent = Some(crate::notify::Parent::new(socket));
+                continue;
+            }
+            if names.get(i).copied() == Some(TICKETS_FDNAME) {
+                let socket = fds
+                    .take_unix_datagram(i)
+                    .with_context(|| {
+                        format!("LISTEN_FDS: descriptor {fd} is not a datagram socket")
+                    })?
+                    .with_context(|| format!("LISTEN_FDS: descriptor {fd} was already taken"))?;
+                listeners.ticket_keys = Some(read_ticket_keys(&socket).with_context(|| {
+                    format!("LISTEN_FDS: reading the ticket keys on descriptor {fd}")
+                })?);
                 continue;
             }
             let listener = fds
@@ -287,6 +317,7 @@ impl Listeners {
             redirect,
             admin: bind("--admin", listening.admin.as_slice(), Sharing::Exclusive)?.pop(),
             parent: None,
+            ticket_keys: None,
             from_flags: Kinds {
                 tls: true,
                 redirect: true,

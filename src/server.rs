@@ -140,6 +140,9 @@ impl Server {
         }
         // In a process a binary upgrade started: one READY=1 to the old one, then its socket
         // is closed (nothing more is said to it).
+        if let Some(keys) = listeners.ticket_keys.take() {
+            self.state.tls.inherit_ticket_keys(&keys);
+        }
         if let Some(parent) = listeners.parent.take() {
             let mut events = self.state.events.subscribe();
             spawner.background(async move {
@@ -170,6 +173,7 @@ impl Server {
         let upgraded = Arc::new(tokio::sync::Notify::new());
         let (held, done) = (listeners.clone(), upgraded.clone());
         let (life, spawner_u) = (self.life.clone(), spawner.clone());
+        let state_u = self.state.clone();
         let shutdown_u = shutdown_.clone();
         spawner.background(async move {
             let drained = shutdown_u.drained();
@@ -183,8 +187,9 @@ impl Server {
                 tracing::info!("SIGUSR2 received: upgrading");
                 let (held, done, life) = (held.clone(), done.clone(), life.clone());
                 let abandon = shutdown_u.drained();
+                let ticket_keys = state_u.tls.ticket_keys();
                 spawner_u.background(async move {
-                    match upgrade::upgrade(&held, abandon).await {
+                    match upgrade::upgrade(&held, ticket_keys, abandon).await {
                         upgrade::Upgraded::Ready(pid) => {
                             tracing::info!(
                                 pid,

@@ -17,6 +17,9 @@
 //! - If it exits before it is ready, or is not ready within [`READY_WITHIN`], this process
 //!   keeps serving, logs why, and stays the main process. A second SIGUSR2 meanwhile is
 //!   logged and ignored.
+//! - The session-ticket keys in force go to the new process too, as one datagram waiting in
+//!   another inherited socket (named `tickets`), so a client's ticket from before resumes
+//!   after; they are never written to a file.
 
 use std::io::IoSliceMut;
 use std::mem::MaybeUninit;
@@ -53,12 +56,13 @@ pub enum Upgraded {
 /// until `abandon` resolves (this process began to shut down: the new one is stopped).
 pub async fn upgrade(
     listeners: &Listeners,
+    ticket_keys: String,
     abandon: impl std::future::Future<Output = ()>,
 ) -> Upgraded {
     if IN_PROGRESS.swap(true, Ordering::AcqRel) {
         return Upgraded::Busy;
     }
-    let result = start(listeners, abandon).await;
+    let result = start(listeners, ticket_keys, abandon).await;
     IN_PROGRESS.store(false, Ordering::Release);
     match result {
         Ok(pid) => Upgraded::Ready(pid),
@@ -68,6 +72,7 @@ pub async fn upgrade(
 
 async fn start(
     listeners: &Listeners,
+    ticket_keys: String,
     abandon: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<u32> {
     let exe = started_as().context("finding the binary this process was started as")?;
@@ -82,6 +87,15 @@ async fn start(
     let (mut fds, mut names) = descriptors(listeners)?;
     fds.push(OwnedFd::from(theirs));
     names.push(crate::notify::PARENT_FDNAME.to_string());
+    // The session-ticket keys, as one datagram already waiting in the socket the new process
+    // inherits: in memory only, never a file, and no other process can read the socket.
+    let (keys, keys_theirs) =
+        UnixDatagram::pair().context("making the socketpair for the ticket keys")?;
+    keys.send(ticket_keys.as_bytes())
+        .context("handing on the ticket keys")?;
+    drop(keys);
+    fds.push(OwnedFd::from(keys_theirs));
+    names.push(crate::accept::TICKETS_FDNAME.to_string());
     let mut command = tokio::process::Command::new(&exe);
     command
         .args(std::env::args_os().skip(1))

@@ -126,6 +126,19 @@ pub struct Args {
     #[arg(long, env = "WSSBRIDGE_STRICT_SNI")]
     pub strict_sni: bool,
 
+    /// Session-ticket keys shared by a fleet, from this file.
+    ///
+    /// A file of session-ticket keys, one per line, each the base64 of 80 random bytes
+    /// (`openssl rand 80 | base64 -w0`); the first line issues tickets, every line is
+    /// accepted; read again at each reload. Instances sharing the file resume each other's
+    /// sessions, so a client moved to another instance skips the full handshake. Rotate by
+    /// adding a new first line and keeping the old one below it for 6 hours. Refused when
+    /// others may read it or its group may write it (chmod 600). Without it, the process's
+    /// own key, replaced every 6 hours and handed to the new process in an upgrade (SIGUSR2).
+    #[arg(help_heading = "Certificates", hide_env = true)]
+    #[arg(long, env = "WSSBRIDGE_TICKET_KEYS", value_name = "PATH")]
+    pub ticket_keys: Option<PathBuf>,
+
     /// Reload certificate files when they change, checked this often.
     ///
     /// Check certificate, key and CA files this often and reload them when their content
@@ -869,6 +882,7 @@ impl Args {
         let serving = ServingSettings {
             certs,
             strict_sni: self.strict_sni,
+            ticket_keys: self.ticket_keys,
             client_cas: self.client_cas,
             client_auth_optional: self.client_auth == ClientAuth::Optional,
             add_forwarded: self.add_forwarded,

@@ -217,6 +217,8 @@ pub struct ServingSettings {
     pub certs: Vec<CertPaths>,
     /// Refuse a TLS name no certificate has (`unrecognized_name`) instead of the default.
     pub strict_sni: bool,
+    /// `--ticket-keys`: the session-ticket key file, read at each (re)load.
+    pub ticket_keys: Option<PathBuf>,
     /// CA files client certificates must chain to (none: no client certificates).
     pub client_cas: Vec<PathBuf>,
     /// Let clients without a certificate through (a bad one is still refused).
@@ -282,6 +284,7 @@ impl Default for ServingSettings {
         ServingSettings {
             certs: Vec::new(),
             strict_sni: false,
+            ticket_keys: None,
             client_cas: Vec::new(),
             client_auth_optional: false,
             add_forwarded: false,

@@ -108,6 +108,11 @@ impl ServingConfig {
                 client_cas,
                 strict_sni: settings.strict_sni,
                 acme_answers: acme.map(|a| a.challenges("tls-alpn-01")),
+                ticket_keys: settings
+                    .ticket_keys
+                    .as_deref()
+                    .map(crate::tls::tickets::read_file)
+                    .transpose()?,
             },
             pools,
             http: Arc::new(http),

@@ -19,6 +19,7 @@ pub mod certs;
 pub mod coalesce;
 pub mod hello;
 pub mod ktls;
+pub mod tickets;
 
 use std::fmt;
 use std::sync::Arc;
@@ -59,11 +60,13 @@ pub struct TlsConfig {
     pub strict_sni: bool,
     /// `--acme`: where the TLS-ALPN-01 answers are (see [`acme`]).
     pub acme_answers: Option<std::path::PathBuf>,
+    /// `--ticket-keys`: the session-ticket keys, read at each (re)load ([`tickets`]).
+    pub ticket_keys: Option<tickets::TicketKeys>,
 }
 
 /// The TLS server of the process.
 pub struct Tls {
-    ticketer: Arc<dyn ProducesTickets>,
+    ticketer: Arc<tickets::Ticketer>,
     sessions: Arc<dyn StoresServerSessions + Send + Sync>,
     current: ArcSwap<Served>,
 }
@@ -78,10 +81,11 @@ struct Served {
 
 impl Tls {
     pub fn new(config: &TlsConfig) -> anyhow::Result<Tls> {
-        let ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
+        let ticketer = Arc::new(tickets::Ticketer::new(None)?);
+        ticketer.set(config.ticket_keys.as_ref());
         let sessions: Arc<dyn StoresServerSessions + Send + Sync> =
             rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE);
-        let server = build(config, &ticketer, &sessions)?;
+        let server = build(config, &(ticketer.clone() as _), &sessions)?;
         Ok(Tls {
             ticketer,
             sessions,
@@ -92,9 +96,33 @@ impl Tls {
     /// Serves `config` to every handshake from now on; handshakes in progress and live
     /// connections are not touched, and sessions from before resume.
     pub fn set(&self, config: &TlsConfig) -> anyhow::Result<()> {
-        let server = build(config, &self.ticketer, &self.sessions)?;
+        let server = build(config, &(self.ticketer.clone() as _), &self.sessions)?;
+        self.ticketer.set(config.ticket_keys.as_ref());
         self.current.store(Arc::new(server));
         Ok(())
+    }
+
+    /// Takes the session-ticket keys the process before a binary upgrade handed down (the
+    /// lines of a `--ticket-keys` file), unless `--ticket-keys` names them: tickets issued
+    /// before the upgrade resume after it.
+    pub fn inherit_ticket_keys(&self, lines: &str) {
+        match tickets::parse(lines) {
+            Ok(keys) if self.ticketer.own() => {
+                self.ticketer.adopt(&keys);
+                tracing::info!(
+                    keys = keys.0.len(),
+                    "session tickets: the keys of the process before the upgrade"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("session tickets: the keys handed down are unusable: {e}"),
+        }
+    }
+
+    /// The session-ticket keys in force, as a `--ticket-keys` file's lines, for the next
+    /// process of a binary upgrade.
+    pub fn ticket_keys(&self) -> String {
+        self.ticketer.export()
     }
 
     /// Completes the handshake on `stream` (whose first bytes, `early`, were already read),

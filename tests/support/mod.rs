@@ -362,6 +362,7 @@ impl Tunnel {
             redirect,
             admin,
             parent: None,
+            ticket_keys: None,
             from_flags: Default::default(),
         };
         let server = Server::new(config).expect("server");
