@@ -234,9 +234,15 @@ impl Listeners {
                         format!("LISTEN_FDS: descriptor {fd} is not a datagram socket")
                     })?
                     .with_context(|| format!("LISTEN_FDS: descriptor {fd} was already taken"))?;
-                listeners.ticket_keys = Some(read_ticket_keys(&socket).with_context(|| {
-                    format!("LISTEN_FDS: reading the ticket keys on descriptor {fd}")
-                })?);
+                // Without them sessions from before the upgrade do a full handshake once:
+                // worth a warning, not a refusal to start.
+                match read_ticket_keys(&socket) {
+                    Ok(keys) => listeners.ticket_keys = Some(keys),
+                    Err(e) => tracing::warn!(
+                        "LISTEN_FDS: no ticket keys on descriptor {fd} ({e:#}): sessions from \
+                         before the upgrade will not resume"
+                    ),
+                }
                 continue;
             }
             let listener = fds

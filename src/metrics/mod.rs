@@ -380,13 +380,15 @@ impl Traffic {
 }
 
 /// Slots of their own, at least as many as a machine usually has worker threads; threads
-/// beyond share one more.
+/// beyond share [`SHARED`] more.
 const SLOTS: usize = 16;
+/// Shared slots, added to atomically by the threads beyond [`SLOTS`], in turn.
+const SHARED: usize = 8;
 
 /// A counter in slots of their own cache line: threads add without contending.
 #[derive(Debug, Default)]
 struct Sharded {
-    slots: [Slot; SLOTS + 1],
+    slots: [Slot; SLOTS + SHARED],
 }
 
 /// 128 bytes: two cache lines, as adjacent-line prefetching pairs them on x86.
@@ -406,7 +408,9 @@ impl Sharded {
 }
 
 /// This thread's slot, and whether it is its own: the first [`SLOTS`] threads to count get
-/// one each, for good (a slot is never handed out twice); later threads share the last.
+/// one each, for good (a slot is never handed out twice); later threads share the [`SHARED`]
+/// ones after them, in turn (so a many-core machine's extra workers do not all contend on
+/// one line).
 #[inline]
 fn slot() -> (usize, bool) {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -415,7 +419,8 @@ fn slot() -> (usize, bool) {
     }
     let slot = SLOT.with(|s| {
         if s.get() == usize::MAX {
-            s.set(NEXT.fetch_add(1, Ordering::Relaxed).min(SLOTS));
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            s.set(if n < SLOTS { n } else { SLOTS + n % SHARED });
         }
         s.get()
     });

@@ -108,7 +108,7 @@ impl Tls {
     pub fn inherit_ticket_keys(&self, lines: &str) {
         match tickets::parse(lines) {
             Ok(keys) if self.ticketer.own() => {
-                self.ticketer.adopt(&keys);
+                self.ticketer.adopt(&keys, lines);
                 tracing::info!(
                     keys = keys.0.len(),
                     "session tickets: the keys of the process before the upgrade"

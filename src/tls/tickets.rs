@@ -10,21 +10,24 @@
 //!   below it for a ticket's lifetime). Checked like a private key ([`check_file`]).
 //! - Without it, the process makes its own key and replaces it every [`ROTATE`] (keeping
 //!   the one before, so tickets live out their lifetime), as rustls's own ticketer does; a
-//!   binary upgrade hands the keys in force to the new process (`upgrade`, through a memory
-//!   file that is never on disk), so an upgrade keeps resumption.
+//!   binary upgrade hands the keys in force, with their age, to the new process (`upgrade`,
+//!   as one datagram on an inherited socket: never a file), so an upgrade keeps resumption.
 //!
-//! A key's 80 bytes are, as in HAProxy's files, 16 of name, 32 of HMAC secret and 32 of AES
-//! key. A ticket here is `name ‖ nonce (12) ‖ AES-256-GCM(state) ‖ tag (16)` with the name as
-//! associated data: the HMAC secret is not used (the AEAD authenticates), and the tickets
-//! are not HAProxy's or nginx's (no two TLS stacks share a ticket's contents anyway).
+//! A key's first 16 bytes are its name, as in nginx's and HAProxy's 80-byte keys (which order
+//! the other 64 differently: nginx HMAC then AES, HAProxy AES then HMAC). Here the AES-256-GCM
+//! key is derived from those 64 bytes with HKDF-SHA256 under a label of wssbridge's own, so a
+//! file made for nginx or HAProxy is never used as the same key in another cipher. A ticket
+//! is `name ‖ nonce (12) ‖ AES-256-GCM(state) ‖ tag (16)`, the name as associated data; the
+//! tickets are wssbridge's own (no two TLS stacks share a ticket's contents).
 
 use std::fmt;
 use std::path::Path;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use aws_lc_rs::hkdf::{HKDF_SHA256, Salt};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use base64::Engine;
 use rustls::server::ProducesTickets;
@@ -48,8 +51,12 @@ pub struct Key {
 
 impl Key {
     pub fn new(bytes: [u8; KEY_BYTES]) -> Key {
-        let unbound =
-            UnboundKey::new(&AES_256_GCM, &bytes[48..80]).expect("32 bytes are an AES-256 key");
+        let salt = Salt::new(HKDF_SHA256, b"wssbridge session ticket key");
+        let prk = salt.extract(&bytes[NAME..]);
+        let unbound: UnboundKey = prk
+            .expand(&[b"aes-256-gcm"], &AES_256_GCM)
+            .expect("32 bytes are within HKDF-SHA256's reach")
+            .into();
         Key {
             bytes,
             aead: LessSafeKey::new(unbound),
@@ -144,6 +151,9 @@ struct InForce {
 pub struct Ticketer {
     keys: ArcSwap<InForce>,
     rng: SystemRandom,
+    /// Held while a rotation decides, so two handshakes that find the key due do not both
+    /// rotate (the second would drop the key before the first).
+    rotating: Mutex<()>,
 }
 
 impl fmt::Debug for Ticketer {
@@ -174,6 +184,7 @@ impl Ticketer {
                 own: true,
             }),
             rng,
+            rotating: Mutex::new(()),
         })
     }
 
@@ -187,21 +198,31 @@ impl Ticketer {
                 since: Instant::now(),
                 own: false,
             })),
-            None if !self.keys.load().own => self.rotate(),
+            None if !self.keys.load().own => {
+                let _held = self.rotating.lock().unwrap_or_else(|e| e.into_inner());
+                self.rotate(usize::MAX);
+            }
             None => {}
         }
     }
 
-    /// Takes the keys the process before an upgrade handed down, unless `--ticket-keys`
-    /// gives them: they go on issuing and rotating as they did there.
-    pub fn adopt(&self, keys: &TicketKeys) {
-        if self.keys.load().own {
-            self.keys.store(Arc::new(InForce {
-                keys: keys.0.iter().copied().map(Key::new).collect(),
-                since: Instant::now(),
-                own: true,
-            }));
+    /// Takes the keys the process before an upgrade handed down (`lines`, as
+    /// [`Ticketer::export`] writes them), unless `--ticket-keys` gives them: they go on
+    /// issuing, and rotate when they would have there (their age comes with them), so
+    /// upgrades more often than [`ROTATE`] do not keep a key for good.
+    pub fn adopt(&self, keys: &TicketKeys, lines: &str) {
+        if !self.keys.load().own {
+            return;
         }
+        let age = made_at(lines)
+            .and_then(|made| SystemTime::now().duration_since(made).ok())
+            .unwrap_or_default();
+        let since = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+        self.keys.store(Arc::new(InForce {
+            keys: keys.0.iter().copied().map(Key::new).collect(),
+            since,
+            own: true,
+        }));
     }
 
     /// Whether the keys are the process's own (not a `--ticket-keys` file's).
@@ -211,26 +232,46 @@ impl Ticketer {
 
     /// The keys in force, first the one that issues, as a `--ticket-keys` file's lines (for
     /// the next process of an upgrade).
+    /// A `# made UNIX-SECONDS` line first says when the first key began issuing.
     pub fn export(&self) -> String {
         let keys = self.keys.load();
-        keys.keys
-            .iter()
-            .map(|k| base64::engine::general_purpose::STANDARD.encode(k.bytes) + "\n")
-            .collect()
+        let made = SystemTime::now()
+            .checked_sub(keys.since.elapsed())
+            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs());
+        let mut out = format!("# made {made}\n");
+        for key in &keys.keys {
+            out += &(base64::engine::general_purpose::STANDARD.encode(key.bytes) + "\n");
+        }
+        out
     }
 
-    /// A new key of its own issues; the one that issued before is still accepted.
-    fn rotate(&self) {
+    /// A new key of its own issues; the `keep` that issued before are still accepted (the
+    /// caller holds `rotating`).
+    fn rotate(&self, keep: usize) {
         let Some(new) = Key::random(&self.rng) else {
             return;
         };
         let old = self.keys.load();
-        let previous = old.keys.first().map(|k| Key::new(k.bytes));
+        let previous = old.keys.iter().take(keep).map(|k| Key::new(k.bytes));
         self.keys.store(Arc::new(InForce {
             keys: std::iter::once(new).chain(previous).collect(),
             since: Instant::now(),
             own: true,
         }));
+    }
+
+    /// Rotates its own key once it has issued for [`ROTATE`]: decided under `rotating`, with
+    /// the age read again there, so one handshake rotates and the others see the new key.
+    fn rotate_if_due(&self) {
+        let due = |keys: &InForce| keys.own && keys.since.elapsed() >= ROTATE;
+        if !due(&self.keys.load()) {
+            return;
+        }
+        let _held = self.rotating.lock().unwrap_or_else(|e| e.into_inner());
+        if due(&self.keys.load()) {
+            self.rotate(1);
+        }
     }
 }
 
@@ -244,11 +285,8 @@ impl ProducesTickets for Ticketer {
     }
 
     fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
-        let mut keys = self.keys.load();
-        if keys.own && keys.since.elapsed() >= ROTATE {
-            self.rotate();
-            keys = self.keys.load();
-        }
+        self.rotate_if_due();
+        let keys = self.keys.load();
         let key = keys.keys.first()?;
         let mut nonce = [0u8; NONCE_LEN];
         self.rng.fill(&mut nonce).ok()?;
@@ -287,6 +325,12 @@ impl ProducesTickets for Ticketer {
         opened.truncate(len);
         Some(opened)
     }
+}
+
+/// When the first key of an exported list began issuing (its `# made` line).
+fn made_at(lines: &str) -> Option<SystemTime> {
+    let secs = lines.lines().find_map(|l| l.strip_prefix("# made "))?;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs.trim().parse().ok()?))
 }
 
 #[cfg(test)]
@@ -360,13 +404,67 @@ mod tests {
     fn keys_handed_to_the_next_process_open_its_tickets() {
         let old = Ticketer::new(None).unwrap();
         let ticket = old.encrypt(b"resume me").unwrap();
-        let handed = parse(&old.export()).unwrap();
-        let new = Ticketer::new(Some(handed)).unwrap();
+        let lines = old.export();
+        let new = Ticketer::new(None).unwrap();
+        new.adopt(&parse(&lines).unwrap(), &lines);
         assert_eq!(new.decrypt(&ticket).unwrap(), b"resume me");
         // Its own keys rotate: the one before is still accepted.
-        new.rotate();
+        new.rotate(1);
         assert_eq!(new.decrypt(&ticket).unwrap(), b"resume me");
         assert_ne!(&new.encrypt(b"x").unwrap()[..NAME], &ticket[..NAME]);
+    }
+
+    #[test]
+    fn handed_down_keys_keep_their_age() {
+        let old = Ticketer::new(None).unwrap();
+        let first = old.encrypt(b"x").unwrap();
+        let made = SystemTime::now() - ROTATE - Duration::from_secs(60);
+        let secs = made
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let exported = old.export();
+        let keys: Vec<&str> = exported.lines().skip(1).collect();
+        let lines = format!("# made {secs}\n{}\n", keys.join("\n"));
+        let new = Ticketer::new(None).unwrap();
+        new.adopt(&parse(&lines).unwrap(), &lines);
+        // Due already: the next ticket is issued by a new key; the old one still opens.
+        let next = new.encrypt(b"y").unwrap();
+        assert_ne!(&next[..NAME], &first[..NAME]);
+        assert_eq!(new.decrypt(&first).unwrap(), b"x");
+    }
+
+    #[test]
+    fn rotations_racing_keep_the_key_before() {
+        let t = Arc::new(Ticketer::new(None).unwrap());
+        let ticket = t.encrypt(b"old").unwrap();
+        // Make it due, then let eight handshakes find it so at once.
+        let stale = Instant::now()
+            .checked_sub(ROTATE + Duration::from_secs(1))
+            .unwrap();
+        let again: Vec<Key> = t
+            .keys
+            .load()
+            .keys
+            .iter()
+            .map(|k| Key::new(k.bytes))
+            .collect();
+        t.keys.store(Arc::new(InForce {
+            keys: again,
+            since: stale,
+            own: true,
+        }));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let t = t.clone();
+                std::thread::spawn(move || t.encrypt(b"new").unwrap())
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        assert_eq!(t.keys.load().keys.len(), 2, "one rotation");
+        assert_eq!(t.decrypt(&ticket).unwrap(), b"old", "the key before kept");
     }
 
     #[test]

@@ -19,8 +19,8 @@ pub enum Ending {
     BackendClose,
     /// The client's side ended without a close frame: close_notify or a TCP FIN.
     ClientFin,
-    /// The client's side failed: a reset, a TLS close without close_notify mid-frame, a write
-    /// it no longer took.
+    /// The client's side failed: a reset, a write it no longer took. (A TLS close without
+    /// close_notify is an ordinary end of its side, as the splice treats it: `ClientFin`.)
     ClientReset,
     /// The backend's TCP FIN, without a close frame.
     BackendFin,

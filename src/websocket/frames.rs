@@ -214,11 +214,11 @@ impl Frames {
         }
         if opcode == 0x8 && !self.closed {
             self.closed = true;
-            // A control frame's length fits a byte (checked above); a client's key is the
-            // header's last four bytes.
-            let key = match masked {
-                true => [header[2], header[3], header[4], header[5]],
-                false => [0; 4],
+            // A client's key is the header's last four bytes (after a length written in two
+            // or eight bytes too, which a peer may do even for a short control frame).
+            let key = match (masked, header.len().checked_sub(4)) {
+                (true, Some(at)) => [header[at], header[at + 1], header[at + 2], header[at + 3]],
+                _ => [0; 4],
             };
             match length {
                 0 => {
