@@ -10,11 +10,13 @@ Writes bench/results/<stamp>/{results.csv, summary.md, ratios.png}.
 """
 
 import argparse
+import base64
 import csv
 import datetime
 import json
 import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -50,6 +52,7 @@ http {{
         listen 127.0.0.1:{port} ssl;
         ssl_certificate {cert};
         ssl_certificate_key {key};
+        ssl_session_ticket_key {tickets_bin};
         location / {{
             proxy_pass http://app;
             proxy_http_version 1.1;
@@ -75,7 +78,7 @@ defaults
     timeout server 1h
     timeout tunnel 1h
 frontend tls
-    bind 127.0.0.1:{port} ssl crt {combined} alpn http/1.1
+    bind 127.0.0.1:{port} ssl crt {combined} alpn http/1.1 tls-ticket-keys {tickets_b64}
     default_backend app
 backend app
     server s1 127.0.0.1:{backend}
@@ -143,12 +146,19 @@ def pss_kib(pids):
     return total
 
 
+# Session-ticket key files every peer is given (written by `main`): one key of 80 random
+# bytes, base64 for wssbridge and HAProxy, raw for nginx.
+TICKETS = {}
+
+
 class Peer:
-    def __init__(self, name, workdir):
+    def __init__(self, name, workdir, extra=(), ticket_file=True):
         self.name = name
         self.dir = os.path.join(workdir, name)
         os.makedirs(self.dir, exist_ok=True)
         self.proc = None
+        self.extra = list(extra)
+        self.ticket_file = ticket_file
 
     def start(self, cert, key, backend):
         self.port = free_port()
@@ -157,7 +167,10 @@ class Peer:
             # comparison paired in one run.
             binary = os.environ["WSSBRIDGE_BASE"] if self.name == "wssbridge-base" else WSSBRIDGE
             cmd = [binary, "--listen", f"127.0.0.1:{self.port}", "--cert", cert, "--key", key,
-                   "--to", f"127.0.0.1:{backend}", "-q"]
+                   "--to", f"127.0.0.1:{backend}", "-q"] + self.extra
+            if self.name == "wssbridge" and self.ticket_file:
+                # (the base binary may predate the flag: it keeps its own keys)
+                cmd += ["--ticket-keys", TICKETS["b64"]]
             if self.name == "wssbridge-full":
                 # The features a production deployment turns on: forwarded headers on every
                 # request, and the admin endpoint (metrics are always counted).
@@ -176,7 +189,7 @@ class Peer:
             with open(conf, "w") as f:
                 f.write(NGINX_CONF.format(cores=CORES, dir=self.dir, port=self.port, cert=cert, key=key,
                                           backend=backend, buffers=buffers, keepalive=keepalive,
-                                          connection=connection))
+                                          connection=connection, tickets_bin=TICKETS["bin"]))
             cmd = [shutil.which("nginx") or "/usr/sbin/nginx", "-p", self.dir, "-c", conf, "-g", "daemon off;"]
         else:
             combined = os.path.join(self.dir, "combined.pem")
@@ -184,7 +197,8 @@ class Peer:
                 f.write(open(cert).read() + open(key).read())
             conf = os.path.join(self.dir, "haproxy.cfg")
             with open(conf, "w") as f:
-                f.write(HAPROXY_CONF.format(cores=CORES, port=self.port, combined=combined, backend=backend))
+                f.write(HAPROXY_CONF.format(cores=CORES, port=self.port, combined=combined, backend=backend,
+                                            tickets_b64=TICKETS["b64"]))
             cmd = [shutil.which("haproxy") or "/usr/sbin/haproxy", "-f", conf, "-db"]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(os.path.join(self.dir, "stderr.log"), "a"))
         wait_port(self.port)
@@ -208,10 +222,11 @@ class Peer:
             self.proc = None
 
 
-def loadgen(mode, port, conns, seconds, size=None):
+def loadgen(mode, port, conns, seconds, size=None, extra=()):
     cmd = [LOADGEN, mode, f"127.0.0.1:{port}", "--conns", str(conns), "--seconds", str(seconds)]
     if size:
         cmd += ["--size", str(size)]
+    cmd += list(extra)
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120)
     if out.returncode != 0:
         raise RuntimeError(f"loadgen {mode}: {out.stderr.strip()}")
@@ -243,6 +258,8 @@ def measure(peer, mode, conns, seconds):
     before = cpu_seconds(pids)
     if mode == "wrk":
         result = wrk(peer.port, conns, seconds)
+    elif mode == "rate-chromium":
+        result = loadgen("rate", peer.port, conns, seconds, extra=["--kx", "chromium"])
     elif ":" in mode:
         name, size = mode.split(":")
         result = loadgen(name, peer.port, conns, seconds, int(size))
@@ -279,8 +296,8 @@ def turns(r, order, cert, backend, workdir, tag, jobs, windows):
     return rows
 
 
-def rate_job(metric, seconds):
-    return ("rate", 8, seconds, lambda res, s: [(metric, res["per_sec"], res["conns"])])
+def rate_job(metric, seconds, mode="rate"):
+    return (mode, 8, seconds, lambda res, s: [(metric, res["per_sec"], res["conns"])])
 
 
 def bulk_job(seconds):
@@ -342,6 +359,42 @@ def idle(peer, count):
             "idle_cpu_percent": idle_cpu}
 
 
+def storm(peer, count, trigger):
+    """A reconnect storm (loadgen's `storm`): `count` clients with a session each are ended
+    at once, by themselves (`client`: a network blip) or by the proxy (`server`: SIGUSR2, a
+    wssbridge upgrade with --websocket-close-on-drain), and reconnect within 0.5-1.5 s. The
+    proxy's CPU is counted from the end to the last return (not for an upgrade, whose new
+    process is not the one measured)."""
+    gen = subprocess.Popen([LOADGEN, "storm", f"127.0.0.1:{peer.port}", "--conns", str(count),
+                            "--trigger", trigger], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        json.loads(gen.stdout.readline())
+        time.sleep(1.0)
+        pids = peer.pids()
+        before = cpu_seconds(pids)
+        gen.stdin.write("go\n")
+        gen.stdin.flush()
+        if trigger == "server":
+            peer.proc.send_signal(signal.SIGUSR2)
+        res = json.loads(gen.stdout.readline())
+        cpu = None if trigger == "server" else cpu_seconds(pids) - before
+        gen.wait(timeout=60)
+    finally:
+        if gen.poll() is None:
+            gen.kill()
+    return res, cpu
+
+
+def storm_rows(r, name, label, res, cpu):
+    n = res["conns"]
+    return [
+        (r, name, f"storm {label}: reconnects of {n}", res["back"], cpu, res["back"] if cpu else None, res),
+        (r, name, f"storm {label}: % resumed", 100.0 * res["resumed"] / max(n, 1), None, None, res),
+        (r, name, f"storm {label}: seconds until all back", res["seconds"], None, None, res),
+        (r, name, f"storm {label}: failed", res["failed"], None, None, res),
+    ]
+
+
 def paired_ratios(rows, metrics, peers_names):
     """For metrics measured in turns: {metric: {peer: (median of wssbridge / peer over the
     turns, turns where wssbridge did better, turns)}}."""
@@ -391,7 +444,8 @@ def main():
                         help="also: wssbridge-full (with --add-forwarded and --admin), "
                         "wssbridge-base (the binary at $WSSBRIDGE_BASE, for before/after)")
     parser.add_argument("--skip", default="", help="comma-separated parts to leave out: "
-                        "rsa, ecdsa, sweep, chat, keepalive, frames, rtt, idle")
+                        "rsa, ecdsa, sweep, chat, keepalive, frames, rtt, idle, storm")
+    parser.add_argument("--storm", type=int, help="clients in the reconnect storm")
     opts = parser.parse_args()
     rounds = opts.rounds or (1 if opts.quick else 3)
     seconds = opts.seconds or (1.0 if opts.quick else 2.0)
@@ -406,6 +460,14 @@ def main():
     os.makedirs(outdir, exist_ok=True)
     workdir = tempfile.mkdtemp(prefix="wssbridge-bench-")
     certs = certificates(workdir)
+    key = os.urandom(80)
+    TICKETS["bin"] = os.path.join(workdir, "tickets.bin")
+    TICKETS["b64"] = os.path.join(workdir, "tickets.b64")
+    # Three lines of the one key: HAProxy wants a ring of at least three.
+    for path, data in ((TICKETS["bin"], key), (TICKETS["b64"], (base64.b64encode(key) + b"\n") * 3)):
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as f:
+            f.write(data)
+    storm_count = opts.storm or (1000 if opts.quick else 5000)
     backend_proc = subprocess.Popen([BENCHD, "127.0.0.1:0"], stdout=subprocess.PIPE, text=True)
     backend = int(backend_proc.stdout.readline().strip().rsplit(":", 1)[1])
 
@@ -419,8 +481,14 @@ def main():
                                   [rate_job("conn/s RSA-2048", seconds)], runs))
             if "ecdsa" not in skip:
                 print(f"round {r + 1}/{rounds}: ECDSA P-256 rate and bulk, {runs} turns", flush=True)
+                # The same handshakes with Chromium's key-exchange groups (X25519MLKEM768
+                # first): wssbridge (rustls) takes the post-quantum hybrid, OpenSSL 3.0 peers
+                # X25519.
                 rows.extend(turns(r, order, certs["ecdsa"], backend, workdir, "ecdsa",
-                                  [rate_job("conn/s ECDSA P-256", seconds), bulk_job(seconds)], runs))
+                                  [rate_job("conn/s ECDSA P-256", seconds),
+                                   rate_job("conn/s ECDSA P-256, Chromium's groups", seconds,
+                                            "rate-chromium"),
+                                   bulk_job(seconds)], runs))
             if "keepalive" not in skip:
                 print(f"round {r + 1}/{rounds}: keep-alive with wrk, {runs} turns", flush=True)
                 rows.extend(turns(r, order, certs["ecdsa"], backend, workdir, "keepalive",
@@ -446,6 +514,35 @@ def main():
             if "rtt" not in skip:
                 print(f"round {r + 1}/{rounds}: RTT, {windows} windows of 1 s per peer", flush=True)
                 rows.extend(turns(r, order, certs["ecdsa"], backend, workdir, "rtt", [rtt_job()], windows))
+            for name in ([] if "storm" in skip else order):
+                print(f"round {r + 1}/{rounds}: {name} reconnect storm of {storm_count}", flush=True)
+                peer = Peer(name, os.path.join(workdir, "storm"))
+                try:
+                    peer.start(*certs["ecdsa"], backend)
+                    res, cpu = storm(peer, storm_count, "client")
+                    rows.extend(storm_rows(r, name, "after a blip", res, cpu))
+                finally:
+                    peer.stop()
+                if name != "wssbridge":
+                    continue
+                # Across a binary upgrade, with no key file: the old process hands its own keys
+                # to the new one, which resumes the old one's sessions.
+                pid_file = os.path.join(workdir, "storm", "upgrade.pid")
+                if os.path.exists(pid_file):
+                    os.remove(pid_file)
+                peer = Peer(name, os.path.join(workdir, "storm"),
+                            ["--websocket-close-on-drain", "--pid-file", pid_file], ticket_file=False)
+                try:
+                    peer.start(*certs["ecdsa"], backend)
+                    res, cpu = storm(peer, storm_count, "server")
+                    rows.extend(storm_rows(r, name, "across an upgrade", res, cpu))
+                finally:
+                    peer.stop()
+                    try:
+                        os.kill(int(open(pid_file).read().strip()), signal.SIGTERM)
+                    except (OSError, ValueError):
+                        pass
+                    time.sleep(1.0)
             for name in ([] if "idle" in skip else order):
                 peer = Peer(name, workdir)
                 print(f"round {r + 1}/{rounds}: {name} idle", flush=True)

@@ -19,6 +19,13 @@
 //!   room's fan-out brings it back (the server's frame, 96 bytes), and sends the next,
 //!   counting every message the room delivers to it: one small message per connection per
 //!   wake-up, the pattern of a chat, where the proxy cannot coalesce. Deliveries per second.
+//! - `storm`: a reconnect storm. `--conns` upgraded connections, each its own client that
+//!   keeps its TLS session tickets (as each browser does), opened in batches of 100; prints
+//!   `{"opened":N}` and waits for a line on stdin. Then, with `--trigger client`, it drops
+//!   every connection at once (a network blip); with `--trigger server` it waits for the
+//!   proxy to end each (a drain's 1001, an upgrade). Each reconnects after a delay spread over
+//!   0.5-1.5 s (socket.io's 1 s ± 50%) and is back once upgraded again; it prints how many
+//!   came back, failed and resumed, and the seconds from the first end to the last return.
 //! - `stream` / `frames`: upgraded connections to benchd's `/stream`, both sides writing
 //!   `--size`-byte writes at once; with `frames` each write is one WebSocket frame. The pair
 //!   gives the cost of following frame boundaries.
@@ -60,6 +67,14 @@ struct Args {
     /// OpenSSL-based clients such as Node and Python also do).
     #[arg(long, default_value = "browser")]
     suites: String,
+    /// Key-exchange groups offered: `x25519` (X25519 first: what every peer negotiates, the
+    /// default) or `chromium` (X25519MLKEM768 first, then X25519, P-256, P-384: Chromium's
+    /// order since version 131; a server that prefers the hybrid does ML-KEM too).
+    #[arg(long, default_value = "x25519")]
+    kx: String,
+    /// In `storm` mode, who ends the connections: `client` (a blip) or `server` (a drain).
+    #[arg(long, default_value = "client")]
+    trigger: String,
     /// In `idle` mode, counts to stop at on the way to `--conns`.
     #[arg(long, value_delimiter = ',')]
     steps: Vec<usize>,
@@ -76,7 +91,7 @@ static FROM: std::sync::OnceLock<Option<std::net::IpAddr>> = std::sync::OnceLock
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     FROM.get_or_init(|| args.from);
-    let connector = TlsConnector::from(client_config(&args.suites)?);
+    let connector = TlsConnector::from(client_config(&args.suites, &args.kx)?);
     let run = Duration::from_secs_f64(args.seconds);
     let line = match args.mode.as_str() {
         "rate" => rate(connector, args.addr, args.conns, run).await,
@@ -87,6 +102,10 @@ async fn main() -> anyhow::Result<()> {
         }
         "latency" => latency(connector, args.addr, args.conns, run).await?,
         "chat" => chat(connector, args.addr, args.conns, run).await?,
+        "storm" => {
+            let config = client_config(&args.suites, &args.kx)?;
+            storm(config, args.addr, args.conns, &args.trigger).await?
+        }
         "idle" => idle(connector, args.addr, args.conns, &args.steps).await?,
         "churn" => {
             let hold = Duration::from_millis(args.hold_ms);
@@ -103,7 +122,7 @@ async fn main() -> anyhow::Result<()> {
 /// X25519, the group every peer (OpenSSL 3.0 included) negotiates, so all peers do the same
 /// handshake crypto; rustls would otherwise pick the post-quantum hybrid against wssbridge
 /// only.
-fn client_config(suites: &str) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+fn client_config(suites: &str, kx: &str) -> anyhow::Result<Arc<rustls::ClientConfig>> {
     let mut provider = rustls::crypto::aws_lc_rs::default_provider();
     match suites {
         "browser" => {
@@ -118,8 +137,12 @@ fn client_config(suites: &str) -> anyhow::Result<Arc<rustls::ClientConfig>> {
     }
     // X25519 first, so it is the key share sent; P-256 and P-384 listed because OpenSSL 3.0
     // refuses an ECDSA certificate whose curve the client does not list ("no shared cipher").
-    use rustls::crypto::aws_lc_rs::kx_group::{SECP256R1, SECP384R1, X25519};
-    provider.kx_groups = vec![X25519, SECP256R1, SECP384R1];
+    use rustls::crypto::aws_lc_rs::kx_group::{SECP256R1, SECP384R1, X25519, X25519MLKEM768};
+    provider.kx_groups = match kx {
+        "x25519" => vec![X25519, SECP256R1, SECP384R1],
+        "chromium" => vec![X25519MLKEM768, X25519, SECP256R1, SECP384R1],
+        other => anyhow::bail!("--kx {other}: expected x25519 or chromium"),
+    };
     let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
         .with_safe_default_protocol_versions()
         .expect("TLS versions")
@@ -611,4 +634,82 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
     }
     let i = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
     sorted[i.min(sorted.len() - 1)]
+}
+
+/// A reconnect storm (`storm` mode): see the module's text.
+async fn storm(
+    base: Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+    count: usize,
+    trigger: &str,
+) -> anyhow::Result<String> {
+    anyhow::ensure!(
+        matches!(trigger, "client" | "server"),
+        "--trigger {trigger}: expected client or server"
+    );
+    // Each client its own session store, as each browser has.
+    let clients: Vec<TlsConnector> = (0..count)
+        .map(|_| {
+            let mut config = (*base).clone();
+            config.resumption = rustls::client::Resumption::in_memory_sessions(4);
+            TlsConnector::from(Arc::new(config))
+        })
+        .collect();
+    let mut streams = Vec::with_capacity(count);
+    for start in (0..count).step_by(100) {
+        let batch = clients[start..(start + 100).min(count)]
+            .iter()
+            .map(|c| upgraded(c, addr));
+        for s in futures_util::future::join_all(batch).await {
+            streams.push(s?);
+        }
+    }
+    println!("{{\"opened\":{}}}", streams.len());
+    tokio::task::spawn_blocking(|| std::io::stdin().read_line(&mut String::new())).await??;
+    let began = Instant::now();
+    let first_end = Arc::new(std::sync::Mutex::new(None::<Instant>));
+    let tasks = streams
+        .into_iter()
+        .zip(clients)
+        .enumerate()
+        .map(|(i, (mut s, client))| {
+            let first_end = first_end.clone();
+            let blip = trigger == "client";
+            async move {
+                if blip {
+                    drop(s);
+                } else {
+                    // Until the proxy ends it (its close frame, then its close), for 30 s at most:
+                    // a failed upgrade ends nothing, and the storm must still end.
+                    let mut sink = [0u8; 256];
+                    let ended =
+                        async { while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {} };
+                    let _ = tokio::time::timeout(Duration::from_secs(30), ended).await;
+                    drop(s);
+                }
+                let ended = Instant::now();
+                first_end.lock().unwrap().get_or_insert(ended);
+                // 1 s ± 50%, spread evenly over the clients.
+                let delay = 500 + (i as u64 * 7919) % 1000;
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+                match upgraded(&client, addr).await {
+                    Ok(s) => {
+                        let resumed =
+                            s.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+                        (Some(s), resumed, Instant::now())
+                    }
+                    Err(_) => (None, false, Instant::now()),
+                }
+            }
+        });
+    let results = futures_util::future::join_all(tasks).await;
+    let back = results.iter().filter(|(s, _, _)| s.is_some()).count();
+    let resumed = results.iter().filter(|(_, r, _)| *r).count();
+    let last = results.iter().map(|(_, _, at)| *at).max().unwrap_or(began);
+    let first = first_end.lock().unwrap().unwrap_or(began);
+    Ok(format!(
+        "{{\"conns\":{count},\"back\":{back},\"failed\":{},\"resumed\":{resumed},\"seconds\":{:.3}}}",
+        count - back,
+        last.duration_since(first).as_secs_f64()
+    ))
 }
