@@ -516,33 +516,34 @@ def main():
                 rows.extend(turns(r, order, certs["ecdsa"], backend, workdir, "rtt", [rtt_job()], windows))
             for name in ([] if "storm" in skip else order):
                 print(f"round {r + 1}/{rounds}: {name} reconnect storm of {storm_count}", flush=True)
-                peer = Peer(name, os.path.join(workdir, "storm"))
-                try:
-                    peer.start(*certs["ecdsa"], backend)
-                    res, cpu = storm(peer, storm_count, "client")
-                    rows.extend(storm_rows(r, name, "after a blip", res, cpu))
-                finally:
-                    peer.stop()
+                storm_dir = os.path.join(workdir, "storm")
+
+                def storm_on(peer, trigger, label, pid_file=None):
+                    try:
+                        peer.start(*certs["ecdsa"], backend)
+                        res, cpu = storm(peer, storm_count, trigger)
+                        rows.extend(storm_rows(r, name, label, res, cpu))
+                    finally:
+                        peer.stop()
+                        if pid_file:
+                            # The upgrade's new process, which the peer did not start.
+                            try:
+                                os.kill(int(open(pid_file).read().strip()), signal.SIGTERM)
+                            except (OSError, ValueError):
+                                pass
+                            time.sleep(1.0)
+
+                storm_on(Peer(name, storm_dir), "client", "after a blip")
                 if name != "wssbridge":
                     continue
                 # Across a binary upgrade, with no key file: the old process hands its own keys
                 # to the new one, which resumes the old one's sessions.
-                pid_file = os.path.join(workdir, "storm", "upgrade.pid")
+                pid_file = os.path.join(storm_dir, "upgrade.pid")
                 if os.path.exists(pid_file):
                     os.remove(pid_file)
-                peer = Peer(name, os.path.join(workdir, "storm"),
-                            ["--websocket-close-on-drain", "--pid-file", pid_file], ticket_file=False)
-                try:
-                    peer.start(*certs["ecdsa"], backend)
-                    res, cpu = storm(peer, storm_count, "server")
-                    rows.extend(storm_rows(r, name, "across an upgrade", res, cpu))
-                finally:
-                    peer.stop()
-                    try:
-                        os.kill(int(open(pid_file).read().strip()), signal.SIGTERM)
-                    except (OSError, ValueError):
-                        pass
-                    time.sleep(1.0)
+                peer = Peer(name, storm_dir, ["--websocket-close-on-drain", "--pid-file", pid_file],
+                            ticket_file=False)
+                storm_on(peer, "server", "across an upgrade", pid_file)
             for name in ([] if "idle" in skip else order):
                 peer = Peer(name, workdir)
                 print(f"round {r + 1}/{rounds}: {name} idle", flush=True)

@@ -68,6 +68,17 @@ pub const FROM_FLAGS: &str = ".flags";
 /// (one datagram, already in it: never a file).
 pub const TICKETS_FDNAME: &str = "tickets";
 
+/// The datagram socket passed at index `i` (the upgrade's report socket, its ticket keys).
+fn take_datagram(
+    fds: &mut listenfd::ListenFd,
+    i: usize,
+) -> anyhow::Result<std::os::unix::net::UnixDatagram> {
+    let fd = 3 + i;
+    fds.take_unix_datagram(i)
+        .with_context(|| format!("LISTEN_FDS: descriptor {fd} is not a datagram socket"))?
+        .with_context(|| format!("LISTEN_FDS: descriptor {fd} was already taken"))
+}
+
 /// The one datagram of the ticket-keys socket, read without waiting (it was sent before this
 /// process started).
 fn read_ticket_keys(socket: &std::os::unix::net::UnixDatagram) -> anyhow::Result<String> {
@@ -218,22 +229,12 @@ impl Listeners {
         for i in 0..fds.len() {
             let fd = 3 + i;
             if names.get(i).copied() == Some(crate::notify::PARENT_FDNAME) {
-                let socket = fds
-                    .take_unix_datagram(i)
-                    .with_context(|| {
-                        format!("LISTEN_FDS: descriptor {fd} is not a datagram socket")
-                    })?
-                    .with_context(|| format!("LISTEN_FDS: descriptor {fd} was already taken"))?;
+                let socket = take_datagram(&mut fds, i)?;
                 listeners.parent = Some(crate::notify::Parent::new(socket));
                 continue;
             }
             if names.get(i).copied() == Some(TICKETS_FDNAME) {
-                let socket = fds
-                    .take_unix_datagram(i)
-                    .with_context(|| {
-                        format!("LISTEN_FDS: descriptor {fd} is not a datagram socket")
-                    })?
-                    .with_context(|| format!("LISTEN_FDS: descriptor {fd} was already taken"))?;
+                let socket = take_datagram(&mut fds, i)?;
                 // Without them sessions from before the upgrade do a full handshake once:
                 // worth a warning, not a refusal to start.
                 match read_ticket_keys(&socket) {
