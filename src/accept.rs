@@ -24,6 +24,7 @@ use crate::conn::Accepted;
 use crate::lifecycle::Spawner;
 use crate::metrics::OutcomeLabel;
 use crate::proxy_protocol::{self, Header};
+
 use crate::state::{IpSlot, State};
 use crate::{conn, redirect};
 
@@ -503,6 +504,7 @@ pub async fn accept_loop(
         let (stream, peer) = match accepted {
             Ok(a) => {
                 backoff = BACKOFF_MIN;
+                state.metrics.accepted_by(crate::runtime::worker());
                 a
             }
             Err(e) if is_per_connection(&e) => continue,

@@ -37,6 +37,7 @@ pub mod redirect;
 pub mod reload;
 pub mod respond;
 pub mod route;
+pub mod runtime;
 pub mod server;
 pub mod signals;
 pub mod splice;

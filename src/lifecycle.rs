@@ -283,6 +283,16 @@ impl Lifecycle {
         self.accepting.spawn(task);
     }
 
+    /// [`Lifecycle::spawn_accepting`] on another runtime (one of the per-core threads'),
+    /// whose connections are then spawned there too.
+    pub fn spawn_accepting_on(
+        &self,
+        task: impl Future<Output = ()> + Send + 'static,
+        runtime: &tokio::runtime::Handle,
+    ) {
+        self.accepting.spawn_on(task, runtime);
+    }
+
     /// The listeners accept: ready.
     pub fn serving(&self) {
         self.shared.advance(Phase::Serving, 0);

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use tracing_subscriber::EnvFilter;
 use wssbridge::cli::{Args, LogFormat};
+use wssbridge::runtime::Runtime;
 
 /// Start-up failed: nothing was served.
 const CANNOT_START: u8 = 2;
@@ -18,10 +19,19 @@ const FAILED: u8 = 1;
 fn main() -> ExitCode {
     let args = Args::from_env();
     init_logging(&args);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // Per core, this thread's runtime is the supervisor's alone (the server starts the
+    // threads that serve connections); work-stealing, it is the one all connections share.
+    let mut builder = match args.runtime {
+        Runtime::PerCore => tokio::runtime::Builder::new_current_thread(),
+        Runtime::WorkStealing => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            if let Some(threads) = args.threads.filter(|&n| n > 0) {
+                builder.worker_threads(threads);
+            }
+            builder
+        }
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             let e = anyhow::anyhow!("starting the runtime: {e}");

@@ -22,6 +22,7 @@ use crate::lifecycle::{Event, Events, Lifecycle, Spawner};
 use crate::notify;
 use crate::pidfile;
 use crate::reload::{self, Trigger};
+use crate::runtime::{Runtime, Workers};
 use crate::signals::{self, Signals};
 use crate::state::State;
 use crate::tls::ktls;
@@ -275,7 +276,8 @@ impl Server {
             let (recorder, state_r) = (board.clone(), state.clone());
             let until = shutdown_.stopped();
             spawner.background(async move { recorder.record(&state_r, events, until).await });
-            let serve = admin::serve(accepting(listener)?, state.clone(), board, spawner.clone());
+            let listener = TcpListener::from_std(accepting(listener)?)?;
+            let serve = admin::serve(listener, state.clone(), board, spawner.clone());
             spawner.background(serve);
         }
         let https_port = match listeners.tls.first() {
@@ -292,9 +294,29 @@ impl Server {
         let services: Vec<_> = services
             .map(|(listener, service)| Ok((accepting(listener)?, service)))
             .collect::<anyhow::Result<_>>()?;
+        // Per core, each thread accepts from every listener and serves what it accepted.
+        let workers = match state.process.runtime {
+            Runtime::PerCore => Some(Workers::start(state.process.threads)?),
+            Runtime::WorkStealing => None,
+        };
         for (listener, service) in services {
-            let service = accept::accept_loop(listener, state.clone(), service, spawner.clone());
-            life.spawn_accepting(service);
+            let Some(workers) = &workers else {
+                let listener = TcpListener::from_std(listener)?;
+                let service =
+                    accept::accept_loop(listener, state.clone(), service, spawner.clone());
+                life.spawn_accepting(service);
+                continue;
+            };
+            for handle in workers.handles() {
+                // Registered with that thread's poller, so its readiness wakes that thread.
+                let listener = {
+                    let _on = handle.enter();
+                    TcpListener::from_std(listener.try_clone()?)?
+                };
+                let service =
+                    accept::accept_loop(listener, state.clone(), service, spawner.clone());
+                life.spawn_accepting_on(service, handle);
+            }
         }
         // The names discovery asks (their first answers, within a bound) and the health
         // checks the serving config asks for run before ready is said, and follow every
@@ -364,6 +386,9 @@ impl Server {
             }
         }
         life.background_done().await;
+        if let Some(workers) = workers {
+            workers.stop().await;
+        }
         state.events.emit(Event::Stopped);
         Ok(())
     }
@@ -480,6 +505,6 @@ impl Drop for ForceOnDrop {
 
 /// An accept loop's handle on a listener the server keeps: a second descriptor for the same
 /// socket, so the loop can end without closing the port.
-fn accepting(listener: &std::net::TcpListener) -> anyhow::Result<TcpListener> {
-    Ok(TcpListener::from_std(listener.try_clone()?)?)
+fn accepting(listener: &std::net::TcpListener) -> anyhow::Result<std::net::TcpListener> {
+    Ok(listener.try_clone()?)
 }

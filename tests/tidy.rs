@@ -28,6 +28,7 @@ const RULES: &[(&str, &[&str])] = &[
             "config",
             "notify",
             "pidfile",
+            "runtime::Runtime",
             "server",
             "signals",
             "Config",
@@ -45,6 +46,8 @@ const RULES: &[(&str, &[&str])] = &[
     ("readahead", &[]),
     ("respond", &[]),
     ("route", &[]),
+    // The threads connections are served on: tokio's, nothing of the crate.
+    ("runtime", &[]),
     ("signals", &[]),
     ("trim", &[]),
     // The copy knows no HTTP: it asks a gate.
@@ -78,8 +81,20 @@ const RULES: &[(&str, &[&str])] = &[
         "check",
         &["config", "balance::health", "acme::reach", "route::Backend"],
     ),
-    // Configuration is built, not run: no process state, nothing that binds or spawns.
-    ("config", &["balance", "cidr", "http", "route", "tls"]),
+    // Configuration is built, not run: no process state, nothing that binds or spawns (of
+    // the runtime, the mode's name and the default thread count).
+    (
+        "config",
+        &[
+            "balance",
+            "cidr",
+            "http",
+            "route",
+            "runtime::Runtime",
+            "runtime::default_threads",
+            "tls",
+        ],
+    ),
     (
         "cli",
         &[
@@ -88,6 +103,7 @@ const RULES: &[(&str, &[&str])] = &[
             "config",
             "proxy_protocol",
             "route",
+            "runtime::Runtime",
             "tls",
         ],
     ),
@@ -156,6 +172,7 @@ const RULES: &[(&str, &[&str])] = &[
             "notify::PARENT_FDNAME",
             "proxy_protocol",
             "redirect",
+            "runtime::worker",
             "state",
         ],
     ),
@@ -171,6 +188,7 @@ const RULES: &[(&str, &[&str])] = &[
             "notify",
             "pidfile",
             "reload",
+            "runtime",
             "signals",
             "state",
             "tls::ktls",

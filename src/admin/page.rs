@@ -161,6 +161,11 @@ pub fn json(snap: &Snapshot, board: &Board) -> String {
             "loaded_at": rfc3339(snap.config.loaded_at),
             "flags_file": snap.config.flags_file,
         },
+        "runtime": {
+            "mode": snap.runtime.mode,
+            "threads": snap.runtime.threads,
+            "accepted_by_thread": snap.runtime.accepted_by_thread,
+        },
         "certificates": certificates,
         "routes": routes,
         "responses": responses,

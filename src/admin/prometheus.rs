@@ -85,6 +85,7 @@ fn prometheus(snapshot: &Snapshot) -> Registry {
     );
     discovery(&mut registry, snapshot);
     websocket_families(&mut registry, snapshot);
+    threads(&mut registry, snapshot);
     let placements = Family::<Labels2, Counter>::default();
     for route in &snapshot.routes {
         if let Some((cookie, least)) = route.placements {
@@ -120,6 +121,25 @@ fn prometheus(snapshot: &Snapshot) -> Registry {
 
 /// How each route's WebSockets ended and what they carried. Labels are bounded: the route as
 /// configured, the side, a close code among 1000–1015 or `other`/`none`, the direction.
+/// Per core: what each thread accepted, to see how evenly the threads share the load.
+fn threads(registry: &mut Registry, snapshot: &Snapshot) {
+    if snapshot.runtime.accepted_by_thread.is_empty() {
+        return;
+    }
+    let accepted = Family::<Labels1, Counter>::default();
+    for (n, count) in snapshot.runtime.accepted_by_thread.iter().enumerate() {
+        accepted
+            .get_or_create(&[("thread", n.to_string())])
+            .inc_by(*count);
+    }
+    registry.register(
+        "wssbridge_thread_accepted_connections",
+        "Connections each serving thread accepted (--runtime per-core: it serves them to \
+         their end), by thread number",
+        accepted,
+    );
+}
+
 fn websocket_families(registry: &mut Registry, snapshot: &Snapshot) {
     let closes = Family::<[(&'static str, String); 3], Counter>::default();
     let messages = Family::<Labels2, Counter>::default();

@@ -36,6 +36,17 @@ pub struct Snapshot {
     pub unready: Option<String>,
     pub process: ProcessView,
     pub config: ConfigView,
+    pub runtime: RuntimeView,
+}
+
+/// How connections are spread over threads (`--runtime`, `--threads`), and how many each
+/// per-core thread took.
+#[derive(Debug, Default)]
+pub struct RuntimeView {
+    pub mode: String,
+    pub threads: usize,
+    /// Per core: connections each thread accepted so far (empty when work-stealing).
+    pub accepted_by_thread: Vec<u64>,
 }
 
 /// The serving config in force: which, since when, from where.
@@ -192,6 +203,14 @@ impl Snapshot {
             unready,
             process: ProcessView::read(),
             config,
+            runtime: RuntimeView {
+                mode: state.process.runtime.to_string(),
+                threads: state.process.threads,
+                accepted_by_thread: match state.process.runtime.per_core() {
+                    true => state.metrics.accepted_by_thread(state.process.threads),
+                    false => Vec::new(),
+                },
+            },
         }
     }
 }

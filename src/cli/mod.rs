@@ -24,6 +24,7 @@ use crate::config::{
 };
 use crate::proxy_protocol;
 use crate::route::{RouteSpec, Upstream};
+use crate::runtime::Runtime;
 use crate::tls::CertPaths;
 
 /// The end of `-h`.
@@ -681,6 +682,26 @@ pub struct Args {
     #[arg(long, env = "WSSBRIDGE_ONLINE", requires = "check")]
     pub online: bool,
 
+    /// How connections are spread over threads.
+    ///
+    /// per-core (the default): one single-threaded runtime per thread, each accepting its
+    /// own connections from the shared listening sockets and serving them to their end, as
+    /// nginx's workers; no thread wakes another to steal work. work-stealing: one runtime
+    /// whose threads take each other's tasks, for a few very busy tunnels on many cores.
+    /// Either way limits, balancing and metrics are process-wide.
+    #[arg(help_heading = "Runtime", hide_env = true)]
+    #[arg(long, env = "WSSBRIDGE_RUNTIME", value_enum, default_value_t = Runtime::PerCore)]
+    pub runtime: Runtime,
+
+    /// Threads serving connections [default: one per CPU].
+    ///
+    /// Threads serving connections [default: one per CPU this process may use, its affinity
+    /// and cgroup quota counted]. The admin port, health checks and ACME run on a thread of
+    /// their own beside them.
+    #[arg(help_heading = "Runtime", hide_env = true)]
+    #[arg(long, env = "WSSBRIDGE_THREADS", value_name = "N")]
+    pub threads: Option<usize>,
+
     /// Log format.
     #[arg(help_heading = "Logging", hide_env = true)]
     #[arg(long, env = "WSSBRIDGE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -877,6 +898,8 @@ impl Args {
             max_handshakes: self.max_handshakes,
             max_handshake_memory: self.max_handshake_memory.0,
             max_connections_per_ip: self.max_connections_per_ip,
+            runtime: self.runtime,
+            threads: self.threads,
             logging,
         };
         let serving = ServingSettings {

@@ -28,6 +28,7 @@ use crate::balance::Balancing;
 use crate::cidr::Cidr;
 pub use crate::http::Security;
 use crate::route::RouteSpec;
+use crate::runtime::Runtime;
 use crate::tls::CertPaths;
 
 /// Let's Encrypt's production directory, `--acme-directory`'s default.
@@ -123,6 +124,10 @@ pub struct ProcessSettings {
     pub max_handshakes: Option<usize>,
     pub max_handshake_memory: usize,
     pub max_connections_per_ip: Option<usize>,
+    /// `--runtime`.
+    pub runtime: Runtime,
+    /// `--threads` (`None`: one per CPU).
+    pub threads: Option<usize>,
     /// `-v`, `-q`, `--log-format`: set once, when logging starts.
     pub logging: Logging,
 }
@@ -183,6 +188,8 @@ impl ProcessSettings {
                 "--max-connections-per-ip",
                 self.max_connections_per_ip == other.max_connections_per_ip,
             ),
+            ("--runtime", self.runtime == other.runtime),
+            ("--threads", self.threads == other.threads),
             ("-v/-q", self.logging.level == other.logging.level),
             ("--log-format", self.logging.json == other.logging.json),
         ];
@@ -270,6 +277,8 @@ impl Default for ProcessSettings {
             max_handshakes: None,
             max_handshake_memory: 64 << 20,
             max_connections_per_ip: None,
+            runtime: Runtime::PerCore,
+            threads: None,
             logging: Logging {
                 level: "info",
                 json: false,

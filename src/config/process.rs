@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{AcmeSettings, ProcessSettings};
+use crate::runtime::Runtime;
 
 /// What to listen on (`--listen`, `--redirect-http`, `--reuse-port`, `--admin`), checked for
 /// clashes; `accept` binds it (or takes it from systemd or
@@ -58,7 +59,13 @@ pub struct ProcessConfig {
     /// How often certificate, key and CA files are checked for new content (`None`: never).
     pub cert_poll: Option<Duration>,
     pub limits: Limits,
+    /// `--runtime` and `--threads`: how many threads serve connections, and how.
+    pub runtime: Runtime,
+    pub threads: usize,
 }
+
+/// More threads than any machine this runs on has cores, far fewer than would exhaust it.
+const MAX_THREADS: usize = 1024;
 
 /// Far above what one process can hold (two descriptors each), and within what a semaphore takes.
 const MAX_CONNECTIONS: usize = 100_000_000;
@@ -85,6 +92,12 @@ impl ProcessConfig {
         if settings.max_connections_per_ip == Some(0) {
             anyhow::bail!("--max-connections-per-ip must be at least 1");
         }
+        let threads = match settings.threads {
+            Some(0) => anyhow::bail!("--threads must be at least 1"),
+            Some(n) if n > MAX_THREADS => anyhow::bail!("--threads {n} is more than {MAX_THREADS}"),
+            Some(n) => n,
+            None => crate::runtime::default_threads(),
+        };
         if settings.max_handshake_memory < MIN_HANDSHAKE_MEMORY {
             anyhow::bail!(
                 "--max-handshake-memory must be at least 64KiB: below one large ClientHello, \
@@ -108,6 +121,8 @@ impl ProcessConfig {
                 max_handshake_memory: settings.max_handshake_memory,
                 max_connections_per_ip: settings.max_connections_per_ip,
             },
+            runtime: settings.runtime,
+            threads,
         })
     }
 }

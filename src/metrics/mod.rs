@@ -37,7 +37,13 @@ pub struct Metrics {
     handshake_seconds: Timings,
     responses: Known<10>,
     reloads: Known<2>,
+    /// Connections each per-core thread accepted, by its number.
+    by_thread: Box<[AtomicU64]>,
 }
+
+/// Per-core threads whose accepts are counted apart (`--threads` allows no more); a higher
+/// number shares the last slot.
+pub const THREADS_COUNTED: usize = 1024;
 
 /// What `wssbridge_responses_total{status}` can say: every status wssbridge answers itself
 /// (`respond::Status`) and the redirect's 308.
@@ -162,6 +168,7 @@ impl Default for Metrics {
             handshake_seconds,
             responses,
             reloads,
+            by_thread: (0..THREADS_COUNTED).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 }
@@ -175,6 +182,22 @@ impl Metrics {
     /// A connection was accepted; its end is [`Metrics::ended`].
     pub fn accepted(&self) {
         self.connections_active.inc();
+    }
+
+    /// A per-core thread (`thread`: its number; `None` on any other) accepted a connection.
+    pub fn accepted_by(&self, thread: Option<usize>) {
+        if let Some(n) = thread {
+            self.by_thread[n.min(THREADS_COUNTED - 1)].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Connections each of the first `threads` per-core threads accepted so far.
+    pub fn accepted_by_thread(&self, threads: usize) -> Vec<u64> {
+        self.by_thread
+            .iter()
+            .take(threads)
+            .map(|n| n.load(Ordering::Relaxed))
+            .collect()
     }
 
     pub fn ended(&self, outcome: OutcomeLabel) {
