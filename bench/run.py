@@ -168,9 +168,12 @@ class Peer:
             binary = os.environ["WSSBRIDGE_BASE"] if self.name == "wssbridge-base" else WSSBRIDGE
             cmd = [binary, "--listen", f"127.0.0.1:{self.port}", "--cert", cert, "--key", key,
                    "--to", f"127.0.0.1:{backend}", "-q"] + self.extra
-            if self.name == "wssbridge" and self.ticket_file:
+            if self.name in ("wssbridge", "wssbridge-steal") and self.ticket_file:
                 # (the base binary may predate the flag: it keeps its own keys)
                 cmd += ["--ticket-keys", TICKETS["b64"]]
+            if self.name == "wssbridge-steal":
+                # The same binary in the other runtime mode, for when each is better.
+                cmd += ["--runtime", "work-stealing"]
             if self.name == "wssbridge-full":
                 # The features a production deployment turns on: forwarded headers on every
                 # request, and the admin endpoint (metrics are always counted).
@@ -260,6 +263,9 @@ def measure(peer, mode, conns, seconds):
         result = wrk(peer.port, conns, seconds)
     elif mode == "rate-chromium":
         result = loadgen("rate", peer.port, conns, seconds, extra=["--kx", "chromium"])
+    elif "@" in mode:
+        name, echo_read = mode.split("@")
+        result = loadgen(name, peer.port, conns, seconds, extra=["--echo-read", echo_read])
     elif ":" in mode:
         name, size = mode.split(":")
         result = loadgen(name, peer.port, conns, seconds, int(size))
@@ -300,7 +306,14 @@ def rate_job(metric, seconds, mode="rate"):
     return (mode, 8, seconds, lambda res, s: [(metric, res["per_sec"], res["conns"])])
 
 
-def bulk_job(seconds):
+def bulk_job(seconds, echo_read=0):
+    """4 upgraded tunnels, 16 KiB client writes as fast as they are taken, echoed: by benchd's
+    default echo (tokio's copy, 8 KiB at a time), or with `echo_read`-byte reads (an outside
+    harness's echo, 64 KiB)."""
+    if echo_read:
+        metric = f"bulk MB/s tx+rx, echo reading {echo_read // 1024} KiB"
+        return (f"throughput@{echo_read}", 4, seconds,
+                lambda res, s: [(metric, res["mb_per_sec"], res["mb_per_sec"] * s)])
     return ("throughput", 4, seconds, lambda res, s: [("bulk MB/s tx+rx", res["mb_per_sec"], res["mb_per_sec"] * s)])
 
 
@@ -442,7 +455,8 @@ def main():
     parser.add_argument("--rtt-windows", type=int, help="1-second RTT windows per peer per round")
     parser.add_argument("--peers", default="wssbridge,nginx,nginx-16k,haproxy",
                         help="also: wssbridge-full (with --add-forwarded and --admin), "
-                        "wssbridge-base (the binary at $WSSBRIDGE_BASE, for before/after)")
+                        "wssbridge-base (the binary at $WSSBRIDGE_BASE, for before/after), "
+                        "wssbridge-steal (this binary with --runtime work-stealing)")
     parser.add_argument("--skip", default="", help="comma-separated parts to leave out: "
                         "rsa, ecdsa, sweep, chat, keepalive, frames, rtt, idle, storm")
     parser.add_argument("--storm", type=int, help="clients in the reconnect storm")
@@ -488,7 +502,7 @@ def main():
                                   [rate_job("conn/s ECDSA P-256", seconds),
                                    rate_job("conn/s ECDSA P-256, Chromium's groups", seconds,
                                             "rate-chromium"),
-                                   bulk_job(seconds)], runs))
+                                   bulk_job(seconds), bulk_job(seconds, 64 * 1024)], runs))
             if "keepalive" not in skip:
                 print(f"round {r + 1}/{rounds}: keep-alive with wrk, {runs} turns", flush=True)
                 rows.extend(turns(r, order, certs["ecdsa"], backend, workdir, "keepalive",

@@ -83,6 +83,17 @@ async fn serve(mut s: TcpStream) -> std::io::Result<()> {
                 }
             }
             s.write_all(&head[end..]).await?;
+            if let Some(n) = echo_read(&text) {
+                // The echo of an outside harness: reads of `n` bytes, each written back whole.
+                let mut buf = vec![0u8; n];
+                loop {
+                    let got = s.read(&mut buf).await?;
+                    if got == 0 {
+                        return Ok(());
+                    }
+                    s.write_all(&buf[..got]).await?;
+                }
+            }
             let (mut r, mut w) = s.split();
             tokio::io::copy(&mut r, &mut w).await?;
             return Ok(());
@@ -179,6 +190,13 @@ impl Drop for Member {
 }
 
 /// `N` from a `GET /stream?size=N` request line.
+/// `N` from a `GET /ws?read=N` request line (at most 1 MiB).
+fn echo_read(head: &str) -> Option<usize> {
+    let target = head.split_whitespace().nth(1)?;
+    let n: usize = target.strip_prefix("/ws?read=")?.parse().ok()?;
+    Some(n).filter(|&n| (1..=1 << 20).contains(&n))
+}
+
 fn stream_size(head: &str) -> Option<usize> {
     let target = head.split_whitespace().nth(1)?;
     let query = target.strip_prefix("/stream?size=")?;

@@ -59,6 +59,10 @@ struct Args {
     /// Bytes per write in `throughput` mode.
     #[arg(long, default_value_t = 16 * 1024)]
     size: usize,
+    /// In `throughput` mode, the bytes the backend's echo reads at a time (benchd's
+    /// `/ws?read=N`; 0: its default, tokio's 8 KiB copy).
+    #[arg(long, default_value_t = 0)]
+    echo_read: usize,
     /// In `churn` mode, how long each upgraded connection stays open after its echo.
     #[arg(long, default_value_t = 0)]
     hold_ms: u64,
@@ -95,7 +99,10 @@ async fn main() -> anyhow::Result<()> {
     let run = Duration::from_secs_f64(args.seconds);
     let line = match args.mode.as_str() {
         "rate" => rate(connector, args.addr, args.conns, run).await,
-        "throughput" => throughput(connector, args.addr, args.conns, run, args.size).await?,
+        "throughput" => {
+            let echo_read = args.echo_read;
+            throughput(connector, args.addr, args.conns, run, args.size, echo_read).await?
+        }
         "stream" | "frames" => {
             let frames = args.mode == "frames";
             stream(connector, args.addr, args.conns, run, args.size, frames).await?
@@ -402,8 +409,20 @@ async fn throughput(
     conns: usize,
     run: Duration,
     size: usize,
+    echo_read: usize,
 ) -> anyhow::Result<String> {
-    let streams = open(&connector, addr, conns).await?;
+    let streams = match echo_read {
+        0 => open(&connector, addr, conns).await?,
+        n => {
+            let request =
+                String::from_utf8_lossy(UPGRADE).replacen("/ws", &format!("/ws?read={n}"), 1);
+            let mut streams = Vec::with_capacity(conns);
+            for _ in 0..conns {
+                streams.push(upgraded_with(&connector, addr, request.as_bytes()).await?);
+            }
+            streams
+        }
+    };
     let (tx, rx) = pump(streams, vec![0x5au8; size], run).await;
     Ok(rates(tx, rx, run))
 }
