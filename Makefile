@@ -36,7 +36,8 @@ release:
 test: unit e2e demo-check
 	@tests/leftovers.sh
 
-## cargo-nextest runs each test in its own process; plain cargo test when it is missing.
+## cargo-nextest runs each test in its own process; plain cargo test when it is missing. The
+## suite runs twice: the second time every server (in-process or the binary) runs per core.
 ## What the last run's tests made under target/tmp (PKIs, peers, copies of the binary) goes
 ## first, so it does not grow run after run.
 unit:
@@ -45,9 +46,11 @@ unit:
 	@# build only the binaries of the package under test.
 	$(CARGO) build --quiet -p wssbridge-chat
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
-	  $(CARGO) nextest run --workspace --no-fail-fast; \
+	  $(CARGO) nextest run --workspace --no-fail-fast && \
+	  WSSBRIDGE_RUNTIME=per-core $(CARGO) nextest run --workspace --no-fail-fast; \
 	else \
-	  $(CARGO) test --workspace --lib --bins --tests --no-fail-fast; \
+	  $(CARGO) test --workspace --lib --bins --tests --no-fail-fast && \
+	  WSSBRIDGE_RUNTIME=per-core $(CARGO) test --workspace --lib --bins --tests --no-fail-fast; \
 	fi
 
 ## socket.io v4/v2 clients and headless Chromium through the real binary (tests/e2e/).

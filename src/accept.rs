@@ -24,7 +24,6 @@ use crate::conn::Accepted;
 use crate::lifecycle::Spawner;
 use crate::metrics::OutcomeLabel;
 use crate::proxy_protocol::{self, Header};
-
 use crate::state::{IpSlot, State};
 use crate::{conn, redirect};
 

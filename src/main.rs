@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use tracing_subscriber::EnvFilter;
 use wssbridge::cli::{Args, LogFormat};
-use wssbridge::runtime::Runtime;
+use wssbridge::runtime::{self, Runtime};
 
 /// Start-up failed: nothing was served.
 const CANNOT_START: u8 = 2;
@@ -19,13 +19,16 @@ const FAILED: u8 = 1;
 fn main() -> ExitCode {
     let args = Args::from_env();
     init_logging(&args);
-    // Per core, this thread's runtime is the supervisor's alone (the server starts the
-    // threads that serve connections); work-stealing, it is the one all connections share.
+    // Work-stealing, this thread's runtime is the one all connections share; per core, it
+    // is the supervisor's alone (the server starts the threads that serve connections).
     let mut builder = match args.runtime {
         Runtime::PerCore => tokio::runtime::Builder::new_current_thread(),
         Runtime::WorkStealing => {
             let mut builder = tokio::runtime::Builder::new_multi_thread();
-            if let Some(threads) = args.threads.filter(|&n| n > 0) {
+            builder.thread_name(runtime::WORK_STEALING_THREAD);
+            // A count out of range is refused by the config, naming the flag, before
+            // anything is served.
+            if let Some(threads) = runtime::threads(args.threads) {
                 builder.worker_threads(threads);
             }
             builder

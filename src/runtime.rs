@@ -1,25 +1,27 @@
 //! The threads connections are served on (`--runtime`, `--threads`).
 //!
-//! `per-core`, the default, is nginx's layout inside one process: one single-threaded tokio
-//! runtime per thread, each with its own accept loop on every listening socket, serving the
-//! connections it accepted to their end. A connection never moves between threads, so no
-//! thread parks and wakes another to steal it: round three measured two work-stealing
-//! workers switching context three times as often per echoed record as nginx, at half again
-//! the CPU per record of a single worker. The listening sockets are shared (each thread
-//! polls its own descriptor of the same socket), not one `SO_REUSEPORT` socket per thread:
-//! socket activation passes one socket per port, an upgrade hands on exactly the sockets it
-//! has, and a connection waiting in a shared queue is never lost when one thread stops.
-//! Whichever thread is idle takes the next connection first, since a busy one looks at its
-//! sockets only between its tasks.
+//! `per-core` is nginx's layout inside one process: one single-threaded tokio runtime per
+//! thread, each with its own accept loop on every listening socket, serving the connections
+//! it accepted to their end. A connection never moves between threads, so no thread parks
+//! and wakes another to steal it. The listening sockets are shared (each thread polls its
+//! own descriptor of the same socket), not one `SO_REUSEPORT` socket per thread: socket
+//! activation passes one socket per port, an upgrade hands on exactly the sockets it has,
+//! and a connection waiting in a shared queue is never lost when one thread stops. Every
+//! idle thread is woken by a new connection and the first to call `accept` takes it (the
+//! others find nothing): an idle thread before a busy one, which looks at its sockets only
+//! between its tasks.
 //!
 //! The supervisor (signals, the admin port, health checks, DNS, ACME, reloads) runs on the
 //! runtime that started the server (`main`'s own thread), apart from the connections. What
 //! the connections share is process-wide whatever the mode: the serving config, the
 //! connection limits, balancing counts, ticket keys, metrics.
 //!
-//! `work-stealing` is tokio's multi-threaded runtime, the mode before: better for a few very
-//! busy tunnels on many cores, where one thread's tunnels could otherwise saturate its core
-//! while another idles.
+//! `work-stealing`, the default, is tokio's multi-threaded runtime. Measured side by side
+//! (`docs/performance.md`, round four), per core serves new connections 9% and keep-alive
+//! requests 20% cheaper and answers sooner, but streams of small records (256 B at 64
+//! tunnels) 9–15% dearer: a thread that serves each readiness as it comes reads and writes
+//! smaller batches than threads whose queued tasks wait a moment. The rule for the default
+//! was "better and nothing measurably worse", so per core is a choice, not the default.
 
 use std::time::Duration;
 
@@ -32,9 +34,9 @@ use tokio::sync::oneshot;
 pub enum Runtime {
     /// One single-threaded runtime per thread, each accepting and serving its own
     /// connections (nginx's workers).
-    #[default]
     PerCore,
     /// One multi-threaded runtime whose threads steal each other's work.
+    #[default]
     WorkStealing,
 }
 
@@ -70,6 +72,25 @@ pub fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// More threads than any machine this runs on has cores, far fewer than would exhaust it.
+pub const MAX_THREADS: usize = 1024;
+
+/// The threads `--threads` asks for (`None`: one per CPU), if it is a count `--threads`
+/// accepts; the config names the flag when it is not.
+pub fn threads(asked: Option<usize>) -> Option<usize> {
+    match asked {
+        None => Some(default_threads()),
+        Some(n) => Some(n).filter(|n| (1..=MAX_THREADS).contains(n)),
+    }
+}
+
+/// The name of the threads of the work-stealing runtime (`main` builds it).
+pub const WORK_STEALING_THREAD: &str = "wssbridge-ws";
+
+/// tokio's default for a runtime's blocking threads (backend names looked up with
+/// `getaddrinfo`), shared out among the per-core threads so the process keeps one bound.
+const BLOCKING_THREADS: usize = 512;
+
 /// The per-core threads, each running a single-threaded runtime until told to stop.
 pub struct Workers {
     handles: Vec<Handle>,
@@ -81,33 +102,51 @@ pub struct Workers {
 const BLOCKING_AT_EXIT: Duration = Duration::from_secs(1);
 
 impl Workers {
-    /// Starts `threads` threads, named `wssbridge-N`, each idle until given work.
-    pub fn start(threads: usize) -> anyhow::Result<Workers> {
+    /// Starts `threads` threads, named `wssbridge-N`, each idle until given work. Each
+    /// builds its runtime itself: a runtime is dropped on its own thread, never in the
+    /// caller's async context (where tokio refuses to drop one).
+    pub async fn start(threads: usize) -> anyhow::Result<Workers> {
         let mut workers = Workers {
             handles: Vec::with_capacity(threads),
             stops: Vec::with_capacity(threads),
             stopped: Vec::with_capacity(threads),
         };
+        let blocking = (BLOCKING_THREADS / threads.max(1)).max(16);
         for n in 0..threads {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("starting a worker's runtime")?;
             let (stop, told) = oneshot::channel::<()>();
             let (done, stopped) = oneshot::channel::<()>();
-            workers.handles.push(runtime.handle().clone());
+            let (built, handle) = oneshot::channel::<std::io::Result<Handle>>();
+            // Sent before the thread can end: `stop` and `done` are kept by `workers`
+            // (dropping `workers` on an error below ends the threads started so far).
+            workers.stops.push(stop);
+            workers.stopped.push(stopped);
             std::thread::Builder::new()
                 .name(format!("wssbridge-{n}"))
                 .spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .max_blocking_threads(blocking)
+                        .build();
+                    let runtime = match runtime {
+                        Ok(runtime) => runtime,
+                        Err(e) => {
+                            let _ = built.send(Err(e));
+                            return;
+                        }
+                    };
                     WORKER.with(|w| w.set(Some(n)));
+                    let _ = built.send(Ok(runtime.handle().clone()));
                     // Tasks spawned on this runtime from elsewhere run while this waits.
                     let _ = runtime.block_on(told);
                     runtime.shutdown_timeout(BLOCKING_AT_EXIT);
                     let _ = done.send(());
                 })
                 .context("starting a worker thread")?;
-            workers.stops.push(stop);
-            workers.stopped.push(stopped);
+            let handle = handle
+                .await
+                .context("a worker thread ended at its start")?
+                .context("starting a worker's runtime")?;
+            workers.handles.push(handle);
         }
         Ok(workers)
     }
@@ -144,7 +183,7 @@ mod tests {
 
     #[tokio::test]
     async fn each_worker_runs_its_tasks_on_its_own_thread() {
-        let workers = Workers::start(3).unwrap();
+        let workers = Workers::start(3).await.unwrap();
         let mut names = Vec::new();
         for handle in workers.handles() {
             let name = handle
@@ -165,7 +204,7 @@ mod tests {
 
     #[tokio::test]
     async fn stopping_ends_the_threads_and_drops_what_was_left() {
-        let workers = Workers::start(2).unwrap();
+        let workers = Workers::start(2).await.unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         // A task that never ends, holding the sender: dropped with its runtime.
         workers.handles()[1].spawn(async move {

@@ -296,7 +296,7 @@ impl Server {
             .collect::<anyhow::Result<_>>()?;
         // Per core, each thread accepts from every listener and serves what it accepted.
         let workers = match state.process.runtime {
-            Runtime::PerCore => Some(Workers::start(state.process.threads)?),
+            Runtime::PerCore => Some(Workers::start(state.process.threads).await?),
             Runtime::WorkStealing => None,
         };
         for (listener, service) in services {
@@ -420,6 +420,11 @@ fn log_startup(state: &State, listeners: &Listeners) {
         max_connections = state.process.limits.max_connections,
         max_header_bytes = config.max_header_bytes(),
         "limits"
+    );
+    tracing::info!(
+        runtime = %state.process.runtime,
+        threads = state.process.threads,
+        "threads serving connections"
     );
     for pool in config.pools.iter() {
         let backends = pool.written();

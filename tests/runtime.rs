@@ -1,9 +1,9 @@
 //! How connections are spread over threads (issue #43, part 1), against the real binary:
-//! `--runtime per-core` (the default) starts `--threads` threads named `wssbridge-N`, each
-//! accepting from the shared listeners and serving what it took, counted per thread in
-//! `/status.json` and `/metrics`; the limits stay process-wide; `--runtime work-stealing`
-//! serves and drains as before. (Every other test runs under per-core too: it is the default,
-//! for the binary and for `Server::run`.)
+//! `--runtime per-core` starts `--threads` threads named `wssbridge-N`, each accepting from
+//! the shared listeners and serving what it took, counted per thread in `/status.json` and
+//! `/metrics`; the limits stay process-wide; `--runtime work-stealing` (the default) has
+//! `--threads` workers and drains as ever. (`make test` runs every other test under per-core
+//! too, with `WSSBRIDGE_RUNTIME=per-core`.)
 
 mod support;
 
@@ -13,7 +13,8 @@ use futures_util::StreamExt;
 use support::binary::{Running, fails, field};
 use support::{Backend, admin_get, echo, ws_connect};
 
-/// The names of the process's threads that serve connections (`wssbridge-N`), sorted.
+/// The names of the process's threads named `wssbridge-…` (per core `wssbridge-N`, the
+/// work-stealing runtime's `wssbridge-ws`), sorted.
 fn serving_threads(pid: u32) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
         .unwrap()
@@ -44,6 +45,8 @@ async fn per_core_threads_share_the_connections_and_each_is_counted() {
         "127.0.0.1:0",
         "--admin",
         "127.0.0.1:0",
+        "--runtime",
+        "per-core",
         "--threads",
         "3",
         "--to",
@@ -107,6 +110,8 @@ async fn the_connection_limit_is_one_for_all_threads() {
     let running = Running::with_test_cert(&[
         "--listen",
         "127.0.0.1:0",
+        "--runtime",
+        "per-core",
         "--threads",
         "4",
         "--max-connections",
@@ -128,11 +133,14 @@ async fn the_connection_limit_is_one_for_all_threads() {
     echo(&mut second, "two").await;
 }
 
-/// The mode before, kept behind a flag: no `wssbridge-N` threads, nothing counted per
-/// thread, and a SIGTERM drains a live WebSocket as per core.
+/// The default: `--threads` workers (one more than the default of one per CPU would start;
+/// blocking threads, if any, share their name), no per-core threads, nothing counted per
+/// thread, and a SIGTERM drains a live WebSocket.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn work_stealing_serves_and_drains() {
     let backend = Backend::ws_echo().await;
+    let asked = std::thread::available_parallelism().map_or(1, |n| n.get()) + 1;
+    let asked_flag = asked.to_string();
     let mut running = Running::with_test_cert(&[
         "--listen",
         "127.0.0.1:0",
@@ -141,7 +149,7 @@ async fn work_stealing_serves_and_drains() {
         "--runtime",
         "work-stealing",
         "--threads",
-        "2",
+        &asked_flag,
         "--shutdown-grace",
         "20s",
         "--to",
@@ -150,9 +158,14 @@ async fn work_stealing_serves_and_drains() {
     let admin = admin_of(&running).await;
     let mut ws = ws_connect(running.addr).await;
     echo(&mut ws, "before").await;
-    assert!(serving_threads(running.child.id()).is_empty());
+    let threads = serving_threads(running.child.id());
+    assert!(
+        threads.len() >= asked && threads.iter().all(|name| name == "wssbridge-ws"),
+        "{threads:?}"
+    );
     let status = status_json(admin).await;
     assert_eq!(status["runtime"]["mode"], "work-stealing");
+    assert_eq!(status["runtime"]["threads"], asked);
     assert_eq!(
         status["runtime"]["accepted_by_thread"],
         serde_json::json!([])

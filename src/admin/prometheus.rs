@@ -119,8 +119,6 @@ fn prometheus(snapshot: &Snapshot) -> Registry {
     registry
 }
 
-/// How each route's WebSockets ended and what they carried. Labels are bounded: the route as
-/// configured, the side, a close code among 1000–1015 or `other`/`none`, the direction.
 /// Per core: what each thread accepted, to see how evenly the threads share the load.
 fn threads(registry: &mut Registry, snapshot: &Snapshot) {
     if snapshot.runtime.accepted_by_thread.is_empty() {
@@ -140,6 +138,8 @@ fn threads(registry: &mut Registry, snapshot: &Snapshot) {
     );
 }
 
+/// How each route's WebSockets ended and what they carried. Labels are bounded: the route as
+/// configured, the side, a close code among 1000–1015 or `other`/`none`, the direction.
 fn websocket_families(registry: &mut Registry, snapshot: &Snapshot) {
     let closes = Family::<[(&'static str, String); 3], Counter>::default();
     let messages = Family::<Labels2, Counter>::default();

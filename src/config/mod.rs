@@ -189,7 +189,10 @@ impl ProcessSettings {
                 self.max_connections_per_ip == other.max_connections_per_ip,
             ),
             ("--runtime", self.runtime == other.runtime),
-            ("--threads", self.threads == other.threads),
+            (
+                "--threads",
+                crate::runtime::threads(self.threads) == crate::runtime::threads(other.threads),
+            ),
             ("-v/-q", self.logging.level == other.logging.level),
             ("--log-format", self.logging.json == other.logging.json),
         ];
@@ -277,7 +280,7 @@ impl Default for ProcessSettings {
             max_handshakes: None,
             max_handshake_memory: 64 << 20,
             max_connections_per_ip: None,
-            runtime: Runtime::PerCore,
+            runtime: Runtime::WorkStealing,
             threads: None,
             logging: Logging {
                 level: "info",

@@ -64,9 +64,6 @@ pub struct ProcessConfig {
     pub threads: usize,
 }
 
-/// More threads than any machine this runs on has cores, far fewer than would exhaust it.
-const MAX_THREADS: usize = 1024;
-
 /// Far above what one process can hold (two descriptors each), and within what a semaphore takes.
 const MAX_CONNECTIONS: usize = 100_000_000;
 
@@ -92,11 +89,14 @@ impl ProcessConfig {
         if settings.max_connections_per_ip == Some(0) {
             anyhow::bail!("--max-connections-per-ip must be at least 1");
         }
-        let threads = match settings.threads {
-            Some(0) => anyhow::bail!("--threads must be at least 1"),
-            Some(n) if n > MAX_THREADS => anyhow::bail!("--threads {n} is more than {MAX_THREADS}"),
+        let threads = match crate::runtime::threads(settings.threads) {
             Some(n) => n,
-            None => crate::runtime::default_threads(),
+            None if settings.threads == Some(0) => anyhow::bail!("--threads must be at least 1"),
+            None => anyhow::bail!(
+                "--threads {} is more than {}",
+                settings.threads.unwrap_or_default(),
+                crate::runtime::MAX_THREADS
+            ),
         };
         if settings.max_handshake_memory < MIN_HANDSHAKE_MEMORY {
             anyhow::bail!(

@@ -37,9 +37,15 @@ pub struct Metrics {
     handshake_seconds: Timings,
     responses: Known<10>,
     reloads: Known<2>,
-    /// Connections each per-core thread accepted, by its number.
-    by_thread: Box<[AtomicU64]>,
+    /// Connections each per-core thread accepted, by its number (a cache line each: the
+    /// threads count at once).
+    by_thread: Box<[Padded]>,
 }
+
+/// A counter alone on its cache line.
+#[repr(align(64))]
+#[derive(Debug, Default)]
+struct Padded(AtomicU64);
 
 /// Per-core threads whose accepts are counted apart (`--threads` allows no more); a higher
 /// number shares the last slot.
@@ -168,7 +174,7 @@ impl Default for Metrics {
             handshake_seconds,
             responses,
             reloads,
-            by_thread: (0..THREADS_COUNTED).map(|_| AtomicU64::new(0)).collect(),
+            by_thread: (0..THREADS_COUNTED).map(|_| Padded::default()).collect(),
         }
     }
 }
@@ -187,7 +193,9 @@ impl Metrics {
     /// A per-core thread (`thread`: its number; `None` on any other) accepted a connection.
     pub fn accepted_by(&self, thread: Option<usize>) {
         if let Some(n) = thread {
-            self.by_thread[n.min(THREADS_COUNTED - 1)].fetch_add(1, Ordering::Relaxed);
+            self.by_thread[n.min(THREADS_COUNTED - 1)]
+                .0
+                .fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -196,7 +204,7 @@ impl Metrics {
         self.by_thread
             .iter()
             .take(threads)
-            .map(|n| n.load(Ordering::Relaxed))
+            .map(|n| n.0.load(Ordering::Relaxed))
             .collect()
     }
 

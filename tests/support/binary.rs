@@ -9,12 +9,13 @@ use std::time::{Duration, Instant};
 
 use super::WAIT;
 
-/// The wssbridge binary, with no `RUST_LOG` or `WSSBRIDGE_*` from the test's environment.
+/// The wssbridge binary, with no `RUST_LOG` or `WSSBRIDGE_*` from the test's environment
+/// but `WSSBRIDGE_RUNTIME` (`make test`'s second pass runs every test per core).
 pub fn wssbridge() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_wssbridge"));
     cmd.env_remove("RUST_LOG");
     for (key, _) in std::env::vars() {
-        if key.starts_with("WSSBRIDGE_") {
+        if key.starts_with("WSSBRIDGE_") && key != "WSSBRIDGE_RUNTIME" {
             cmd.env_remove(key);
         }
     }
