@@ -168,12 +168,12 @@ class Peer:
             binary = os.environ["WSSBRIDGE_BASE"] if self.name == "wssbridge-base" else WSSBRIDGE
             cmd = [binary, "--listen", f"127.0.0.1:{self.port}", "--cert", cert, "--key", key,
                    "--to", f"127.0.0.1:{backend}", "-q"] + self.extra
-            if self.name in ("wssbridge", "wssbridge-steal") and self.ticket_file:
+            if self.name in ("wssbridge", "wssbridge-per-core") and self.ticket_file:
                 # (the base binary may predate the flag: it keeps its own keys)
                 cmd += ["--ticket-keys", TICKETS["b64"]]
-            if self.name == "wssbridge-steal":
+            if self.name == "wssbridge-per-core":
                 # The same binary in the other runtime mode, for when each is better.
-                cmd += ["--runtime", "work-stealing"]
+                cmd += ["--runtime", "per-core"]
             if self.name == "wssbridge-full":
                 # The features a production deployment turns on: forwarded headers on every
                 # request, and the admin endpoint (metrics are always counted).
@@ -456,7 +456,7 @@ def main():
     parser.add_argument("--peers", default="wssbridge,nginx,nginx-16k,haproxy",
                         help="also: wssbridge-full (with --add-forwarded and --admin), "
                         "wssbridge-base (the binary at $WSSBRIDGE_BASE, for before/after), "
-                        "wssbridge-steal (this binary with --runtime work-stealing)")
+                        "wssbridge-per-core (this binary with --runtime per-core)")
     parser.add_argument("--skip", default="", help="comma-separated parts to leave out: "
                         "rsa, ecdsa, sweep, chat, keepalive, frames, rtt, idle, storm")
     parser.add_argument("--storm", type=int, help="clients in the reconnect storm")
