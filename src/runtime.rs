@@ -116,8 +116,8 @@ impl Workers {
             let (stop, told) = oneshot::channel::<()>();
             let (done, stopped) = oneshot::channel::<()>();
             let (built, handle) = oneshot::channel::<std::io::Result<Handle>>();
-            // Sent before the thread can end: `stop` and `done` are kept by `workers`
-            // (dropping `workers` on an error below ends the threads started so far).
+            // Kept before the thread starts: an error below drops `workers`, which ends
+            // every thread started so far.
             workers.stops.push(stop);
             workers.stopped.push(stopped);
             std::thread::Builder::new()

@@ -89,12 +89,12 @@ impl ProcessConfig {
         if settings.max_connections_per_ip == Some(0) {
             anyhow::bail!("--max-connections-per-ip must be at least 1");
         }
-        let threads = match crate::runtime::threads(settings.threads) {
-            Some(n) => n,
-            None if settings.threads == Some(0) => anyhow::bail!("--threads must be at least 1"),
-            None => anyhow::bail!(
+        let threads = match (settings.threads, crate::runtime::threads(settings.threads)) {
+            (_, Some(n)) => n,
+            (Some(0), None) => anyhow::bail!("--threads must be at least 1"),
+            (asked, None) => anyhow::bail!(
                 "--threads {} is more than {}",
-                settings.threads.unwrap_or_default(),
+                asked.unwrap_or_default(),
                 crate::runtime::MAX_THREADS
             ),
         };
